@@ -1,0 +1,186 @@
+"""Django settings for Skylark, read from the environment (12-factor).
+
+Every Skylark-specific setting has an ``EDM_`` prefix and is read here, in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("EDM_VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return default if value in (None, "") else float(value)
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    # A stable per-checkout key for the embedded default; production sets SECRET_KEY.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    key_file = VAR_DIR / "secret_key"
+    if not key_file.exists():
+        import secrets
+
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    SECRET_KEY = key_file.read_text().strip()
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "unfold",
+    "unfold.contrib.filters",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "contacts",
+    "delivery",
+    "campaigns",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: DATABASE_URL, or a SQLite file in WAL mode with a busy timeout.
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+if DATABASE_URL:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("EDM_SQLITE_PATH", str(VAR_DIR / "skylark.sqlite3")),
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": (
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;"
+                ),
+            },
+            "TEST": {"NAME": os.environ.get("EDM_SQLITE_TEST_PATH", str(VAR_DIR / "test.sqlite3"))},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Redis: REDIS_URL, or the embedded server (config.embedded_redis) whose URL is exported
+# by the process that started it.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_ROOT = VAR_DIR / "media"
+MEDIA_URL = "media/"
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "aiosmtpd": {"level": "WARNING"},
+        "mail.log": {"level": "WARNING"},
+    },
+}
+
+# Celery: JSON only, late acks (the database is the source of truth; the sweeper recovers
+# anything the broker loses).
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = env_bool("EDM_CELERY_EAGER", False)
+
+# --- Skylark (EDM_*) ---------------------------------------------------------------------
+EDM_PUBLIC_URL = os.environ.get("EDM_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# Default SMTP server: smtp://user:password@host:port?security=starttls|tls|none
+EDM_SMTP_URL = os.environ.get("EDM_SMTP_URL", "smtp://127.0.0.1:2525?security=none")
+EDM_BOUNCE_DOMAIN = os.environ.get("EDM_BOUNCE_DOMAIN", "bounces.skylark.localhost")
+EDM_DEFAULT_FROM_EMAIL = os.environ.get("EDM_DEFAULT_FROM_EMAIL", "news@skylark.localhost")
+# Key for encrypting SMTP passwords at rest (Fernet, derived from SECRET_KEY when unset).
+EDM_ENCRYPTION_KEY = os.environ.get("EDM_ENCRYPTION_KEY", "")
+EDM_SINK_DIR = Path(os.environ.get("EDM_SINK_DIR", VAR_DIR / "mailbox"))
+EDM_SINK_PORT = env_int("EDM_SINK_PORT", 2525)
+# Delivery engine.
+EDM_BATCH_SIZE = env_int("EDM_BATCH_SIZE", 500)
+EDM_LEASE_SECONDS = env_int("EDM_LEASE_SECONDS", 300)
+EDM_FLUSH_SECONDS = env_float("EDM_FLUSH_SECONDS", 1.0)
+EDM_SWEEP_SECONDS = env_float("EDM_SWEEP_SECONDS", 15.0)
+# Retry schedule (RFC 5321 4.5.4.1): first retry after RETRY_BASE seconds, multiplied by
+# RETRY_FACTOR each time, capped at RETRY_MAX; give up after RETRY_LIFETIME seconds.
+EDM_RETRY_BASE_SECONDS = env_int("EDM_RETRY_BASE_SECONDS", 300)
+EDM_RETRY_FACTOR = env_float("EDM_RETRY_FACTOR", 2.0)
+EDM_RETRY_MAX_SECONDS = env_int("EDM_RETRY_MAX_SECONDS", 4 * 3600)
+EDM_RETRY_LIFETIME_SECONDS = env_int("EDM_RETRY_LIFETIME_SECONDS", 4 * 24 * 3600)
+EDM_SMTP_TIMEOUT_SECONDS = env_float("EDM_SMTP_TIMEOUT_SECONDS", 30.0)
+EDM_SMTP_POOL_SIZE = env_int("EDM_SMTP_POOL_SIZE", 4)
+EDM_SMTP_MAX_MESSAGES_PER_CONNECTION = env_int("EDM_SMTP_MAX_MESSAGES_PER_CONNECTION", 1000)
+EDM_SMTP_MAX_CONNECTION_AGE_SECONDS = env_int("EDM_SMTP_MAX_CONNECTION_AGE_SECONDS", 300)
+EDM_SMTP_TLS_CA_FILE = os.environ.get("EDM_SMTP_TLS_CA_FILE", "")
+EDM_IMPORT_BATCH_SIZE = env_int("EDM_IMPORT_BATCH_SIZE", 5000)
