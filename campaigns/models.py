@@ -1,0 +1,84 @@
+"""Message templates and campaigns."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class Template(models.Model):
+    """A reusable message: subject, HTML and text, written in Jinja2."""
+
+    name = models.CharField(max_length=200, unique=True)
+    subject = models.CharField(max_length=998)
+    html = models.TextField(
+        help_text="Jinja2 HTML. Variables: {{ name }}, {{ email }}, attributes."
+    )
+    text = models.TextField(blank=True, help_text="Plain-text part; generated from HTML if empty.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CampaignStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    SCHEDULED = "scheduled", "Scheduled"
+    SENDING = "sending", "Sending"
+    PAUSED = "paused", "Paused"
+    SENT = "sent", "Sent"
+    CANCELLED = "cancelled", "Cancelled"
+    FAILED = "failed", "Failed"
+
+
+class Campaign(models.Model):
+    name = models.CharField(max_length=200)
+    template = models.ForeignKey(
+        Template,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        help_text="Used for any of subject, HTML and text left empty below.",
+    )
+    subject = models.CharField(max_length=998, blank=True)
+    html = models.TextField(blank=True)
+    text = models.TextField(blank=True)
+    from_email = models.CharField(max_length=320)
+    from_name = models.CharField(max_length=200, blank=True)
+    reply_to = models.CharField(max_length=320, blank=True)
+    lists = models.ManyToManyField("contacts.ContactList", related_name="campaigns", blank=True)
+    smtp_server = models.ForeignKey(
+        "delivery.SmtpServer",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        help_text="Empty: the default server (EDM_SMTP_URL).",
+    )
+    status = models.CharField(
+        max_length=10, choices=CampaignStatus.choices, default=CampaignStatus.DRAFT
+    )
+    status_reason = models.TextField(blank=True)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+    total_recipients = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def content(self) -> tuple[str, str, str]:
+        """The effective subject, HTML and text: own fields first, then the template's."""
+        template = self.template
+        return (
+            self.subject or (template.subject if template else ""),
+            self.html or (template.html if template else ""),
+            self.text or (template.text if template else ""),
+        )

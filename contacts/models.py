@@ -1,0 +1,156 @@
+"""Contacts, lists, subscriptions, suppressions and import jobs."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class ContactStatus(models.TextChoices):
+    ACTIVE = "active", "Active"
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+    BOUNCED = "bounced", "Bounced"
+    COMPLAINED = "complained", "Complained"
+
+
+class ContactList(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Contact(models.Model):
+    # Normalized by contacts.normalize: trimmed, domain lower-cased (IDNA as Unicode).
+    email = models.CharField(max_length=320, unique=True)
+    name = models.CharField(max_length=300, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=20, choices=ContactStatus.choices, default=ContactStatus.ACTIVE, db_index=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    lists = models.ManyToManyField(ContactList, through="Subscription", related_name="contacts")
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return self.email
+
+    @property
+    def domain(self) -> str:
+        return self.email.rpartition("@")[2]
+
+
+class SubscriptionStatus(models.TextChoices):
+    SUBSCRIBED = "subscribed", "Subscribed"
+    UNCONFIRMED = "unconfirmed", "Unconfirmed"
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+
+
+class Subscription(models.Model):
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="subscriptions")
+    contact_list = models.ForeignKey(
+        ContactList, on_delete=models.CASCADE, related_name="subscriptions"
+    )
+    status = models.CharField(
+        max_length=20, choices=SubscriptionStatus.choices, default=SubscriptionStatus.SUBSCRIBED
+    )
+    source = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["contact", "contact_list"], name="uniq_subscription")
+        ]
+        indexes = [models.Index(fields=["contact_list", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.contact_id} in {self.contact_list_id} ({self.status})"
+
+
+class SuppressionScope(models.TextChoices):
+    ADDRESS = "address", "Address"
+    DOMAIN = "domain", "Domain"
+
+
+class SuppressionReason(models.TextChoices):
+    UNSUBSCRIBE = "unsubscribe", "Unsubscribed"
+    HARD_BOUNCE = "hard_bounce", "Hard bounce"
+    COMPLAINT = "complaint", "Complaint"
+    MANUAL = "manual", "Manual"
+    IMPORT = "import", "Import"
+
+
+class Suppression(models.Model):
+    """An address or a whole domain that must never receive campaign mail."""
+
+    value = models.CharField(max_length=320, help_text="An address or a domain, lower-cased.")
+    scope = models.CharField(
+        max_length=10, choices=SuppressionScope.choices, default=SuppressionScope.ADDRESS
+    )
+    reason = models.CharField(max_length=20, choices=SuppressionReason.choices)
+    source = models.CharField(max_length=200, blank=True, help_text="Where it came from.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["value", "scope"], name="uniq_suppression"),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.value} ({self.get_reason_display()})"
+
+
+class ImportMode(models.TextChoices):
+    ADD_NEW = "add_new", "Add new contacts only"
+    UPSERT = "upsert", "Add new and update existing"
+    UNSUBSCRIBE = "unsubscribe", "Unsubscribe from the list"
+    SUPPRESS = "suppress", "Add to the suppression list"
+
+
+class ImportStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class ImportJob(models.Model):
+    file = models.FileField(upload_to="imports/%Y/%m/")
+    original_name = models.CharField(max_length=255, blank=True)
+    contact_list = models.ForeignKey(
+        ContactList, null=True, blank=True, on_delete=models.SET_NULL, related_name="imports"
+    )
+    mode = models.CharField(max_length=20, choices=ImportMode.choices, default=ImportMode.UPSERT)
+    encoding = models.CharField(max_length=40, default="auto")
+    mapping = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=10, choices=ImportStatus.choices, default=ImportStatus.PENDING
+    )
+    total_rows = models.PositiveIntegerField(default=0)
+    processed_rows = models.PositiveIntegerField(default=0)
+    created_count = models.PositiveIntegerField(default=0)
+    updated_count = models.PositiveIntegerField(default=0)
+    unchanged_count = models.PositiveIntegerField(default=0)
+    rejected_count = models.PositiveIntegerField(default=0)
+    rejected_by_reason = models.JSONField(default=dict, blank=True)
+    # Rejected rows: [{"line": N, "reason": "...", "detail": "...", "email": "..."}].
+    rejected_rows = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Import #{self.pk} {self.original_name}"

@@ -1,0 +1,137 @@
+"""SMTP servers, per-recipient deliveries and their append-only event history."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from delivery import crypto
+
+
+class Security(models.TextChoices):
+    NONE = "none", "None (plain text)"
+    STARTTLS = "starttls", "STARTTLS"
+    TLS = "tls", "Implicit TLS"
+
+
+class SmtpServer(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField(default=587)
+    security = models.CharField(max_length=10, choices=Security.choices, default=Security.STARTTLS)
+    username = models.CharField(max_length=255, blank=True)
+    password_encrypted = models.TextField(blank=True, editable=False)
+    pool_size = models.PositiveSmallIntegerField(default=4)
+    rate_limit = models.PositiveIntegerField(
+        default=0, help_text="Messages per rate period across all workers; 0 = unlimited."
+    )
+    rate_period = models.CharField(
+        max_length=10,
+        choices=[("second", "per second"), ("minute", "per minute"), ("hour", "per hour")],
+        default="second",
+    )
+    daily_quota = models.PositiveIntegerField(default=0, help_text="0 = unlimited.")
+    weight = models.PositiveSmallIntegerField(default=1)
+    enabled = models.BooleanField(default=True)
+    is_default = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.host}:{self.port})"
+
+    def set_password(self, password: str) -> None:
+        self.password_encrypted = crypto.encrypt(password)
+
+    def get_password(self) -> str:
+        return crypto.decrypt(self.password_encrypted)
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    DEFERRED = "deferred", "Deferred"
+    BOUNCED = "bounced", "Bounced"
+    FAILED = "failed", "Failed"
+    SUPPRESSED = "suppressed", "Suppressed"
+    CANCELLED = "cancelled", "Cancelled"
+    UNKNOWN = "unknown", "Unknown"
+
+
+# Statuses that still need work; a campaign is finished when none of its rows has one.
+OPEN_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.DEFERRED)
+
+
+class Delivery(models.Model):
+    """One recipient of one campaign: the source of truth for what happened to them."""
+
+    campaign = models.ForeignKey(
+        "campaigns.Campaign", on_delete=models.CASCADE, related_name="deliveries"
+    )
+    contact = models.ForeignKey(
+        "contacts.Contact", on_delete=models.CASCADE, related_name="deliveries"
+    )
+    email = models.CharField(max_length=320)
+    status = models.CharField(
+        max_length=12, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    message_id = models.CharField(max_length=255, blank=True)
+    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    enhanced_status = models.CharField(max_length=16, blank=True)
+    smtp_reply = models.TextField(blank=True)
+    reason = models.CharField(max_length=40, blank=True)
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "contact"], name="uniq_delivery"),
+        ]
+        indexes = [
+            models.Index(fields=["campaign", "status"], name="delivery_campaign_status"),
+            models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
+            models.Index(fields=["status", "lease_expires_at"], name="delivery_lease"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Delivery #{self.pk} ({self.status})"
+
+
+class EventKind(models.TextChoices):
+    ATTEMPT = "attempt", "Attempt"
+    SENT = "sent", "Sent"
+    DEFERRED = "deferred", "Deferred"
+    BOUNCED = "bounced", "Bounced"
+    FAILED = "failed", "Failed"
+    SUPPRESSED = "suppressed", "Suppressed"
+    RECLAIMED = "reclaimed", "Lease expired, reclaimed"
+    COMPLAINT = "complaint", "Complaint"
+    OPEN = "open", "Open"
+    CLICK = "click", "Click"
+    UNSUBSCRIBE = "unsubscribe", "Unsubscribe"
+
+
+class DeliveryEvent(models.Model):
+    """Append-only history of a delivery."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=12, choices=EventKind.choices)
+    created_at = models.DateTimeField()
+    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    enhanced_status = models.CharField(max_length=16, blank=True)
+    detail = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["delivery", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.created_at:%Y-%m-%d %H:%M:%S}"
