@@ -84,6 +84,7 @@ class Delivery(models.Model):
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
     enhanced_status = models.CharField(max_length=16, blank=True)
     smtp_reply = models.TextField(blank=True)
+    # Why the status is what it is, in the bounce classifier's vocabulary (unknown_user, ...).
     reason = models.CharField(max_length=40, blank=True)
     first_attempt_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
@@ -135,3 +136,42 @@ class DeliveryEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class DkimAlgorithm(models.TextChoices):
+    RSA = "rsa", "RSA-SHA256 (2048 bits)"
+    ED25519 = "ed25519", "Ed25519-SHA256"
+
+
+class DkimKey(models.Model):
+    """A DKIM signing key for one sending domain; messages from that domain are signed."""
+
+    domain = models.CharField(max_length=255)
+    selector = models.CharField(max_length=63, default="skylark")
+    algorithm = models.CharField(
+        max_length=10, choices=DkimAlgorithm.choices, default=DkimAlgorithm.RSA
+    )
+    private_key_encrypted = models.TextField(editable=False)
+    public_key = models.TextField(editable=False, help_text="Base64, the p= tag of the record.")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "DKIM key"
+        constraints = [
+            models.UniqueConstraint(fields=["domain", "selector"], name="uniq_dkim_selector"),
+        ]
+        ordering = ["domain", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+    @property
+    def dns_name(self) -> str:
+        return f"{self.selector}._domainkey.{self.domain}"
+
+    def set_private_key(self, pem: bytes) -> None:
+        self.private_key_encrypted = crypto.encrypt(pem.decode())
+
+    def get_private_key(self) -> bytes:
+        return crypto.decrypt(self.private_key_encrypted).encode()
