@@ -21,3 +21,11 @@ class SmtpConfigError(DeliveryError):
 
 class DkimError(DeliveryError):
     """A DKIM key is unusable."""
+
+
+class InvalidAddressError(DeliveryError):
+    """An email address is malformed or could smuggle a header or a recipient."""
+
+
+class InvalidHeaderError(DeliveryError):
+    """A header value cannot be written safely."""

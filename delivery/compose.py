@@ -1,0 +1,326 @@
+"""Per-recipient MIME composition from a per-campaign skeleton, as bytes, without EmailMessage."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from delivery.errors import InvalidAddressError, InvalidHeaderError
+from delivery.render import RenderedContent
+
+__all__ = [
+    "Composer",
+    "MessageSpec",
+    "make_message_id",
+    "needs_smtputf8",
+    "sanitize_header_value",
+    "validate_address",
+]
+
+CRLF = b"\r\n"
+# RFC 5322 2.1.1: lines SHOULD be <= 78 characters; encoded words are <= 75 (RFC 2047 2).
+_FOLD_AT = 78
+_MAX_ENCODED_WORD_BYTES = 45  # 45 bytes -> 60 base64 chars -> 72 with "=?utf-8?b?" and "?="
+
+_RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "reply-to",
+        "sender",
+        "return-path",
+        "list-id",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+        "dkim-signature",
+        "x-skylark-campaign",
+        "x-skylark-delivery",
+    }
+)
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    from_email: str
+    from_name: str = ""
+    reply_to: str = ""
+    list_id: str = ""  # e.g. "Newsletter <newsletter.42.example.com>"
+    campaign_id: int | None = None
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# Header values
+
+_CONTROL = {code: " " for code in (*range(0, 32), 127, *range(0x80, 0xA0), 0x2028, 0x2029)}
+
+
+def sanitize_header_value(value: str) -> str:
+    """Strip CR, LF, NUL, U+2028/2029 and other control characters; collapse whitespace."""
+    return " ".join(str(value).translate(_CONTROL).split())
+
+
+_ADDRESS_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f\u2028\u2029,;:<>\"'()\[\]\\]")
+
+
+def validate_address(address: str) -> str:
+    """Return the address ready for a header (IDNA domain), or raise InvalidAddressError.
+
+    Addresses with CR/LF, commas, angle brackets, quotes and the like are rejected rather than
+    quoted: a bulk sender has no business sending to quoted local parts, and rejecting them is
+    what keeps a hostile address from adding a recipient or a header.
+    """
+    if not isinstance(address, str) or not address or len(address) > 320:
+        raise InvalidAddressError("empty or overlong address")
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain or "@" in local:
+        raise InvalidAddressError("address must have exactly one @")
+    if _ADDRESS_FORBIDDEN.search(address):
+        raise InvalidAddressError("address contains a forbidden character")
+    if len(local.encode()) > 64 or local.startswith(".") or local.endswith(".") or ".." in local:
+        raise InvalidAddressError("invalid local part")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise InvalidAddressError("invalid internationalized domain") from exc
+    if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", domain) or ".." in domain:
+        raise InvalidAddressError("invalid domain")
+    return f"{local}@{domain}"
+
+
+def needs_smtputf8(to_email: str, from_email: str) -> bool:
+    """True when either address has a non-ASCII local part (RFC 6531); domains go via IDNA."""
+    return any(not addr.rpartition("@")[0].isascii() for addr in (to_email, from_email))
+
+
+def _encoded_words(text: str) -> list[str]:
+    """RFC 2047 B-encoded words, split on character boundaries."""
+    words: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for char in text:
+        width = len(char.encode())
+        if size + width > _MAX_ENCODED_WORD_BYTES:
+            words.append("".join(chunk))
+            chunk, size = [], 0
+        chunk.append(char)
+        size += width
+    if chunk:
+        words.append("".join(chunk))
+    return ["=?utf-8?b?" + base64.b64encode(w.encode()).decode("ascii") + "?=" for w in words]
+
+
+def _fold_words(name: str, words: list[str]) -> str:
+    """Join words into a header line folded before 78 characters where possible."""
+    lines: list[str] = []
+    current = f"{name}:"
+    for word in words:
+        if len(current) + 1 + len(word) > _FOLD_AT and current != f"{name}:":
+            lines.append(current)
+            current = " " + word
+        else:
+            current += " " + word
+    lines.append(current)
+    return "\r\n".join(lines) + "\r\n"
+
+
+def _needs_encoding(text: str) -> bool:
+    # "=?" would be decoded as an encoded word by readers: encode so the literal text survives.
+    return not text.isascii() or "=?" in text or any(len(w) > 900 for w in text.split())
+
+
+def _unstructured_header(name: str, value: str) -> bytes:
+    value = sanitize_header_value(value)
+    words = _encoded_words(value) if _needs_encoding(value) else value.split()
+    return _fold_words(name, words or [""]).encode("ascii")
+
+
+_PHRASE_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]*")
+
+
+def _display_name(name: str) -> list[str]:
+    """Display-name words: atoms, one quoted string (RFC 5322 3.2.4), or encoded words."""
+    name = sanitize_header_value(name)
+    if not name:
+        return []
+    if _needs_encoding(name):
+        return _encoded_words(name)
+    if _PHRASE_ATOM.fullmatch(name):
+        return name.split()
+    escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+    return [f'"{escaped}"']
+
+
+def _address_header(name: str, display_name: str, address: str) -> bytes:
+    address = validate_address(address)
+    words = _display_name(display_name)
+    line = _fold_words(name, [*words, f"<{address}>"])
+    # A non-ASCII local part is sent as raw UTF-8 (RFC 6532); the sender must use SMTPUTF8.
+    return line.encode("utf-8")
+
+
+_MESSAGE_ID = re.compile(r"<[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]+@[A-Za-z0-9.\-]+>")
+
+
+def make_message_id(*, domain: str, delivery_id: int | None = None) -> str:
+    """A unique Message-ID in the sender's domain: "<[delivery.]time.random@domain>"."""
+    domain = validate_address(f"x@{domain}").partition("@")[2]
+    stamp = f"{time.time_ns() // 1000:x}.{os.urandom(6).hex()}"
+    left = f"{int(delivery_id)}.{stamp}" if delivery_id is not None else stamp
+    return f"<{left}@{domain}>"
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _format_date(timestamp: float) -> str:
+    # RFC 5322 3.3 in UTC, without the locale-dependent %a/%b of strftime.
+    t = time.gmtime(timestamp)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+    )
+
+
+def _check_url(url: str) -> str:
+    if any(c in url for c in "<>\"' \t\r\n\x00,") or not url.isascii() or len(url) > 900:
+        raise InvalidHeaderError("unsubscribe URL must be ASCII without spaces, quotes, <>, ,")
+    return url
+
+
+# --------------------------------------------------------------------------------------------
+# Bodies
+
+_LEADING_HAZARD = re.compile(rb"^(?:\.|From )", re.MULTILINE)
+
+
+def _normalize_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _encode_body(text: str) -> tuple[bytes, bytes]:
+    """(Content-Transfer-Encoding, body with CRLF lines <= 76 octets)."""
+    text = _normalize_newlines(text)
+    if not text.endswith("\n"):
+        text += "\n"
+    data = text.encode("utf-8")
+    if len(data) - len(text) > len(text) // 4:
+        # Mostly non-ASCII (e.g. Chinese): base64 is a third smaller than quoted-printable.
+        lines = base64.encodebytes(data)
+        return b"base64", lines.replace(b"\n", CRLF)
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    # A leading "." (SMTP dot) or "From " (mbox) is encoded so no relay or mailbox rewrites it.
+    encoded = _LEADING_HAZARD.sub(lambda m: b"=2E" if m.group(0) == b"." else b"=46rom ", encoded)
+    return b"quoted-printable", encoded.replace(b"\n", CRLF)
+
+
+# --------------------------------------------------------------------------------------------
+# The composer
+
+
+class Composer:
+    """Built once per campaign: holds the header lines and boundary every recipient shares."""
+
+    def __init__(self, spec: MessageSpec) -> None:
+        self.spec = spec
+        self.from_email = validate_address(spec.from_email)
+        self.domain = self.from_email.rpartition("@")[2]
+        self._from = _address_header("From", spec.from_name, spec.from_email)
+        shared = []
+        if spec.reply_to:
+            shared.append(_address_header("Reply-To", "", spec.reply_to))
+        if spec.list_id:
+            list_id = sanitize_header_value(spec.list_id)
+            if not re.fullmatch(r"(?:[^<>]*<)?[A-Za-z0-9.\-]+>?", list_id):
+                raise InvalidHeaderError("List-Id must look like 'Name <id.example.com>'")
+            shared.append(_unstructured_header("List-Id", list_id))
+        if spec.campaign_id is not None:
+            shared.append(f"X-Skylark-Campaign: {int(spec.campaign_id)}\r\n".encode())
+        for name, value in spec.extra_headers:
+            if not re.fullmatch(r"[!-9;-~]{1,76}", name) or name.lower() in _RESERVED_HEADERS:
+                raise InvalidHeaderError(f"extra header name not allowed: {name!r}")
+            shared.append(_unstructured_header(name, value))
+        self._shared = b"".join(shared)
+        self._boundary = "=_sky_" + os.urandom(12).hex()
+        boundary = self._boundary.encode()
+        self._mime = (
+            b"MIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n\r\n'
+        )
+        self._text_head = (
+            b"--" + boundary + b'\r\nContent-Type: text/plain; charset="utf-8"\r\n'
+            b"Content-Transfer-Encoding: "
+        )
+        self._html_head = (
+            b"\r\n--" + boundary + b'\r\nContent-Type: text/html; charset="utf-8"\r\n'
+            b"Content-Transfer-Encoding: "
+        )
+        self._close = b"\r\n--" + boundary + b"--\r\n"
+
+    def compose(
+        self,
+        *,
+        to_email: str,
+        to_name: str,
+        content: RenderedContent,
+        message_id: str,
+        unsubscribe_url: str = "",
+        unsubscribe_mailto: str = "",
+        delivery_id: int | None = None,
+        date: float | None = None,
+    ) -> bytes:
+        """One recipient's message as CRLF bytes, ready for DKIM signing and SMTP DATA."""
+        if not _MESSAGE_ID.fullmatch(message_id):
+            raise InvalidHeaderError("Message-ID must look like <left@domain>")
+        parts = [
+            self._from,
+            _address_header("To", to_name, to_email),
+            _unstructured_header("Subject", content.subject),
+            f"Date: {_format_date(time.time() if date is None else date)}\r\n".encode(),
+            f"Message-ID: {message_id}\r\n".encode(),
+            self._shared,
+        ]
+        unsubscribe = []
+        if unsubscribe_url:
+            unsubscribe.append(f"<{_check_url(unsubscribe_url)}>")
+        if unsubscribe_mailto:
+            mailto = unsubscribe_mailto
+            if not mailto.startswith("mailto:"):
+                mailto = "mailto:" + mailto
+            unsubscribe.append(f"<{_check_url(mailto)}>")
+        if unsubscribe:
+            parts.append(("List-Unsubscribe: " + ",\r\n ".join(unsubscribe) + "\r\n").encode())
+            # RFC 8058: one-click only when there is an HTTPS (or HTTP) URI to POST to.
+            if unsubscribe_url.startswith(("https://", "http://")):
+                parts.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+        if delivery_id is not None:
+            parts.append(f"X-Skylark-Delivery: {int(delivery_id)}\r\n".encode())
+        text_cte, text_body = _encode_body(content.text)
+        html_cte, html_body = _encode_body(content.html)
+        parts += [
+            self._mime,
+            self._text_head,
+            text_cte,
+            b"\r\n\r\n",
+            text_body,
+            self._html_head,
+            html_cte,
+            b"\r\n\r\n",
+            html_body,
+            self._close,
+        ]
+        return b"".join(parts)
