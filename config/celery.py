@@ -18,5 +18,5 @@ def _schedule_sweeper(sender: Celery, **kwargs: object) -> None:
     from django.conf import settings
 
     sender.add_periodic_task(
-        settings.EDM_SWEEP_SECONDS, sender.signature("delivery.sweep"), name="delivery sweeper"
+        settings.EDM_SWEEP_SECONDS, sender.signature("campaigns.sweep"), name="delivery sweeper"
     )

@@ -1,0 +1,419 @@
+"""Writes of the campaigns app: create, validate, send, dispatch, send batches, finish."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from delivery.dkim import DkimSigner
+from delivery.verp import verp_address
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from campaigns.errors import CampaignStateError, CampaignValidationError
+from campaigns.models import Campaign, CampaignStatus
+from contacts.models import Contact, ContactList, ContactStatus, SubscriptionStatus
+from delivery import selectors as delivery_selectors
+from delivery import services as delivery_services
+from delivery import tokens
+from delivery.compose import Composer, MessageSpec, make_message_id
+from delivery.errors import DeliveryError, TemplateError
+from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
+from delivery.redis import claim_once
+from delivery.render import (
+    CompiledTemplates,
+    TemplateSource,
+    compile_templates,
+    contact_context,
+    render_content,
+)
+from delivery.runner import send_envelopes
+from delivery.services import ClaimedDelivery
+from delivery.smtp import Envelope, SendResult, SmtpConfig
+
+logger = logging.getLogger(__name__)
+
+SENDABLE_FROM = (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class PreparedCampaign:
+    """Everything done once per campaign so the per-recipient path only personalizes."""
+
+    campaign_id: int
+    campaign_name: str
+    compiled: CompiledTemplates
+    composer: Composer
+    signer: DkimSigner | None
+    smtp: SmtpConfig
+    message_id_domain: str
+
+    def envelope(self, row: ClaimedDelivery) -> Envelope:
+        """Render, compose and sign one recipient's message: no database access."""
+        unsubscribe = tokens.unsubscribe_url(row.id)
+        context = contact_context(
+            email=row.email,
+            name=row.name,
+            attributes=row.attributes or {},
+            extra={"unsubscribe_url": unsubscribe, "campaign_name": self.campaign_name},
+        )
+        content = render_content(self.compiled, context)
+        message_id = make_message_id(domain=self.message_id_domain, delivery_id=row.id)
+        data = self.composer.compose(
+            to_email=row.email,
+            to_name=row.name,
+            content=content,
+            message_id=message_id,
+            unsubscribe_url=unsubscribe,
+            unsubscribe_mailto=f"mailto:unsubscribe@{settings.EDM_BOUNCE_DOMAIN}"
+            f"?subject=unsubscribe-{row.id}",
+            delivery_id=row.id,
+        )
+        if self.signer is not None:
+            data = self.signer.sign(data)
+        sender = verp_address(
+            delivery_id=row.id, domain=settings.EDM_BOUNCE_DOMAIN, secret=settings.SECRET_KEY
+        )
+        return Envelope(
+            sender=sender,
+            recipients=(row.email,),
+            data=data,
+            tag=(row.id, message_id),
+            smtputf8=not row.email.isascii(),
+            dsn_envid=str(row.id),
+            dsn_notify="FAILURE,DELAY",
+            dsn_ret="HDRS",
+        )
+
+
+# Prepared campaigns per worker process, keyed by id and last change.
+_PREPARED: dict[int, tuple[datetime, PreparedCampaign]] = {}
+
+
+def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
+    cached = _PREPARED.get(campaign.pk)
+    if cached and cached[0] == campaign.updated_at:
+        return cached[1]
+    subject, html, text = campaign.content()
+    compiled = compile_templates(TemplateSource(subject=subject, html=html, text=text))
+    from_domain = campaign.from_email.rpartition("@")[2].lower()
+    list_names = list(campaign.lists.values_list("name", flat=True))
+    list_id = f"{campaign.name} <campaign-{campaign.pk}.{from_domain}>" if list_names else ""
+    composer = Composer(
+        MessageSpec(
+            from_email=campaign.from_email,
+            from_name=campaign.from_name,
+            reply_to=campaign.reply_to,
+            list_id=list_id,
+            campaign_id=campaign.pk,
+        )
+    )
+    prepared = PreparedCampaign(
+        campaign_id=campaign.pk,
+        campaign_name=campaign.name,
+        compiled=compiled,
+        composer=composer,
+        signer=delivery_selectors.dkim_signer_for(from_domain),
+        smtp=delivery_selectors.smtp_config_for(campaign.smtp_server),
+        message_id_domain=from_domain,
+    )
+    _PREPARED[campaign.pk] = (campaign.updated_at, prepared)
+    return prepared
+
+
+def _sample_recipients(campaign: Campaign, size: int) -> list[ClaimedDelivery]:
+    contacts = list(
+        Contact.objects.filter(
+            status=ContactStatus.ACTIVE,
+            subscriptions__contact_list__in=campaign.lists.all(),
+            subscriptions__status=SubscriptionStatus.SUBSCRIBED,
+        )
+        .distinct()
+        .order_by("id")
+        .values_list("id", "email", "name", "attributes")[: size * 5]
+    )
+    chosen = random.sample(contacts, min(size, len(contacts)))
+    return [
+        ClaimedDelivery(0, cid, email, name, attrs, 0, None) for cid, email, name, attrs in chosen
+    ]
+
+
+def campaign_validate(campaign: Campaign, *, sample_size: int = 20) -> list[str]:
+    """Problems that stop a send: found before the first message, never in the middle."""
+    problems = []
+    subject, html, text = campaign.content()
+    if not subject.strip():
+        problems.append("The subject is empty.")
+    if not html.strip() and not text.strip():
+        problems.append("The message has neither HTML nor text.")
+    if "@" not in campaign.from_email:
+        problems.append("The From address is missing or invalid.")
+    if not campaign.lists.exists():
+        problems.append("The campaign targets no list.")
+    if problems:
+        return problems
+    try:
+        prepared = campaign_prepare(campaign)
+    except (TemplateError, DeliveryError) as exc:
+        return [f"Template error: {exc}"]
+    for row in _sample_recipients(campaign, sample_size):
+        try:
+            prepared.envelope(row)
+        except (TemplateError, DeliveryError) as exc:
+            problems.append(f"Rendering for contact #{row.contact_id} fails: {exc}")
+            break
+    return problems
+
+
+def campaign_create(
+    *,
+    name: str,
+    list_names: list[str],
+    subject: str,
+    html: str,
+    text: str = "",
+    from_email: str,
+    from_name: str = "",
+    reply_to: str = "",
+) -> Campaign:
+    lists = []
+    for list_name in list_names:
+        contact_list = ContactList.objects.filter(name=list_name).first()
+        if contact_list is None:
+            raise CampaignValidationError([f"No contact list named {list_name!r}."])
+        lists.append(contact_list)
+    with transaction.atomic():
+        campaign = Campaign.objects.create(
+            name=name,
+            subject=subject,
+            html=html,
+            text=text,
+            from_email=from_email,
+            from_name=from_name,
+            reply_to=reply_to,
+        )
+        campaign.lists.set(lists)
+    try:
+        compile_templates(TemplateSource(subject=subject, html=html, text=text))
+    except TemplateError as exc:
+        campaign.delete()
+        raise CampaignValidationError([f"Template error: {exc}"]) from exc
+    return campaign
+
+
+def campaign_send(*, campaign_id: int) -> Campaign:
+    """Start sending now: lock, validate, mark sending, dispatch after commit."""
+    from campaigns.tasks import campaign_dispatch
+
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
+        if campaign.status not in SENDABLE_FROM:
+            raise CampaignStateError(
+                f"Campaign {campaign_id} is {campaign.status}; only a draft, scheduled or "
+                "failed campaign can be sent."
+            )
+        problems = campaign_validate(campaign)
+        if problems:
+            raise CampaignValidationError(problems)
+        campaign.status = CampaignStatus.SENDING
+        campaign.status_reason = ""
+        campaign.started_at = campaign.started_at or timezone.now()
+        campaign.save(update_fields=["status", "status_reason", "started_at", "updated_at"])
+        campaign_dispatch.delay_on_commit(campaign.pk)
+    return campaign
+
+
+def campaign_dispatch(*, campaign_id: int) -> int:
+    """Materialize the deliveries and enqueue batch tasks by id range; re-runnable."""
+    from campaigns.tasks import campaign_send_batch
+
+    campaign = Campaign.objects.get(pk=campaign_id)
+    if campaign.status != CampaignStatus.SENDING:
+        return 0
+    list_ids = list(campaign.lists.values_list("id", flat=True))
+    created = delivery_services.deliveries_materialize(campaign_id=campaign_id, list_ids=list_ids)
+    total = campaign.deliveries.count()
+    Campaign.objects.filter(pk=campaign_id).update(total_recipients=total)
+    ids = list(
+        campaign.deliveries.filter(status="pending").order_by("id").values_list("id", flat=True)
+    )
+    size = settings.EDM_BATCH_SIZE
+    batches = 0
+    for start in range(0, len(ids), size):
+        chunk = ids[start : start + size]
+        campaign_send_batch.delay(campaign_id, chunk[0], chunk[-1])
+        batches += 1
+    logger.info(
+        "campaign %s dispatched: %d new deliveries, %d in total, %d batches",
+        campaign_id,
+        created,
+        total,
+        batches,
+    )
+    if not ids:
+        campaign_finish_if_done(campaign_id=campaign_id)
+    return batches
+
+
+@dataclass
+class _Flusher:
+    """Collects outcomes and writes them at least every `every` seconds."""
+
+    every: float
+    pending: list[Outcome]
+    last: float
+
+    def add(self, outcome: Outcome) -> None:
+        self.pending.append(outcome)
+        if time.monotonic() - self.last >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            delivery_services.deliveries_record(self.pending)
+            self.pending = []
+        self.last = time.monotonic()
+
+
+def campaign_send_batch(
+    *, campaign_id: int, id_from: int | None = None, id_to: int | None = None
+) -> int:
+    """Claim, render, send and record the due deliveries of a campaign (in an id range)."""
+    campaign = Campaign.objects.select_related("smtp_server").get(pk=campaign_id)
+    if campaign.status != CampaignStatus.SENDING:
+        return 0
+    prepared = campaign_prepare(campaign)
+    policy = RetryPolicy(
+        base_seconds=settings.EDM_RETRY_BASE_SECONDS,
+        factor=settings.EDM_RETRY_FACTOR,
+        max_seconds=settings.EDM_RETRY_MAX_SECONDS,
+        lifetime_seconds=settings.EDM_RETRY_LIFETIME_SECONDS,
+    )
+    flusher = _Flusher(every=settings.EDM_FLUSH_SECONDS, pending=[], last=time.monotonic())
+    handled = 0
+    while True:
+        status = Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
+        if status != CampaignStatus.SENDING:
+            break
+        claimed = delivery_services.deliveries_claim(
+            campaign_id=campaign_id, limit=settings.EDM_BATCH_SIZE, id_from=id_from, id_to=id_to
+        )
+        if not claimed:
+            break
+        claimed = delivery_services.deliveries_drop_suppressed(claimed)
+        by_id = {row.id: row for row in claimed}
+        render_failures: collections.deque[Outcome] = collections.deque()
+
+        def envelopes(rows=claimed, failures=render_failures):
+            for row in rows:
+                try:
+                    yield prepared.envelope(row)
+                except (TemplateError, DeliveryError) as exc:
+                    failures.append(
+                        failed_outcome(
+                            delivery_id=row.id,
+                            reason="template_error",
+                            detail=str(exc),
+                            now=timezone.now(),
+                        )
+                    )
+
+        for result in send_envelopes(prepared.smtp, envelopes()):
+            delivery_id, message_id = result.tag
+            row = by_id[delivery_id]
+            flusher.add(
+                outcome_for_result(
+                    result,
+                    delivery_id=delivery_id,
+                    attempts=row.attempts + 1,
+                    first_attempt_at=row.first_attempt_at,
+                    now=timezone.now(),
+                    policy=policy,
+                    message_id=message_id,
+                )
+            )
+            while render_failures:
+                flusher.add(render_failures.popleft())
+        while render_failures:
+            flusher.add(render_failures.popleft())
+        flusher.flush()
+        handled += len(claimed)
+    campaign_finish_if_done(campaign_id=campaign_id)
+    return handled
+
+
+def campaign_finish_if_done(*, campaign_id: int) -> bool:
+    """Mark a sending campaign sent once no delivery is pending, sending or deferred."""
+    if delivery_selectors.has_open_deliveries(campaign_id=campaign_id):
+        return False
+    return bool(
+        Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.SENDING).update(
+            status=CampaignStatus.SENT, finished_at=timezone.now(), updated_at=timezone.now()
+        )
+    )
+
+
+def campaigns_sweep() -> dict[str, int]:
+    """The periodic safety net: reclaim dead leases, resume due work, start schedules, finish."""
+    from campaigns.tasks import campaign_send_batch
+
+    now = timezone.now()
+    reclaimed = delivery_services.deliveries_reclaim_expired(now=now)
+    resumed = 0
+    sending = set(
+        Campaign.objects.filter(status=CampaignStatus.SENDING).values_list("id", flat=True)
+    )
+    for campaign_id in delivery_selectors.campaigns_with_due_deliveries(now=now):
+        if campaign_id in sending and claim_once(
+            f"skylark:sweep:campaign:{campaign_id}", seconds=int(settings.EDM_SWEEP_SECONDS * 2)
+        ):
+            campaign_send_batch.delay(campaign_id, None, None)
+            resumed += 1
+    started = 0
+    for campaign_id in Campaign.objects.filter(
+        status=CampaignStatus.SCHEDULED, scheduled_at__lte=now
+    ).values_list("id", flat=True):
+        try:
+            campaign_send(campaign_id=campaign_id)
+            started += 1
+        except (CampaignStateError, CampaignValidationError) as exc:
+            Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.SCHEDULED).update(
+                status=CampaignStatus.FAILED, status_reason=str(exc), updated_at=now
+            )
+    finished = sum(campaign_finish_if_done(campaign_id=cid) for cid in sending)
+    return {"reclaimed": reclaimed, "resumed": resumed, "started": started, "finished": finished}
+
+
+def campaign_send_test(*, campaign_id: int, emails: list[str]) -> list[SendResult]:
+    """Send the campaign as it stands to a few addresses, now, outside any statistics."""
+    campaign = Campaign.objects.select_related("smtp_server").get(pk=campaign_id)
+    prepared = campaign_prepare(campaign)
+    samples = _sample_recipients(campaign, 1)
+    sample = samples[0] if samples else None
+    envelopes = []
+    for email in emails:
+        row = ClaimedDelivery(
+            id=0,
+            contact_id=sample.contact_id if sample else 0,
+            email=email,
+            name=sample.name if sample else "",
+            attributes=sample.attributes if sample else {},
+            attempts=0,
+            first_attempt_at=None,
+        )
+        envelope = prepared.envelope(row)
+        envelopes.append(
+            Envelope(
+                sender=campaign.from_email,
+                recipients=(email,),
+                data=envelope.data,
+                tag=email,
+                smtputf8=envelope.smtputf8,
+            )
+        )
+    return list(send_envelopes(prepared.smtp, envelopes))

@@ -1,0 +1,22 @@
+"""Celery tasks of the campaigns app: thin interfaces over campaigns.services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from campaigns import services
+
+
+@shared_task(name="campaigns.dispatch")
+def campaign_dispatch(campaign_id: int) -> None:
+    services.campaign_dispatch(campaign_id=campaign_id)
+
+
+@shared_task(name="campaigns.send_batch")
+def campaign_send_batch(campaign_id: int, id_from: int | None, id_to: int | None) -> None:
+    services.campaign_send_batch(campaign_id=campaign_id, id_from=id_from, id_to=id_to)
+
+
+@shared_task(name="campaigns.sweep")
+def campaigns_sweep() -> None:
+    services.campaigns_sweep()

@@ -1,0 +1,78 @@
+"""Reads of the delivery app: SMTP configuration, DKIM signers, delivery counts."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db.models import Count
+
+from delivery.dkim import DkimSigner
+from delivery.models import OPEN_STATUSES, Delivery, DeliveryStatus, DkimKey, SmtpServer
+from delivery.smtp import Security, SmtpConfig, smtp_config_from_url
+
+
+def smtp_config_for(server: SmtpServer | None) -> SmtpConfig:
+    """The pool configuration of a server, or of EDM_SMTP_URL when none is named."""
+    common = {
+        "timeout": settings.EDM_SMTP_TIMEOUT_SECONDS,
+        "max_messages_per_connection": settings.EDM_SMTP_MAX_MESSAGES_PER_CONNECTION,
+        "max_connection_age": float(settings.EDM_SMTP_MAX_CONNECTION_AGE_SECONDS),
+        "ca_file": settings.EDM_SMTP_TLS_CA_FILE,
+    }
+    if server is None:
+        server = SmtpServer.objects.filter(is_default=True, enabled=True).first()
+    if server is None:
+        return smtp_config_from_url(
+            settings.EDM_SMTP_URL, pool_size=settings.EDM_SMTP_POOL_SIZE, **common
+        )
+    return SmtpConfig(
+        host=server.host,
+        port=server.port,
+        security=Security(server.security),
+        username=server.username,
+        password=server.get_password(),
+        pool_size=server.pool_size,
+        **common,
+    )
+
+
+def dkim_signer_for(domain: str) -> DkimSigner | None:
+    """The signer of the newest enabled key of a From domain, if it has one."""
+    key = (
+        DkimKey.objects.filter(domain=domain.lower(), enabled=True).order_by("-created_at").first()
+    )
+    if key is None:
+        return None
+    return DkimSigner(
+        domain=key.domain, selector=key.selector, private_key_pem=key.get_private_key()
+    )
+
+
+def delivery_counts(*, campaign_id: int) -> dict[str, int]:
+    """Deliveries of a campaign per status, every status present (zero when none)."""
+    counts = dict.fromkeys(DeliveryStatus.values, 0)
+    rows = (
+        Delivery.objects.filter(campaign_id=campaign_id)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    counts.update({status: n for status, n in rows})
+    return counts
+
+
+def has_open_deliveries(*, campaign_id: int) -> bool:
+    return Delivery.objects.filter(campaign_id=campaign_id, status__in=OPEN_STATUSES).exists()
+
+
+def campaigns_with_due_deliveries(*, now) -> list[int]:
+    from django.db.models import Q
+
+    return list(
+        Delivery.objects.filter(
+            Q(status=DeliveryStatus.PENDING)
+            | Q(status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now)
+        )
+        .values_list("campaign_id", flat=True)
+        .distinct()
+        .order_by()
+    )

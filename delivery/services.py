@@ -1,0 +1,322 @@
+"""Writes of the delivery app: materialize, claim, record outcomes, reclaim leases."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from contacts.models import (
+    Contact,
+    ContactStatus,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionReason,
+    SuppressionScope,
+)
+from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
+from delivery.outcomes import Outcome
+
+logger = logging.getLogger(__name__)
+
+_EVENT_FOR_STATUS = {
+    DeliveryStatus.SENT: EventKind.SENT,
+    DeliveryStatus.DEFERRED: EventKind.DEFERRED,
+    DeliveryStatus.BOUNCED: EventKind.BOUNCED,
+    DeliveryStatus.FAILED: EventKind.FAILED,
+    DeliveryStatus.SUPPRESSED: EventKind.SUPPRESSED,
+}
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    id: int
+    contact_id: int
+    email: str
+    name: str
+    attributes: dict
+    attempts: int
+    first_attempt_at: datetime | None
+
+
+def deliveries_materialize(*, campaign_id: int, list_ids: Sequence[int]) -> int:
+    """Create one pending delivery per eligible recipient of the lists; re-runnable.
+
+    Set-based (one INSERT ... SELECT): each address once even when on several lists,
+    unsubscribed, bounced and suppressed (address or domain) contacts excluded, and rows
+    that already exist left alone (ON CONFLICT DO NOTHING), so a re-run adds only the missing.
+    """
+    if not list_ids:
+        return 0
+    delivery = Delivery._meta.db_table
+    contact = Contact._meta.db_table
+    subscription = Subscription._meta.db_table
+    suppression = Suppression._meta.db_table
+    domain_of = (
+        "split_part(c.email, '@', 2)"
+        if connection.vendor == "postgresql"
+        else "substr(c.email, instr(c.email, '@') + 1)"
+    )
+    placeholders = ", ".join(["%s"] * len(list_ids))
+    sql = f"""
+        INSERT INTO {delivery} (campaign_id, contact_id, email, status, attempts, message_id,
+                                smtp_code, enhanced_status, smtp_reply, reason, updated_at)
+        SELECT %s, c.id, c.email, %s, 0, '', NULL, '', '', '', %s
+        FROM {contact} c
+        WHERE c.status = %s
+          AND EXISTS (SELECT 1 FROM {subscription} s
+                      WHERE s.contact_id = c.id AND s.status = %s
+                        AND s.contact_list_id IN ({placeholders}))
+          AND NOT EXISTS (SELECT 1 FROM {suppression} x
+                          WHERE (x.scope = %s AND x.value = lower(c.email))
+                             OR (x.scope = %s AND x.value = lower({domain_of})))
+        ORDER BY c.id
+        ON CONFLICT (campaign_id, contact_id) DO NOTHING
+    """  # noqa: S608 - table names come from model metadata, values are parameters
+    params = [
+        campaign_id,
+        DeliveryStatus.PENDING,
+        timezone.now(),
+        ContactStatus.ACTIVE,
+        SubscriptionStatus.SUBSCRIBED,
+        *list_ids,
+        SuppressionScope.ADDRESS,
+        SuppressionScope.DOMAIN,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return max(cursor.rowcount, 0)
+
+
+def _due(now: datetime) -> Q:
+    return Q(status=DeliveryStatus.PENDING) | Q(
+        status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now
+    )
+
+
+def deliveries_claim(
+    *,
+    campaign_id: int,
+    limit: int,
+    id_from: int | None = None,
+    id_to: int | None = None,
+    lease_seconds: int | None = None,
+) -> list[ClaimedDelivery]:
+    """Claim up to `limit` due deliveries (pending, or deferred and due) with a lease.
+
+    On PostgreSQL concurrent claimers skip each other's locked rows; on SQLite the
+    IMMEDIATE transaction serializes them. Either way each row goes to one claimer.
+    """
+    now = timezone.now()
+    lease = now + timedelta(seconds=lease_seconds or settings.EDM_LEASE_SECONDS)
+    due = Delivery.objects.filter(_due(now), campaign_id=campaign_id)
+    if id_from is not None:
+        due = due.filter(id__gte=id_from)
+    if id_to is not None:
+        due = due.filter(id__lte=id_to)
+    with transaction.atomic():
+        locking = due.order_by("id")
+        if connection.features.has_select_for_update_skip_locked:
+            locking = locking.select_for_update(skip_locked=True, of=("self",))
+        ids = list(locking.values_list("id", flat=True)[:limit])
+        if not ids:
+            return []
+        Delivery.objects.filter(id__in=ids).update(
+            status=DeliveryStatus.SENDING, lease_expires_at=lease, updated_at=now
+        )
+    rows = (
+        Delivery.objects.filter(id__in=ids)
+        .order_by("id")
+        .values_list(
+            "id",
+            "contact_id",
+            "email",
+            "contact__name",
+            "contact__attributes",
+            "attempts",
+            "first_attempt_at",
+        )
+    )
+    return [ClaimedDelivery(*row) for row in rows]
+
+
+def deliveries_drop_suppressed(claimed: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
+    """Mark claimed deliveries whose address was suppressed or opted out since dispatch.
+
+    Checked again at send time so that a late opt-out is honoured.
+    """
+    if not claimed:
+        return claimed
+    emails = {c.email.lower() for c in claimed}
+    domains = {e.rpartition("@")[2] for e in emails}
+    blocked_values = set(
+        Suppression.objects.filter(
+            Q(scope=SuppressionScope.ADDRESS, value__in=emails)
+            | Q(scope=SuppressionScope.DOMAIN, value__in=domains)
+        ).values_list("value", flat=True)
+    )
+    inactive = set(
+        Contact.objects.filter(id__in=[c.contact_id for c in claimed])
+        .exclude(status=ContactStatus.ACTIVE)
+        .values_list("id", flat=True)
+    )
+    keep, dropped = [], []
+    for item in claimed:
+        email = item.email.lower()
+        if (
+            email in blocked_values
+            or email.rpartition("@")[2] in blocked_values
+            or item.contact_id in inactive
+        ):
+            dropped.append(item)
+        else:
+            keep.append(item)
+    if dropped:
+        now = timezone.now()
+        ids = [d.id for d in dropped]
+        with transaction.atomic():
+            Delivery.objects.filter(id__in=ids, status=DeliveryStatus.SENDING).update(
+                status=DeliveryStatus.SUPPRESSED,
+                reason="suppressed",
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            DeliveryEvent.objects.bulk_create(
+                DeliveryEvent(delivery_id=i, kind=EventKind.SUPPRESSED, created_at=now) for i in ids
+            )
+    return keep
+
+
+def deliveries_record(outcomes: Iterable[Outcome]) -> int:
+    """Write a flush of outcomes: one bulk update, one bulk insert of events.
+
+    Hard bounces also suppress the address and mark the contact bounced.
+    """
+    outcomes = list(outcomes)
+    if not outcomes:
+        return 0
+    ids = [o.delivery_id for o in outcomes]
+    current = dict(Delivery.objects.filter(id__in=ids).values_list("id", "first_attempt_at"))
+    rows, events, suppress = [], [], []
+    for o in outcomes:
+        sent = o.status == DeliveryStatus.SENT
+        rows.append(
+            Delivery(
+                id=o.delivery_id,
+                status=o.status,
+                next_attempt_at=o.next_attempt_at,
+                lease_expires_at=None,
+                message_id=o.message_id,
+                smtp_code=o.smtp_code,
+                enhanced_status=o.enhanced_status,
+                smtp_reply=o.reply,
+                reason=o.reason,
+                first_attempt_at=current.get(o.delivery_id) or o.attempted_at,
+                sent_at=o.attempted_at if sent else None,
+                updated_at=o.attempted_at,
+            )
+        )
+        events.append(
+            DeliveryEvent(
+                delivery_id=o.delivery_id,
+                kind=_EVENT_FOR_STATUS.get(o.status, EventKind.ATTEMPT),
+                created_at=o.attempted_at,
+                smtp_code=o.smtp_code,
+                enhanced_status=o.enhanced_status,
+                detail=o.reply,
+                data={"reason": o.reason} if o.reason else {},
+            )
+        )
+        if o.suppress:
+            suppress.append(o.delivery_id)
+    with transaction.atomic():
+        Delivery.objects.bulk_update(
+            rows,
+            [
+                "status",
+                "next_attempt_at",
+                "lease_expires_at",
+                "message_id",
+                "smtp_code",
+                "enhanced_status",
+                "smtp_reply",
+                "reason",
+                "first_attempt_at",
+                "sent_at",
+                "updated_at",
+            ],
+            batch_size=500,
+        )
+        # Attempts are counted in SQL so that concurrent writers never lose one.
+        Delivery.objects.filter(id__in=ids).update(attempts=F("attempts") + 1)
+        DeliveryEvent.objects.bulk_create(events, batch_size=1000)
+        if suppress:
+            _suppress_deliveries(suppress)
+    return len(outcomes)
+
+
+def _suppress_deliveries(delivery_ids: list[int]) -> None:
+    pairs = list(Delivery.objects.filter(id__in=delivery_ids).values_list("contact_id", "email"))
+    Suppression.objects.bulk_create(
+        [
+            Suppression(
+                value=email.lower(),
+                scope=SuppressionScope.ADDRESS,
+                reason=SuppressionReason.HARD_BOUNCE,
+                source="smtp",
+            )
+            for _, email in pairs
+        ],
+        ignore_conflicts=True,
+    )
+    Contact.objects.filter(id__in=[c for c, _ in pairs], status=ContactStatus.ACTIVE).update(
+        status=ContactStatus.BOUNCED
+    )
+
+
+def deliveries_reclaim_expired(*, now: datetime | None = None) -> int:
+    """Return deliveries whose lease expired (their worker died) to the due queue.
+
+    At-least-once: such a message may have left before the worker died, so it may repeat.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        ids = list(
+            Delivery.objects.filter(
+                status=DeliveryStatus.SENDING, lease_expires_at__lt=now
+            ).values_list("id", flat=True)[:10000]
+        )
+        if not ids:
+            return 0
+        Delivery.objects.filter(id__in=ids, status=DeliveryStatus.SENDING).update(
+            status=DeliveryStatus.DEFERRED, next_attempt_at=now, lease_expires_at=None
+        )
+        DeliveryEvent.objects.bulk_create(
+            DeliveryEvent(delivery_id=i, kind=EventKind.RECLAIMED, created_at=now) for i in ids
+        )
+    logger.warning("reclaimed %d deliveries with expired leases", len(ids))
+    return len(ids)
+
+
+def deliveries_release(delivery_ids: list[int]) -> int:
+    """Give claimed but unsent deliveries back (graceful stop, pause): no attempt counted."""
+    if not delivery_ids:
+        return 0
+    return Delivery.objects.filter(id__in=delivery_ids, status=DeliveryStatus.SENDING).update(
+        status=DeliveryStatus.PENDING, lease_expires_at=None, updated_at=timezone.now()
+    )
+
+
+def deliveries_cancel(*, campaign_id: int) -> int:
+    """Cancel every delivery of a campaign that has not been attempted to completion."""
+    return Delivery.objects.filter(
+        campaign_id=campaign_id,
+        status__in=[DeliveryStatus.PENDING, DeliveryStatus.DEFERRED],
+    ).update(status=DeliveryStatus.CANCELLED, updated_at=timezone.now())
