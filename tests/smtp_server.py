@@ -415,7 +415,8 @@ class ScriptedSmtpServer:
             ready_timeout=WAIT_TIMEOUT,
             tls_context=context if self.starttls else None,
             authenticator=self._authenticate if self.users else None,
-            auth_require_tls=auth_require_tls,
+            # aiosmtpd only knows STARTTLS; with TLS on connect every session is encrypted.
+            auth_require_tls=auth_require_tls and not implicit_tls,
             data_size_limit=size or None,
             enable_SMTPUTF8=smtputf8,
             timeout=30,
