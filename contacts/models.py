@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import Lower
 
 
 class ContactStatus(models.TextChoices):
@@ -38,6 +39,11 @@ class Contact(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        constraints = [
+            # One contact per address whatever its case: imports match on lower(email), and
+            # this index makes that lookup (and ON CONFLICT) fast on SQLite and PostgreSQL.
+            models.UniqueConstraint(Lower("email"), name="uniq_contact_email_ci"),
+        ]
 
     def __str__(self) -> str:
         return self.email
@@ -145,6 +151,11 @@ class ImportJob(models.Model):
     # Rejected rows: [{"line": N, "reason": "...", "detail": "...", "email": "..."}].
     rejected_rows = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
+    # What the reader detected (shown on the job page and in reports).
+    detected_encoding = models.CharField(max_length=40, blank=True)
+    detected_delimiter = models.CharField(max_length=4, blank=True)
+    # Optional rejections: {"reject_role": bool, "reject_disposable": bool}.
+    options = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

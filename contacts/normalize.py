@@ -1,0 +1,170 @@
+"""Email address validation and normalization for imports (pure: no ORM)."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+from email_validator import EmailNotValidError, validate_email
+
+
+class RejectReason(enum.StrEnum):
+    """Why an import row was not stored: a closed vocabulary shown in reports."""
+
+    INVALID_EMAIL = "invalid_email"
+    MISSING_EMAIL = "missing_email"
+    DUPLICATE_IN_FILE = "duplicate_in_file"
+    UNDECODABLE = "undecodable"
+    FIELD_TOO_LARGE = "field_too_large"
+    MALFORMED_ROW = "malformed_row"
+    NUL_BYTE = "nul_byte"
+    ROLE_ADDRESS = "role_address"
+    DISPOSABLE_DOMAIN = "disposable_domain"
+    SUPPRESSED = "suppressed"
+
+
+class InvalidEmail(ValueError):
+    """The value is not a usable email address; ``reason`` is a RejectReason."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+ROLE_LOCAL_PARTS = frozenset(
+    {
+        "abuse",
+        "admin",
+        "administrator",
+        "billing",
+        "contact",
+        "help",
+        "hostmaster",
+        "info",
+        "mailer-daemon",
+        "marketing",
+        "no-reply",
+        "noc",
+        "noreply",
+        "do-not-reply",
+        "donotreply",
+        "office",
+        "postmaster",
+        "root",
+        "sales",
+        "security",
+        "support",
+        "webmaster",
+    }
+)
+
+# A small bundled list of well-known throwaway-mailbox domains; not meant to be exhaustive.
+DISPOSABLE_DOMAINS = frozenset(
+    {
+        "10minutemail.com",
+        "discard.email",
+        "dispostable.com",
+        "fakeinbox.com",
+        "getnada.com",
+        "guerrillamail.com",
+        "guerrillamail.net",
+        "mailinator.com",
+        "maildrop.cc",
+        "mintemail.com",
+        "mohmal.com",
+        "sharklasers.com",
+        "temp-mail.org",
+        "tempmail.com",
+        "throwawaymail.com",
+        "trashmail.com",
+        "yopmail.com",
+    }
+)
+
+# The common case (plain ASCII dot-atom local part) is checked with this expression and the
+# domain once per distinct domain by email-validator; anything else takes the full validator.
+# RFC 5322 3.2.3 atext, dot-atom without leading, trailing or doubled dots.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_FAST_LOCAL = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*\Z")
+_MAX_LOCAL = 64  # RFC 5321 4.5.3.1.1
+_MAX_ADDRESS = 254  # RFC 5321 4.5.3.1.3 path minus the angle brackets
+
+
+@dataclass(frozen=True, slots=True)
+class EmailPolicy:
+    """Optional extra rejections on top of syntax."""
+
+    reject_role: bool = False
+    reject_disposable: bool = False
+
+
+def _strip_wrapping(raw: str) -> str:
+    value = raw.strip().strip("\ufeff").strip()
+    for _ in range(2):  # "<mailto:a@b>" and "mailto:<a@b>" both occur
+        if value.startswith("<") and value.endswith(">"):
+            value = value[1:-1].strip()
+        if value[:7].lower() == "mailto:":
+            value = value[7:].split("?", 1)[0].strip()
+    return value
+
+
+@lru_cache(maxsize=65536)
+def _normalize_domain(domain: str) -> str:
+    """Validate a domain once (through a dummy local part) and return its Unicode lower form."""
+    try:
+        result = validate_email(f"a@{domain}", check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidEmail(RejectReason.INVALID_EMAIL, str(exc)) from None
+    return result.domain.lower()
+
+
+def normalize_email(raw: str | None, *, policy: EmailPolicy | None = None) -> str:
+    """Return the normalized address or raise InvalidEmail.
+
+    Trimmed; ``mailto:`` and ``<...>`` stripped; the domain lower-cased in its Unicode form
+    (IDNA decoded); the local part keeps its case (RFC 5321 2.4: it may be case-sensitive).
+    """
+    value = _strip_wrapping(raw or "")
+    if not value:
+        raise InvalidEmail(RejectReason.MISSING_EMAIL, "no email address")
+    local, at, domain = value.rpartition("@")
+    if (
+        at
+        and len(local) <= _MAX_LOCAL
+        and len(value) <= _MAX_ADDRESS
+        and _FAST_LOCAL.match(local)
+        and domain.isascii()
+        and "xn--" not in domain.lower()
+    ):
+        normalized = f"{local}@{_normalize_domain(domain)}"
+    else:
+        try:
+            result = validate_email(value, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise InvalidEmail(RejectReason.INVALID_EMAIL, str(exc)) from None
+        normalized = f"{result.local_part}@{result.domain.lower()}"
+    if policy is not None:
+        _apply_policy(normalized, policy)
+    return normalized
+
+
+def _apply_policy(address: str, policy: EmailPolicy) -> None:
+    local, _, domain = address.rpartition("@")
+    if policy.reject_role and local.lower().split("+", 1)[0] in ROLE_LOCAL_PARTS:
+        raise InvalidEmail(RejectReason.ROLE_ADDRESS, f"role address {local}@")
+    if policy.reject_disposable and is_disposable_domain(domain):
+        raise InvalidEmail(RejectReason.DISPOSABLE_DOMAIN, f"disposable domain {domain}")
+
+
+def is_disposable_domain(domain: str) -> bool:
+    """True when the domain or one of its parents is on the bundled disposable list."""
+    labels = domain.lower().split(".")
+    return any(".".join(labels[i:]) in DISPOSABLE_DOMAINS for i in range(len(labels) - 1))
+
+
+def email_key(address: str) -> str:
+    """The case-insensitive identity of a normalized address (used for de-duplication)."""
+    return address.lower()
