@@ -320,8 +320,9 @@ class _SkylarkEnvironment(ImmutableSandboxedEnvironment):
         self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
     ) -> Any:
         if operator == "**":
-            if isinstance(right, int) and isinstance(left, int) and abs(right) > 1024:
-                raise SecurityError("exponent too large")
+            if isinstance(right, int) and isinstance(left, int):
+                if abs(right) > 1024 or max(left.bit_length(), 1) * abs(right) > 100_000:
+                    raise SecurityError("exponent too large")
         elif operator == "*":
             for seq, times in ((left, right), (right, left)):
                 if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
@@ -335,6 +336,10 @@ class _SkylarkEnvironment(ImmutableSandboxedEnvironment):
             for spec in _PERCENT_SPEC.findall(left):
                 _check_format_spec(spec)
         return self.binop_table[operator](left, right)
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
+        # Louder than the default undefined: probing internals is an error the pre-flight shows.
+        raise SecurityError(f"access to attribute {attribute!r} is not allowed")
 
     def checked_concat(self, context: jinja2.runtime.Context, parts: tuple[Any, ...]) -> str:
         join = markup_join if context.eval_ctx.autoescape else str_join
