@@ -1,0 +1,200 @@
+"""Byte-level MIME composition checked with the stdlib's strict parser."""
+
+import email.policy
+import re
+from email.header import decode_header, make_header
+from email.parser import BytesParser
+
+import pytest
+
+from delivery.compose import (
+    Composer,
+    MessageSpec,
+    make_message_id,
+    needs_smtputf8,
+    sanitize_header_value,
+)
+from delivery.errors import InvalidAddressError, InvalidHeaderError
+from delivery.render import RenderedContent
+
+SPEC = MessageSpec(
+    from_email="news@example.com",
+    from_name="张三 Shop",
+    reply_to="help@example.com",
+    list_id="Newsletter <newsletter.42.example.com>",
+    campaign_id=42,
+    extra_headers=(("X-Campaign-Tag", "spring"),),
+)
+
+
+def _compose(
+    *, subject="Hello", html="<p>Hi</p>", text="Hi", to_name="Bob", to="bob@example.org", **kw
+):
+    kw.setdefault("message_id", make_message_id(domain="example.com", delivery_id=7))
+    return Composer(kw.pop("spec", SPEC)).compose(
+        to_email=to,
+        to_name=to_name,
+        content=RenderedContent(subject=subject, html=html, text=text),
+        **kw,
+    )
+
+
+def _parse(raw: bytes, policy=email.policy.strict):
+    message = BytesParser(policy=policy).parsebytes(raw)
+    for part in message.walk():
+        assert not part.defects, part.defects
+    return message
+
+
+def _assert_wire_safe(raw: bytes):
+    assert b"\r\n\r\n" in raw
+    assert re.search(rb"(?<!\r)\n", raw) is None, "bare LF"
+    assert re.search(rb"\r(?!\n)", raw) is None, "bare CR"
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+
+def test_structure_and_headers():
+    raw = _compose(
+        unsubscribe_url="https://example.com/u/tok",
+        unsubscribe_mailto="unsub@example.com",
+        delivery_id=7,
+        date=0,
+    )
+    _assert_wire_safe(raw)
+    message = _parse(raw)
+    assert message["MIME-Version"] == "1.0"
+    assert message["Date"] == "Thu, 01 Jan 1970 00:00:00 +0000"
+    assert message["Message-ID"].endswith("@example.com>")
+    assert str(message["From"]) == "张三 Shop <news@example.com>"
+    assert message["Reply-To"] == "help@example.com"
+    assert message["List-Id"] == "Newsletter <newsletter.42.example.com>"
+    assert message["List-Unsubscribe"] == "<https://example.com/u/tok>, <mailto:unsub@example.com>"
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["X-Skylark-Campaign"] == "42"
+    assert message["X-Skylark-Delivery"] == "7"
+    assert message["X-Campaign-Tag"] == "spring"
+    assert message.get_content_type() == "multipart/alternative"
+    plain, html = message.get_payload()
+    assert plain.get_content_type() == "text/plain"
+    assert html.get_content_type() == "text/html"
+    assert plain.get_content_charset() == "utf-8"
+
+
+def test_one_click_only_with_an_http_url():
+    message = _parse(_compose(unsubscribe_mailto="unsub@example.com"))
+    assert message["List-Unsubscribe"] == "<mailto:unsub@example.com>"
+    assert message["List-Unsubscribe-Post"] is None
+
+
+def test_chinese_subject_round_trips_and_is_folded():
+    subject = "你好，张三！这是一封很长的中文主题邮件，用来测试折叠和编码是否正确无误。" * 3
+    raw = _compose(subject=subject)
+    _assert_wire_safe(raw)
+    head = raw.split(b"\r\n\r\n")[0]
+    subject_lines = head.split(b"Subject:")[1].split(b"\r\nDate:")[0].split(b"\r\n")
+    assert len(subject_lines) > 3
+    assert all(len(line) <= 78 for line in subject_lines)
+    assert str(make_header(decode_header(_parse(raw, email.policy.compat32)["Subject"]))) == subject
+    assert _parse(raw)["Subject"] == subject
+
+
+def test_long_ascii_subject_is_folded_and_round_trips():
+    subject = " ".join(f"word{i}" for i in range(80))
+    message = _parse(_compose(subject=subject))
+    assert message["Subject"] == subject
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "x\r\nBcc: evil@attacker.test",
+        "x\nBcc: evil@attacker.test",
+        "x\rBcc: evil@attacker.test",
+        "x\x00Bcc: evil@attacker.test",
+        "x\u2028Bcc: evil@attacker.test",
+        "x\u0085Bcc: evil@attacker.test",
+        "=?utf-8?b?DQpCY2M6IGV2aWxAYXR0YWNrZXIudGVzdA==?=",  # decodes to CRLF Bcc: ...
+        '"evil@attacker.test", <evil2@attacker.test>',
+    ],
+)
+def test_header_injection_adds_no_header_and_no_recipient(hostile):
+    raw = _compose(subject=hostile, to_name=hostile, text=hostile, html=hostile)
+    _assert_wire_safe(raw)
+    message = _parse(raw)
+    assert message["Bcc"] is None
+    assert len(message.get_all("To")) == 1
+    assert [a.addr_spec for a in message["To"].addresses] == ["bob@example.org"]
+    assert b"\nBcc:" not in raw.split(b"\r\n\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "bob@example.org\r\nBcc: x@y.z",
+        "bob@example.org,eve@example.org",
+        "<bob@example.org>",
+        '"bob"@example.org',
+        "bob",
+        "bob@@example.org",
+        "bob smith@example.org",
+        "bob@exa mple.org",
+    ],
+)
+def test_bad_addresses_are_rejected(address):
+    with pytest.raises(InvalidAddressError):
+        _compose(to=address)
+
+
+def test_display_names_are_quoted_when_needed():
+    message = _parse(_compose(to_name='Bob "the" Builder, Jr.'))
+    assert message["To"].addresses[0].display_name == 'Bob "the" Builder, Jr.'
+    assert message["To"].addresses[0].addr_spec == "bob@example.org"
+
+
+def test_dots_from_lines_and_newlines_in_bodies_are_encoded():
+    body = ".\nFrom here\r\n..two\rlast" + " trailing  \n" + "x" * 3000
+    raw = _compose(text=body, html=body)
+    _assert_wire_safe(raw)
+    assert b"\r\n.\r\n" not in raw and b"\r\nFrom " not in raw
+    plain, html = _parse(raw).get_payload()
+    expected = ".\nFrom here\n..two\nlast trailing  \n" + "x" * 3000 + "\n"
+    assert plain.get_content().replace("\r\n", "\n") == expected
+    assert html.get_content().replace("\r\n", "\n") == expected
+
+
+def test_chinese_body_round_trips():
+    body = "亲爱的张三：\n感谢您的订阅。" * 200
+    plain, html = _parse(_compose(text=body, html=f"<p>{body}</p>")).get_payload()
+    assert plain.get_content().replace("\r\n", "\n") == body + "\n"
+    assert html["Content-Transfer-Encoding"] == "base64"
+
+
+def test_internationalized_local_part_is_raw_utf8_and_needs_smtputf8():
+    raw = _compose(to="用户@例子.中国")
+    assert "用户@xn--fsqu00a.xn--fiqs8s".encode() in raw
+    assert needs_smtputf8("用户@example.org", "a@example.com")
+    assert not needs_smtputf8("bob@例子.中国", "a@example.com")
+
+
+def test_message_id_is_unique_and_in_domain():
+    ids = {make_message_id(domain="example.com", delivery_id=1) for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(i.startswith("<1.") and i.endswith("@example.com>") for i in ids)
+    with pytest.raises(InvalidHeaderError):
+        _compose(message_id="<a@b>\r\nBcc: x@y.z")
+
+
+def test_sanitize_header_value():
+    assert sanitize_header_value("a\r\nb\x00c\u2028d\u2029e\x1bf\tg") == "a b c d e f g"
+
+
+def test_extra_headers_cannot_override_structural_ones():
+    with pytest.raises(InvalidHeaderError):
+        Composer(MessageSpec(from_email="a@example.com", extra_headers=(("Bcc", "x@y.z"),)))
+    with pytest.raises(InvalidHeaderError):
+        Composer(MessageSpec(from_email="a@example.com", extra_headers=(("X-A\r\nB", "v"),)))
+
+
+def test_unsafe_unsubscribe_url_is_rejected():
+    with pytest.raises(InvalidHeaderError):
+        _compose(unsubscribe_url="https://x.test/a>, <https://evil.test")
