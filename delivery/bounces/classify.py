@@ -45,7 +45,7 @@ _TEXT_RULES: tuple[tuple[BounceReason, re.Pattern[str]], ...] = tuple(
             r"|spamhaus|spamcop|barracuda|sorbs|reputation|junk mail|bulk mail|unsolicited"
             r"|reverse dns|reverse lookup|\bptr\b|rdns|no dns entry|dns (?:record|name) for"
             r"|not have a (?:valid )?(?:reverse|ptr)|cannot find your hostname|dynamic ip"
-            r"|dial-?up|residential ip|listed (?:at|in|on|by)|is listed|client host .{0,80} blocked"
+            r"|dial-?up|residential ip|(?<!not )listed (?:at|in|on|by)|is listed|client host .{0,80} blocked"
             r"|ip (?:address )?(?:has been |is )?blocked|blocked using|\bphish",
         ),
         (
@@ -63,17 +63,24 @@ _TEXT_RULES: tuple[tuple[BounceReason, re.Pattern[str]], ...] = tuple(
             r"|relay not permitted|cannot relay|isn't allowed to relay|is not a gateway",
         ),
         (
+            # The complaint is about our sender address, not the recipient (RFC 3463 X.1.7/X.1.8).
+            R.POLICY_BLOCK,
+            r"sender (?:address|domain)|domain of sender|unroutable sender|sender .{0,30}(?:rejected|"
+            r"denied|unknown|invalid|refused|blocked|not (?:exist|allowed|permitted))|recipient "
+            r"preferences|rejected by (?:the )?recipient|recipient (?:has )?(?:rejected|blocked|filter)",
+        ),
+        (
             R.MAILBOX_SUSPENDED,
-            r"suspended|temporarily (?:disabled|inactive|unavailable|locked)|mailbox is inactive"
-            r"|account is inactive|inactive (?:account|user|mailbox)|is frozen|account (?:is )?locked"
-            r"|mailbox (?:is )?locked|recipient suspend",
+            r"suspended|temporar(?:il)?y? (?:disabled|inactive|unavailable|locked|blocked)"
+            r"|mailbox is inactive|account is inactive|inactive (?:account|user|mailbox)|is frozen"
+            r"|(?:account|mailbox|user|address|compte)(?: has been| is| was)?(?: temporar(?:il)?y)?"
+            r" (?:disabled|deactivated|discontinued|locked|blocked|bloque)"
+            r"|disabled (?:recipient|account|mailbox|user)|is disabled|been disabled|recipient suspend",
         ),
         (
             R.MAILBOX_DISABLED,
-            r"(?:account|mailbox|user|address)(?: has been| is| was)? (?:disabled|deactivated|"
-            r"discontinued|closed|terminated|expired|deleted|removed|cancell?ed|blocked)"
-            r"|disabled (?:account|mailbox|user)|no longer (?:active|in use|valid|available|exists?)"
-            r"|account (?:has been )?(?:disabled|discontinued)|is disabled|been disabled",
+            r"(?:account|mailbox|user|address)(?: has been| is| was)? (?:closed|terminated|deleted|"
+            r"removed|cancell?ed|expired)|no longer (?:active|in use|valid|available|exists?)",
         ),
         (
             R.MAILBOX_MOVED,
@@ -105,7 +112,8 @@ _TEXT_RULES: tuple[tuple[BounceReason, re.Pattern[str]], ...] = tuple(
             r"|undeliverable address|doesn'?t have an? .{0,40} account|not our customer"
             r"|no account by that name|unknown or invalid|addressee unknown|rejected: user"
             r"|unknown in (?:local|virtual|relay) recipient table|not listed in|no such"
-            r"|not a recipient|invalid address|destination address rejected",
+            r"|not a recipient|invalid address|destination address rejected|not our user"
+            r"|recipient address rejected: access denied|directory lookup|no such",
         ),
         (
             R.DOMAIN_NOT_ACCEPTING,
@@ -127,8 +135,8 @@ _TEXT_RULES: tuple[tuple[BounceReason, re.Pattern[str]], ...] = tuple(
         ),
         (
             R.CONTENT_REJECTED,
-            r"virus|malware|infected|content (?:rejected|filter|policy)|message (?:content )?"
-            r"rejected|attachment|not rfc ?\d* ?compliant|rfc ?\d* ?compliant|malformed"
+            r"virus|malware|infected|content (?:rejected|filter|policy)|message content rejected"
+            r"|attachment|not rfc ?\d* ?compliant|rfc ?\d* ?compliant|malformed"
             r"|header (?:error|syntax|too long)|invalid (?:header|message|mime)|8-?bit|encoding"
             r"|syntax error|bad command|line too long|forbidden content|prohibited",
         ),
@@ -267,16 +275,33 @@ def kind_for(reason: BounceReason, *, temporary: bool) -> BounceKind:
     return BounceKind.SOFT
 
 
+_COMMAND_RE = re.compile(
+    r"(?:after|in reply to|>>>|response to)\s+(?:the\s+)?(?:end\s+of\s+)?"
+    r"(data|mail\s+from|rcpt\s+to|helo|ehlo|connect)\b|\b(data|mail\s+from|rcpt\s+to)\s+command",
+    re.I,
+)
+
+
+def find_smtp_command(text: str) -> str:
+    """The SMTP command a failure answered ("DATA", "MAIL", "RCPT", ...), or "" (last one wins)."""
+    command = ""
+    for match in _COMMAND_RE.finditer(text):
+        command = (match.group(1) or match.group(2)).split()[0].upper()
+    return command
+
+
 def classify_failure(
     *,
     status: str = "",
     reply_code: int | None = None,
     text: str = "",
     temporary: bool | None = None,
+    command: str = "",
 ) -> tuple[BounceKind, BounceReason]:
     """Classify a failure from whatever the report carries; text first, then codes.
 
     `temporary` overrides the class taken from the codes (a DSN's Action: delayed).
+    `command` is the SMTP command that was refused, when the report tells.
     """
     status = normalize_status(status)
     if temporary is None:
@@ -305,6 +330,13 @@ def classify_failure(
             reason = R.UNKNOWN_USER if reply_code != 551 else R.MAILBOX_MOVED
         else:
             reason = R.OTHER
+    if reason in DEAD_ADDRESS_REASONS and command in ("MAIL", "HELO", "EHLO", "CONNECT"):
+        # Refused before any recipient was named: the complaint is about us, not the address.
+        reason = R.POLICY_BLOCK
+    elif reason == R.UNKNOWN_USER and command == "DATA":
+        # "Unknown user" only after the content was sent is a content filter's answer, not
+        # proof the address is dead (the address passed RCPT TO).
+        reason = R.POLICY_BLOCK
     return kind_for(reason, temporary=temporary), reason
 
 

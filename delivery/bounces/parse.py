@@ -7,6 +7,7 @@ import email.header
 import email.parser
 import email.policy
 import html
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from email.message import Message
 from .classify import (
     classify_failure,
     find_reply_code,
+    find_smtp_command,
     find_status,
     normalize_status,
     reason_from_text,
@@ -58,7 +60,7 @@ _CONT_STATUS_REPLY_RE = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\
 _RECIPIENT_LINE_RE = re.compile(
     r"^[ \t]*(?:(?:final-|original-)?(?:recipient|rcpt to|to|address|user|addressee|failed recipient"
     r"|recipient address|destinataire|empf(?:ae|ä)nger)s?(?:\(s\))?[ \t]*:[ \t]*)?"
-    r"(?:\"[^\"]*\"[ \t]*|[^<>\n@]{0,40}?)?[<\[\"']?(" + _ADDR + r")[>\]\"']?"
+    r"(?:\"[^\"]*\"[ \t]*<|[^<>\n@:\d]{1,40}<|[<\[\"'])?(" + _ADDR + r")[>\]\"']?"
     r"[ \t]*(?:$|[:.,;]|\(|-|\bon\b|\bwas\b|\bfailed\b|\.\.\.|[ \t]+\S)",
     re.I | re.M,
 )
@@ -125,9 +127,9 @@ def _parse(raw: bytes) -> BounceReport:
         originals.append(_headers_from_text(returned_text))
 
     dsn_message, dsn_recipients = _dsn_blocks(found.dsn_text)
-    if not dsn_recipients and "recipient:" in bounce_text.lower():
-        # Some MTAs paste delivery-status fields into the text part.
-        dsn_message2, dsn_recipients = _dsn_blocks([bounce_text])
+    if not dsn_recipients and "recipient:" in readable.lower():
+        # Some MTAs paste delivery-status fields into the text part (or break the MIME).
+        dsn_message2, dsn_recipients = _dsn_blocks([readable])
         dsn_message = dsn_message or dsn_message2
 
     own = _own_addresses(msg)
@@ -138,7 +140,11 @@ def _parse(raw: bytes) -> BounceReport:
         "original_message_id": _original_message_id(originals),
     }
 
-    if found.feedback_text or _is_feedback(msg, readable):
+    ses = _ses_notification(readable)
+    if ses is not None:
+        return BounceReport(recipients=ses, **report_fields)
+
+    if found.feedback_text or _is_feedback(msg, readable) or _hotmail_complaint(originals):
         recipients = _feedback_recipients(found.feedback_text, originals, readable)
         return BounceReport(recipients=recipients, **report_fields)
 
@@ -206,6 +212,8 @@ def _walk(part: Message, found: _Found, *, depth: int) -> None:
         for sub in payload:
             if isinstance(sub, Message):
                 _walk(sub, found, depth=depth + 1)
+    elif part.get_content_maintype() == "multipart" and isinstance(payload, str):
+        found.plain.append(payload)  # broken boundaries: read the whole body as text
     elif (
         part.get_content_maintype() == "text" or ctype == "application/octet-stream" and depth == 0
     ):
@@ -282,6 +290,11 @@ def _header(msg: Message, name: str) -> str:
     value = msg.get(name)
     if value is None:
         return ""
+    if not isinstance(value, str):
+        value = str(value)
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        # Raw 8-bit header (RFC 6532 style): compat32 keeps the bytes as surrogates.
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     try:
         chunks = email.header.decode_header(str(value))
         out = []
@@ -439,10 +452,12 @@ def _dsn_recipient(
             diagnostic=_one_line(diagnostic),
             reporting_mta=mta,
         )
-    texts = [diagnostic, text_block]
+    texts = [diagnostic or text_block]
     if not status or status.endswith(".0.0"):
         texts.append(bounce_text)
-    kind, reason = _classify_texts(status=status, reply_code=reply_code, texts=texts)
+    kind, reason = _classify_texts(
+        status=status, reply_code=reply_code, texts=texts, context=text_block + "\n" + bounce_text
+    )
     return BounceRecipient(
         recipient=address or None,
         kind=kind,
@@ -455,14 +470,18 @@ def _dsn_recipient(
 
 
 def _classify_texts(
-    *, status: str, reply_code: int | None, texts: list[str]
+    *, status: str, reply_code: int | None, texts: list[str], context: str = ""
 ) -> tuple[BounceKind, BounceReason]:
+    """Classify with the first text that says something we know; `context` names the command."""
     chosen = ""
     for text in texts:
         if text and reason_from_text(text) is not None:
             chosen = text
             break
-    return classify_failure(status=status, reply_code=reply_code, text=chosen)
+    command = find_smtp_command(chosen) or find_smtp_command(" ".join(t for t in texts if t))
+    if not command and context:
+        command = find_smtp_command(context)
+    return classify_failure(status=status, reply_code=reply_code, text=chosen, command=command)
 
 
 # --- RFC 5965 feedback reports ---------------------------------------------------------------
@@ -490,7 +509,8 @@ def _feedback_recipients(
             break
     if not addresses:
         for original in originals:
-            address = _first_address(str(original.get("to", "")))
+            address = _first_address(str(original.get("x-hmxmroriginalrecipient", "")))
+            address = address or _first_address(str(original.get("to", "")))
             if address:
                 addresses.append(address)
                 break
@@ -506,6 +526,79 @@ def _feedback_recipients(
         )
         for address in (addresses or [None])
     )
+
+
+def _hotmail_complaint(originals: list[Message]) -> bool:
+    # Microsoft JMRP reports are not ARF: the complained-about message comes back whole,
+    # stamped with the original recipient.
+    return any(original.get("x-hmxmroriginalrecipient") for original in originals)
+
+
+# --- Amazon SES notifications (JSON by email, through SNS) -----------------------------------
+
+
+def _ses_notification(text: str) -> tuple[BounceRecipient, ...] | None:
+    start = text.find('{"notificationType"')
+    if start < 0:
+        start = text.find('{"eventType"')
+    if start < 0:
+        return None
+    try:
+        data, _ = json.JSONDecoder().raw_decode(text[start:])
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    kind = str(data.get("notificationType") or data.get("eventType") or "").lower()
+    out: list[BounceRecipient] = []
+    if kind == "bounce":
+        bounce = data.get("bounce") or {}
+        permanent = str(bounce.get("bounceType", "")).lower() == "permanent"
+        mta = str(bounce.get("reportingMTA", ""))
+        for item in bounce.get("bouncedRecipients") or ():
+            diagnostic = _field_value(str(item.get("diagnosticCode", "")))
+            status = normalize_status(str(item.get("status", ""))) or find_status(diagnostic)
+            reply_code = find_reply_code(diagnostic)
+            rkind, reason = classify_failure(
+                status=status, reply_code=reply_code, text=diagnostic, temporary=not permanent
+            )
+            out.append(
+                BounceRecipient(
+                    recipient=_first_address(str(item.get("emailAddress", ""))) or None,
+                    kind=rkind,
+                    reason=reason,
+                    status=status,
+                    reply_code=reply_code,
+                    diagnostic=_one_line(diagnostic),
+                    reporting_mta=_field_value(mta),
+                )
+            )
+    elif kind == "complaint":
+        complaint = data.get("complaint") or {}
+        for item in complaint.get("complainedRecipients") or ():
+            out.append(
+                BounceRecipient(
+                    recipient=_first_address(str(item.get("emailAddress", ""))) or None,
+                    kind=BounceKind.COMPLAINT,
+                    reason=BounceReason.COMPLAINT,
+                    feedback_type=str(complaint.get("complaintFeedbackType", "abuse")),
+                )
+            )
+    elif kind == "delivery":
+        delivery = data.get("delivery") or {}
+        for address in delivery.get("recipients") or ():
+            out.append(
+                BounceRecipient(
+                    recipient=_first_address(str(address)) or None,
+                    kind=BounceKind.NOT_BOUNCE,
+                    reason=BounceReason.DELIVERED,
+                    diagnostic=_one_line(str(delivery.get("smtpResponse", ""))),
+                    reply_code=find_reply_code(str(delivery.get("smtpResponse", ""))),
+                    status=find_status(str(delivery.get("smtpResponse", ""))),
+                    reporting_mta=str(delivery.get("reportingMTA", "")),
+                )
+            )
+    return tuple(out) or None
 
 
 # --- RFC 3834 auto-replies and non-standard text bounces -------------------------------------
@@ -541,6 +634,14 @@ def _looks_like_bounce(msg: Message, bounce_text: str) -> bool:
 
 def _text_blocks(text: str, own: set[str]) -> dict[str, str]:
     """Map each recipient named at the start of a line to the lines that explain it."""
+    blocks = _text_blocks_excluding(text, own)
+    if not blocks and own:
+        # Anonymised or self-addressed reports: the recipient may also be in our headers.
+        blocks = _text_blocks_excluding(text, set())
+    return blocks
+
+
+def _text_blocks_excluding(text: str, own: set[str]) -> dict[str, str]:
     lines = text.splitlines()
     starts: list[tuple[int, str, str]] = []
     for index, line in enumerate(lines):
@@ -566,12 +667,10 @@ def _text_blocks(text: str, own: set[str]) -> dict[str, str]:
             body.append(line.strip())
         key = address.lower()
         joined = " ".join(b for b in body if b)
-        if key not in blocks or (joined and not blocks[key]):
-            blocks.setdefault(key, joined)
-            if not blocks[key]:
-                blocks[key] = joined
-        elif joined and joined not in blocks[key]:
-            blocks[key] += " " + joined
+        if joined and joined not in blocks.get(key, ""):
+            blocks[key] = (blocks.get(key, "") + " " + joined).strip()
+        else:
+            blocks.setdefault(key, "")
     return blocks
 
 
@@ -599,15 +698,18 @@ def _text_recipients(
             addresses.append(address)
     if failed:
         addresses = [a for a in addresses if a.lower() in {f.lower() for f in failed}]
-    if not addresses:
+    for exclude in (own, set()):
+        if addresses:
+            break
         for address in _ADDR_RE.findall(bounce_text):
             address = address.strip(".")
-            if address.lower() not in own and not _is_daemon(address):
+            if address.lower() not in exclude and not _is_daemon(address):
                 addresses.append(address)
                 break
     if not addresses:
         for original in originals:
-            address = _first_address(str(original.get("to", "")))
+            address = _first_address(str(original.get("x-hmxmroriginalrecipient", "")))
+            address = address or _first_address(str(original.get("to", "")))
             if address:
                 addresses.append(address)
                 break
@@ -617,7 +719,7 @@ def _text_recipients(
         diagnostic = block if _has_signal(block) else bounce_text
         status, reply_code = _codes(diagnostic)
         kind, reason = _classify_texts(
-            status=status, reply_code=reply_code, texts=[block, bounce_text]
+            status=status, reply_code=reply_code, texts=[block, bounce_text], context=bounce_text
         )
         out.append(
             BounceRecipient(
