@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
 import os
 import re
 import unicodedata
@@ -169,15 +168,15 @@ def detect_delimiter(text_sample: str) -> str:
         return _delimiter_from_counts(lines)
 
 
-class _ChainedReader(io.RawIOBase):
+class _ChainedReader:
     """Re-serve the bytes already read for detection, then the rest of a non-seekable stream."""
 
     def __init__(self, head: bytes, rest: IO[bytes]) -> None:
         self._head = head
         self._rest = rest
 
-    def readable(self) -> bool:
-        return True
+    def seekable(self) -> bool:
+        return False
 
     def read(self, size: int = -1) -> bytes:
         if self._head:
@@ -367,7 +366,7 @@ class ContactFileReader:
             self._stream.seek(self._stream.tell() - len(head))
             body: IO[bytes] = self._stream
         else:
-            body = io.BufferedReader(_ChainedReader(head, self._stream))
+            body = _ChainedReader(head, self._stream)
         self._body = body
         self._records: Iterator[Record]
         if head.startswith(XLSX_MAGIC):

@@ -145,6 +145,9 @@ def normalize_email(raw: str | None, *, policy: EmailPolicy | None = None) -> st
             result = validate_email(value, check_deliverability=False)
         except EmailNotValidError as exc:
             raise InvalidEmail(RejectReason.INVALID_EMAIL, str(exc)) from None
+        if len(result.local_part.encode("utf-8")) > _MAX_LOCAL:
+            # email-validator only checks this in strict mode; SMTP servers enforce it.
+            raise InvalidEmail(RejectReason.INVALID_EMAIL, "local part longer than 64 octets")
         normalized = f"{result.local_part}@{result.domain.lower()}"
     if policy is not None:
         _apply_policy(normalized, policy)

@@ -1,0 +1,612 @@
+"""Writes for contacts: imports, suppressions and exports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from contacts.csvparse import ContactFileReader, ContactRow, Record, contact_rows, plan_columns
+from contacts.errors import ImportConfigError
+from contacts.models import (
+    Contact,
+    ContactList,
+    ImportJob,
+    ImportMode,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionReason,
+    SuppressionScope,
+)
+from contacts.normalize import EmailPolicy, InvalidEmail, RejectReason, normalize_email
+from contacts.selectors import contacts_by_keys, contacts_export_rows, suppression_check
+
+logger = logging.getLogger(__name__)
+
+# Rejected rows kept in a summary (and on the ImportJob row); counts by reason are always
+# complete. Bounds memory for a file that is nothing but garbage.
+REJECTED_ROWS_LIMIT = 10_000
+IMPORT_SOURCE = "import"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportSummary:
+    created: int
+    updated: int
+    unchanged: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    rejected_rows: list[tuple[int, str, str]]  # (line, reason, detail), at most the limit
+    total: int
+    encoding: str = ""
+    delimiter: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportProgress:
+    processed_rows: int
+    created: int
+    updated: int
+    unchanged: int
+    rejected: int
+    rejected_by_reason: dict[str, int]
+    bytes_read: int
+    bytes_total: int | None
+    encoding: str
+    delimiter: str | None
+
+
+@dataclass(slots=True)
+class _Tally:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    by_reason: Counter = field(default_factory=Counter)
+    rejected_rows: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def reject(self, line: int, reason: str, detail: str) -> None:
+        self.rejected += 1
+        self.by_reason[str(reason)] += 1
+        if len(self.rejected_rows) < REJECTED_ROWS_LIMIT:
+            self.rejected_rows.append((line, str(reason), detail))
+
+    @property
+    def processed(self) -> int:
+        return self.created + self.updated + self.unchanged + self.rejected
+
+
+@dataclass(frozen=True, slots=True)
+class _BatchResult:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+def contacts_import(
+    *,
+    source: str | os.PathLike | IO[bytes],
+    contact_list: ContactList | None,
+    mode: ImportMode | str,
+    encoding: str = "auto",
+    mapping: dict[str, str] | None = None,
+    job: ImportJob | None = None,
+    on_progress: Callable[[ImportProgress], None] | None = None,
+    reject_role: bool = False,
+    reject_disposable: bool = False,
+    batch_size: int | None = None,
+    source_label: str = "",
+) -> ImportSummary:
+    """Import a contact file into ``contact_list`` according to ``mode``.
+
+    Every data row ends up counted exactly once: created, updated, unchanged or rejected (with
+    its line, reason and detail). Rows are written in chunks, each in its own transaction, so an
+    import stopped half-way and run again ends with the same contacts and no duplicates.
+    Imports never change a contact's status (an unsubscribed or bounced contact stays so) and
+    never re-subscribe someone who unsubscribed from the list.
+    """
+    mode = ImportMode(mode)
+    if mode in (ImportMode.ADD_NEW, ImportMode.UPSERT, ImportMode.UNSUBSCRIBE):
+        if contact_list is None:
+            raise ImportConfigError(f"mode {mode} needs a contact list")
+    batch_size = batch_size or getattr(settings, "EDM_IMPORT_BATCH_SIZE", 5000)
+    policy = EmailPolicy(reject_role=reject_role, reject_disposable=reject_disposable)
+    if job is not None and not source_label:
+        source_label = f"import #{job.pk}"
+    writer = _writer_for(mode)
+    tally = _Tally()
+    with ContactFileReader(source, encoding=encoding) as reader:
+        info = reader.info
+        plan = plan_columns(info.headers, mapping)
+
+        def report() -> None:
+            if on_progress is not None:
+                on_progress(
+                    ImportProgress(
+                        processed_rows=tally.processed,
+                        created=tally.created,
+                        updated=tally.updated,
+                        unchanged=tally.unchanged,
+                        rejected=tally.rejected,
+                        rejected_by_reason=dict(tally.by_reason),
+                        bytes_read=reader.progress.bytes_read,
+                        bytes_total=reader.progress.size,
+                        encoding=info.encoding,
+                        delimiter=info.delimiter,
+                    )
+                )
+
+        report()
+        batch: list[ContactRow] = []
+        for item in contact_rows(iter(reader), plan, policy=policy):
+            if isinstance(item, Record):
+                tally.reject(item.line, item.reason, item.detail)
+                continue
+            batch.append(item)
+            if len(batch) >= batch_size:
+                _write_batch(writer, batch, contact_list, mode, tally, source_label)
+                batch = []
+                report()
+        if batch:
+            _write_batch(writer, batch, contact_list, mode, tally, source_label)
+        report()
+    tally.rejected_rows.sort()
+    logger.info(
+        "import %s into list %s (%s): created=%d updated=%d unchanged=%d rejected=%d",
+        job.pk if job else "-",
+        contact_list.pk if contact_list else "-",
+        mode,
+        tally.created,
+        tally.updated,
+        tally.unchanged,
+        tally.rejected,
+    )
+    return ImportSummary(
+        created=tally.created,
+        updated=tally.updated,
+        unchanged=tally.unchanged,
+        rejected=tally.rejected,
+        rejected_by_reason=dict(sorted(tally.by_reason.items())),
+        rejected_rows=tally.rejected_rows,
+        total=tally.processed,
+        encoding=info.encoding,
+        delimiter=info.delimiter,
+    )
+
+
+_Writer = Callable[[list[ContactRow], ContactList | None, ImportMode, str], _BatchResult]
+
+
+def _write_batch(
+    writer: _Writer,
+    batch: list[ContactRow],
+    contact_list: ContactList | None,
+    mode: ImportMode,
+    tally: _Tally,
+    source_label: str,
+) -> None:
+    if mode in (ImportMode.ADD_NEW, ImportMode.UPSERT):
+        suppressed = suppression_check(row.email for row in batch)
+        if suppressed:
+            for row in batch:
+                if row.email in suppressed:
+                    tally.reject(row.line, RejectReason.SUPPRESSED, "address or domain suppressed")
+            batch = [row for row in batch if row.email not in suppressed]
+    if not batch:
+        return
+    with transaction.atomic():
+        result = writer(batch, contact_list, mode, source_label)
+    tally.created += result.created
+    tally.updated += result.updated
+    tally.unchanged += result.unchanged
+
+
+def _writer_for(mode: ImportMode) -> _Writer:
+    if mode == ImportMode.UNSUBSCRIBE:
+        return _unsubscribe_batch
+    if mode == ImportMode.SUPPRESS:
+        return _suppress_batch
+    if connection.vendor == "postgresql":
+        return _add_batch_postgresql
+    return _add_batch_portable
+
+
+def _merge(row: ContactRow, name: str, attributes: dict) -> tuple[str, dict]:
+    """Upsert rule: a non-empty name replaces; attributes merge, the file's values winning."""
+    merged_attributes = {**attributes, **row.attributes} if row.attributes else attributes
+    return (row.name or name), merged_attributes
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _db_key(email: str) -> str:
+    """The address as the database's lower() sees it (SQLite's lower() is ASCII-only)."""
+    if connection.vendor == "sqlite":
+        return email.translate(_ASCII_LOWER)
+    return email.lower()
+
+
+def _add_batch_portable(
+    batch: list[ContactRow], contact_list: ContactList | None, mode: ImportMode, source: str
+) -> _BatchResult:
+    """Add or upsert with one SELECT of existing addresses, then bulk insert and update."""
+    keys = [_db_key(row.email) for row in batch]
+    existing = {
+        contact.email_key: contact
+        for contact in contacts_by_keys(keys).only("id", "email", "name", "attributes")
+    }
+    now = timezone.now()
+    new_rows = [row for row, key in zip(batch, keys, strict=True) if key not in existing]
+    Contact.objects.bulk_create(
+        [Contact(email=row.email, name=row.name, attributes=row.attributes) for row in new_rows],
+        ignore_conflicts=True,  # a concurrent import of the same address wins; we match it next
+    )
+    updated = unchanged = 0
+    changed: list[Contact] = []
+    for row, key in zip(batch, keys, strict=True):
+        contact = existing.get(key)
+        if contact is None:
+            continue
+        if mode == ImportMode.UPSERT:
+            name, attributes = _merge(row, contact.name, contact.attributes or {})
+            if name != contact.name or attributes != contact.attributes:
+                contact.name, contact.attributes, contact.updated_at = name, attributes, now
+                changed.append(contact)
+                continue
+        unchanged += 1
+    if changed:
+        Contact.objects.bulk_update(changed, ["name", "attributes", "updated_at"])
+        updated = len(changed)
+    ids = dict(contacts_by_keys(keys).values_list("email_key", "id"))
+    created = sum(1 for row in new_rows if _db_key(row.email) in ids)
+    Subscription.objects.bulk_create(
+        [
+            Subscription(
+                contact_id=contact_id,
+                contact_list=contact_list,
+                status=SubscriptionStatus.SUBSCRIBED,
+                source=source or IMPORT_SOURCE,
+            )
+            for contact_id in ids.values()
+        ],
+        ignore_conflicts=True,  # an existing subscription (even unsubscribed) is left alone
+    )
+    # A row whose insert lost a race to another writer counts as unchanged.
+    return _BatchResult(
+        created=created, updated=updated, unchanged=unchanged + len(new_rows) - created
+    )
+
+
+_PG_STAGE = "skylark_import_stage"
+
+
+def _add_batch_postgresql(
+    batch: list[ContactRow], contact_list: ContactList | None, mode: ImportMode, source: str
+) -> _BatchResult:
+    """Add or upsert through COPY into a temporary table and set-based statements."""
+    contact_table = Contact._meta.db_table
+    subscription_table = Subscription._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {_PG_STAGE} ("
+            " email text NOT NULL, email_key text PRIMARY KEY, name text NOT NULL,"
+            " attributes jsonb NOT NULL) ON COMMIT DELETE ROWS"
+        )
+        with cursor.cursor.copy(
+            f"COPY {_PG_STAGE} (email, email_key, name, attributes) FROM STDIN"
+        ) as copy:
+            dumps = json.dumps
+            for row in batch:
+                copy.write_row(
+                    (
+                        row.email,
+                        row.email.lower(),
+                        row.name,
+                        dumps(row.attributes, ensure_ascii=False),
+                    )
+                )
+        updated = 0
+        if mode == ImportMode.UPSERT:
+            cursor.execute(
+                f"""
+                UPDATE {contact_table} AS c
+                SET name = CASE WHEN s.name <> '' THEN s.name ELSE c.name END,
+                    attributes = c.attributes || s.attributes,
+                    updated_at = now()
+                FROM {_PG_STAGE} AS s
+                WHERE lower(c.email) = s.email_key
+                  AND (c.name, c.attributes) IS DISTINCT FROM
+                      (CASE WHEN s.name <> '' THEN s.name ELSE c.name END,
+                       c.attributes || s.attributes)
+                """
+            )
+            updated = cursor.rowcount
+        cursor.execute(
+            f"""
+            INSERT INTO {contact_table} (email, name, attributes, status, created_at, updated_at)
+            SELECT s.email, s.name, s.attributes, 'active', now(), now()
+            FROM {_PG_STAGE} AS s
+            ON CONFLICT DO NOTHING
+            """
+        )
+        created = cursor.rowcount
+        cursor.execute(
+            f"""
+            INSERT INTO {subscription_table}
+                (contact_id, contact_list_id, status, source, created_at, updated_at)
+            SELECT c.id, %s, %s, %s, now(), now()
+            FROM {_PG_STAGE} AS s JOIN {contact_table} AS c ON lower(c.email) = s.email_key
+            ON CONFLICT DO NOTHING
+            """,
+            [contact_list.pk, SubscriptionStatus.SUBSCRIBED.value, source or IMPORT_SOURCE],
+        )
+        cursor.execute(f"TRUNCATE {_PG_STAGE}")
+    return _BatchResult(created=created, updated=updated, unchanged=len(batch) - created - updated)
+
+
+def _unsubscribe_batch(
+    batch: list[ContactRow], contact_list: ContactList | None, mode: ImportMode, source: str
+) -> _BatchResult:
+    """Mark the list subscriptions of these addresses unsubscribed; nothing is created."""
+    contact_ids = list(
+        contacts_by_keys(_db_key(row.email) for row in batch).values_list("id", flat=True)
+    )
+    updated = (
+        Subscription.objects.filter(contact_list=contact_list, contact_id__in=contact_ids)
+        .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
+        .update(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=timezone.now())
+    )
+    return _BatchResult(updated=updated, unchanged=len(batch) - updated)
+
+
+def _suppress_batch(
+    batch: list[ContactRow], contact_list: ContactList | None, mode: ImportMode, source: str
+) -> _BatchResult:
+    """Add the addresses to the suppression list (reason import)."""
+    values = [row.email.lower() for row in batch]
+    already = set(
+        Suppression.objects.filter(scope=SuppressionScope.ADDRESS, value__in=values).values_list(
+            "value", flat=True
+        )
+    )
+    Suppression.objects.bulk_create(
+        [
+            Suppression(
+                value=value,
+                scope=SuppressionScope.ADDRESS,
+                reason=SuppressionReason.IMPORT,
+                source=(source or IMPORT_SOURCE)[:200],
+            )
+            for value in values
+            if value not in already
+        ],
+        ignore_conflicts=True,
+    )
+    created = len(values) - len(already)
+    return _BatchResult(created=created, unchanged=len(already))
+
+
+# -- import jobs ----------------------------------------------------------------------------
+
+
+def import_job_create(
+    *,
+    file: Any,
+    original_name: str,
+    contact_list: ContactList | None,
+    mode: ImportMode | str,
+    encoding: str = "auto",
+    mapping: dict[str, str] | None = None,
+    options: dict | None = None,
+) -> ImportJob:
+    """Store an uploaded file as a pending ImportJob (the caller enqueues it)."""
+    job = ImportJob(
+        original_name=original_name[:255],
+        contact_list=contact_list,
+        mode=ImportMode(mode),
+        encoding=encoding or "auto",
+        mapping=mapping or {},
+        options=options or {},
+    )
+    job.file.save(os.path.basename(original_name) or "import.csv", file, save=False)
+    job.save()
+    return job
+
+
+def import_job_start(*, job: ImportJob) -> ImportJob:
+    """Enqueue the job's import after the current transaction commits."""
+    from contacts.tasks import import_job
+
+    import_job.delay_on_commit(job.pk)
+    return job
+
+
+def import_job_run(*, job_id: int) -> None:
+    """Run a pending or interrupted ImportJob and record its progress and outcome on the row.
+
+    Safe to run twice (a redelivered task): a finished job is left alone, an interrupted one
+    is imported again from the start, which the import's idempotency makes harmless.
+    """
+    from contacts.errors import ContactsError
+    from contacts.models import ImportStatus
+
+    job = ImportJob.objects.select_related("contact_list").get(pk=job_id)
+    if job.status == ImportStatus.DONE:
+        return
+    started = timezone.now()
+    ImportJob.objects.filter(pk=job.pk).update(
+        status=ImportStatus.RUNNING, started_at=started, finished_at=None, error=""
+    )
+    last_saved = [0.0]
+
+    def save_progress(progress: ImportProgress) -> None:
+        now = time.monotonic()
+        if now - last_saved[0] < 0.5 and progress.bytes_read != progress.bytes_total:
+            return
+        last_saved[0] = now
+        estimated_total = progress.processed_rows
+        if progress.bytes_total and progress.bytes_read:
+            fraction = min(1.0, progress.bytes_read / progress.bytes_total)
+            if fraction > 0:
+                estimated_total = max(
+                    progress.processed_rows, int(progress.processed_rows / fraction)
+                )
+        ImportJob.objects.filter(pk=job.pk).update(
+            processed_rows=progress.processed_rows,
+            total_rows=estimated_total,
+            created_count=progress.created,
+            updated_count=progress.updated,
+            unchanged_count=progress.unchanged,
+            rejected_count=progress.rejected,
+            rejected_by_reason=progress.rejected_by_reason,
+            detected_encoding=progress.encoding,
+            detected_delimiter=progress.delimiter or "",
+        )
+
+    options = job.options or {}
+    try:
+        with job.file.open("rb") as handle:
+            summary = contacts_import(
+                source=handle,
+                contact_list=job.contact_list,
+                mode=job.mode,
+                encoding=job.encoding,
+                mapping=job.mapping or None,
+                job=job,
+                on_progress=save_progress,
+                reject_role=bool(options.get("reject_role")),
+                reject_disposable=bool(options.get("reject_disposable")),
+                source_label=f"import #{job.pk} {job.original_name}"[:100],
+            )
+    except ContactsError as exc:
+        ImportJob.objects.filter(pk=job.pk).update(
+            status=ImportStatus.FAILED, error=str(exc), finished_at=timezone.now()
+        )
+        return
+    except Exception as exc:
+        ImportJob.objects.filter(pk=job.pk).update(
+            status=ImportStatus.FAILED,
+            error=f"{type(exc).__name__}: {exc}",
+            finished_at=timezone.now(),
+        )
+        raise
+    ImportJob.objects.filter(pk=job.pk).update(
+        status=ImportStatus.DONE,
+        processed_rows=summary.total,
+        total_rows=summary.total,
+        created_count=summary.created,
+        updated_count=summary.updated,
+        unchanged_count=summary.unchanged,
+        rejected_count=summary.rejected,
+        rejected_by_reason=summary.rejected_by_reason,
+        rejected_rows=[
+            {"line": line, "reason": reason, "detail": detail}
+            for line, reason, detail in summary.rejected_rows
+        ],
+        detected_encoding=summary.encoding,
+        detected_delimiter=summary.delimiter or "",
+        finished_at=timezone.now(),
+    )
+
+
+# -- suppressions ---------------------------------------------------------------------------
+
+
+def suppression_add(
+    *, value: str, reason: SuppressionReason | str, source: str = ""
+) -> Suppression:
+    """Suppress an address (``a@b.example``) or a whole domain (``b.example``); idempotent."""
+    value = value.strip()
+    if "@" in value:
+        scope = SuppressionScope.ADDRESS
+        try:
+            normalized = normalize_email(value).lower()
+        except InvalidEmail as exc:
+            raise ImportConfigError(f"not a valid address: {exc.detail}") from None
+    else:
+        scope = SuppressionScope.DOMAIN
+        try:
+            normalized = normalize_email(f"x@{value.lstrip('@')}").rpartition("@")[2]
+        except InvalidEmail as exc:
+            raise ImportConfigError(f"not a valid domain: {exc.detail}") from None
+    suppression, _ = Suppression.objects.get_or_create(
+        value=normalized,
+        scope=scope,
+        defaults={"reason": SuppressionReason(reason), "source": source[:200]},
+    )
+    return suppression
+
+
+def suppression_remove(*, suppression: Suppression) -> None:
+    """Lift a suppression (a manual admin decision)."""
+    suppression.delete()
+
+
+# -- export ---------------------------------------------------------------------------------
+
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralize_cell(value: object) -> str:
+    """Text safe to open in a spreadsheet: a leading apostrophe defuses formula injection."""
+    text = "" if value is None else str(value)
+    if text.startswith(_FORMULA_PREFIXES):
+        return "'" + text
+    return text
+
+
+def contacts_export(*, contact_list: ContactList, output: IO[str]) -> int:
+    """Write the list as CSV (UTF-8 with BOM, formula-neutralized) to ``output``; row count.
+
+    Attribute keys are collected first so every attribute gets its own column.
+    """
+    keys: set[str] = set()
+    for row in contacts_export_rows(contact_list=contact_list):
+        keys.update(row["attributes"])
+    attribute_keys = sorted(keys)
+    output.write("\ufeff")
+    writer = csv.writer(output, lineterminator="\r\n")
+    writer.writerow(["email", "name", "status", "subscription", *attribute_keys])
+    count = 0
+    for row in contacts_export_rows(contact_list=contact_list):
+        attributes = row["attributes"]
+        writer.writerow(
+            [
+                neutralize_cell(row["email"]),
+                neutralize_cell(row["name"]),
+                row["status"],
+                row["subscription"],
+                *(neutralize_cell(attributes.get(key, "")) for key in attribute_keys),
+            ]
+        )
+        count += 1
+    return count
+
+
+def contact_list_get_or_create(*, name: str) -> ContactList:
+    """The list with this name, created if missing."""
+    contact_list, _ = ContactList.objects.get_or_create(name=name)
+    return contact_list
+
+
+def rejected_rows_csv(*, rows: Iterable[dict], output: IO[str]) -> None:
+    """Write an import's rejected rows (line, reason, detail) as CSV."""
+    output.write("\ufeff")
+    writer = csv.writer(output, lineterminator="\r\n")
+    writer.writerow(["line", "reason", "detail"])
+    for row in rows:
+        writer.writerow(
+            [row.get("line"), row.get("reason"), neutralize_cell(row.get("detail", ""))]
+        )
