@@ -88,8 +88,16 @@ _TEXT_RULES: tuple[tuple[BounceReason, re.Pattern[str]], ...] = tuple(
             r"|mailbox has been moved|new address",
         ),
         (
+            R.DOMAIN_NOT_ACCEPTING,
+            r"not accepting network messages",  # RFC 3463 X.3.2 text
+        ),
+        (
+            R.NETWORK_ERROR,
+            r"host not found, try again|temporary failure in name resolution|try again later.{0,20}dns",
+        ),
+        (
             R.UNKNOWN_HOST,
-            r"host (?:or domain name )?not found|unknown host|host unknown|domain not found"
+            r"bad destination system address|host (?:or domain name )?not found|unknown host|host unknown|domain not found"
             r"|no such domain|unknown domain|domain (?:does not|doesn't) exist|name or service not known"
             r"|unrouteable (?:mail )?(?:address|domain)|unroutable|non-existent host"
             r"|domain name not found|name service error|no (?:mx|a|dns) (?:record|host)"
@@ -157,7 +165,7 @@ _TEXT_RULES: tuple[tuple[BounceReason, re.Pattern[str]], ...] = tuple(
 # RFC 3463 subject/detail codes, tried when the text matched nothing. Keys are "class-less"
 # ("1.1" for X.1.1); the class (2/4/5) decides the kind afterwards.
 _STATUS_REASONS: dict[str, BounceReason] = {
-    "1.0": R.UNKNOWN_USER,
+    "1.0": R.OTHER,  # "other address status": not proof the mailbox is gone
     "1.1": R.UNKNOWN_USER,
     "1.2": R.UNKNOWN_HOST,
     "1.3": R.POLICY_BLOCK,
@@ -167,7 +175,7 @@ _STATUS_REASONS: dict[str, BounceReason] = {
     "1.7": R.POLICY_BLOCK,
     "1.8": R.POLICY_BLOCK,
     "1.10": R.DOMAIN_NOT_ACCEPTING,  # RFC 7505 null MX
-    "2.0": R.MAILBOX_DISABLED,
+    "2.0": R.OTHER,  # "other or undefined mailbox status"
     "2.1": R.MAILBOX_DISABLED,
     "2.2": R.MAILBOX_FULL,
     "2.3": R.MESSAGE_TOO_LARGE,
@@ -245,13 +253,19 @@ def find_reply_code(text: str) -> int | None:
 
 def reason_from_text(text: str) -> BounceReason | None:
     """Return the reason a server text states, or None when it says nothing we know."""
+    return _match_text(text)[0]
+
+
+def _match_text(text: str) -> tuple[BounceReason | None, bool]:
+    """The first rule a text matches, and whether it was only the vague last rule."""
     if not text:
-        return None
+        return None, False
     text = _SPACE_RE.sub(" ", text.lower())
-    for reason, pattern in _TEXT_RULES:
+    last = len(_TEXT_RULES) - 1
+    for index, (reason, pattern) in enumerate(_TEXT_RULES):
         if pattern.search(text):
-            return reason
-    return None
+            return reason, index == last
+    return None, False
 
 
 def reason_from_status(status: str) -> BounceReason | None:
@@ -311,12 +325,12 @@ def classify_failure(
             temporary = 400 <= reply_code < 500
         else:
             temporary = False
-    reason = reason_from_text(text)
+    reason, vague = _match_text(text)
     status_reason = reason_from_status(status)
     if reason is None:
         reason = status_reason
     elif (
-        reason in (R.POLICY_BLOCK, R.EXPIRED, R.NETWORK_ERROR, R.SYSTEM_ERROR)
+        (vague or reason in (R.EXPIRED, R.NETWORK_ERROR, R.SYSTEM_ERROR))
         and status_reason in DEAD_ADDRESS_REASONS
         and status.split(".")[1:] not in (["0", "0"],)
     ):

@@ -53,12 +53,19 @@ _ORIGINAL_START_RE = re.compile(
     re.I | re.M,
 )
 
+# Delay warnings written as text: the MTA is still trying (nothing has failed for good yet).
+_STILL_TRYING_RE = re.compile(
+    r"warning message only|will be retried|will continue (?:to try|trying)|still (?:trying|"
+    r"undelivered)|delivery attempts will continue|has not yet been delivered|not been delivered yet",
+    re.I,
+)
+
 _CONT_STATUS_REPLY_RE = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})\b")
 
 # A line that names a recipient: optional label, the address (maybe in <> or quotes), then
 # nothing, a separator or the start of an explanation.
 _RECIPIENT_LINE_RE = re.compile(
-    r"^[ \t]*(?:(?:final-|original-)?(?:recipient|rcpt to|to|address|user|addressee|failed recipient"
+    r"^[ \t]*(?:[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}[ \t]+)?)?(?:(?:final-|original-)?(?:recipient|rcpt to|to|address|user|addressee|failed recipient"
     r"|recipient address|destinataire|empf(?:ae|ä)nger)s?(?:\(s\))?[ \t]*:[ \t]*)?"
     r"(?:\"[^\"]*\"[ \t]*<|[^<>\n@:\d]{1,40}<|[<\[\"'])?(" + _ADDR + r")[>\]\"']?"
     r"[ \t]*(?:$|[:.,;]|\(|-|\bon\b|\bwas\b|\bfailed\b|\.\.\.|[ \t]+\S)",
@@ -290,6 +297,12 @@ def _header(msg: Message, name: str) -> str:
     value = msg.get(name)
     if value is None:
         return ""
+    if isinstance(value, email.header.Header):
+        # compat32 wraps raw 8-bit headers (RFC 6532) as "unknown-8bit": most are UTF-8.
+        value = "".join(
+            chunk.decode("utf-8", "replace") if isinstance(chunk, bytes) else chunk
+            for chunk, _ in email.header.decode_header(value)
+        )
     if not isinstance(value, str):
         value = str(value)
     if any("\udc80" <= ch <= "\udcff" for ch in value):
@@ -455,9 +468,7 @@ def _dsn_recipient(
     texts = [diagnostic or text_block]
     if not status or status.endswith(".0.0"):
         texts.append(bounce_text)
-    kind, reason = _classify_texts(
-        status=status, reply_code=reply_code, texts=texts, context=text_block + "\n" + bounce_text
-    )
+    kind, reason = _classify_texts(status=status, reply_code=reply_code, texts=texts)
     return BounceRecipient(
         recipient=address or None,
         kind=kind,
@@ -470,18 +481,20 @@ def _dsn_recipient(
 
 
 def _classify_texts(
-    *, status: str, reply_code: int | None, texts: list[str], context: str = ""
+    *, status: str, reply_code: int | None, texts: list[str], temporary: bool | None = None
 ) -> tuple[BounceKind, BounceReason]:
-    """Classify with the first text that says something we know; `context` names the command."""
+    """Classify with the first text that says something we know."""
     chosen = ""
     for text in texts:
         if text and reason_from_text(text) is not None:
             chosen = text
             break
-    command = find_smtp_command(chosen) or find_smtp_command(" ".join(t for t in texts if t))
-    if not command and context:
-        command = find_smtp_command(context)
-    return classify_failure(status=status, reply_code=reply_code, text=chosen, command=command)
+    # Only the failure's own words name its command: a transcript elsewhere in the report may
+    # belong to another recipient.
+    command = find_smtp_command(chosen or texts[0] if texts else "")
+    return classify_failure(
+        status=status, reply_code=reply_code, text=chosen, command=command, temporary=temporary
+    )
 
 
 # --- RFC 5965 feedback reports ---------------------------------------------------------------
@@ -537,18 +550,34 @@ def _hotmail_complaint(originals: list[Message]) -> bool:
 # --- Amazon SES notifications (JSON by email, through SNS) -----------------------------------
 
 
+def _json_object(text: str, start: int) -> dict | None:
+    for candidate in (text[start:], text[start:].replace("\n", "")):
+        try:
+            value, _ = json.JSONDecoder().raw_decode(candidate)
+        except ValueError:
+            continue
+        return value if isinstance(value, dict) else None
+    return None
+
+
 def _ses_notification(text: str) -> tuple[BounceRecipient, ...] | None:
     start = text.find('{"notificationType"')
     if start < 0:
         start = text.find('{"eventType"')
     if start < 0:
         return None
-    try:
-        data, _ = json.JSONDecoder().raw_decode(text[start:])
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
+    data = _json_object(text, start)
+    if data is None:
+        # Wrapped or truncated JSON: decode the parts we need one by one.
+        data = {}
+        for name in ("notificationType", "eventType"):
+            match = re.search(r'"' + name + r'"\s*:\s*"(\w+)"', text[start:])
+            if match:
+                data[name] = match.group(1)
+        for name in ("bounce", "complaint", "delivery"):
+            position = text.find(f'"{name}":{{', start)
+            if position >= 0:
+                data[name] = _json_object(text, text.index("{", position)) or {}
     kind = str(data.get("notificationType") or data.get("eventType") or "").lower()
     out: list[BounceRecipient] = []
     if kind == "bounce":
@@ -719,7 +748,10 @@ def _text_recipients(
         diagnostic = block if _has_signal(block) else bounce_text
         status, reply_code = _codes(diagnostic)
         kind, reason = _classify_texts(
-            status=status, reply_code=reply_code, texts=[block, bounce_text], context=bounce_text
+            status=status,
+            reply_code=reply_code,
+            texts=[block, bounce_text],
+            temporary=bool(_STILL_TRYING_RE.search(bounce_text)) or None,
         )
         out.append(
             BounceRecipient(
