@@ -1,0 +1,268 @@
+"""contacts_import: every mode, idempotency, suppression, status safety (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import pytest
+
+from contacts.errors import ImportConfigError
+from contacts.models import (
+    Contact,
+    ContactStatus,
+    ImportMode,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionReason,
+    SuppressionScope,
+)
+from contacts.selectors import suppression_check
+from contacts.services import contacts_import, suppression_add
+from tests.factories import ContactFactory, ContactListFactory, SubscriptionFactory
+
+pytestmark = pytest.mark.django_db
+
+FILE = (
+    "email,name,city\n"
+    "ann@example.com,Ann,Paris\n"  # 2
+    "Bob@Example.com,Bob,\n"  # 3
+    "not-an-email,X,\n"  # 4
+    "BOB@example.com,Bob again,\n"  # 5: duplicate of line 3
+    ",nobody,\n"  # 6: missing email
+    "张伟@例子.中国,张伟,北京\n"  # 7
+)
+
+
+def run(path, contact_list, mode, **kwargs):
+    return contacts_import(source=path, contact_list=contact_list, mode=mode, **kwargs)
+
+
+def test_add_new_creates_contacts_and_reports_every_rejected_row(write_file):
+    path = write_file(FILE)
+    contact_list = ContactListFactory(name="Newsletter")
+    summary = run(path, contact_list, ImportMode.ADD_NEW, batch_size=2)
+    assert (
+        summary.created,
+        summary.updated,
+        summary.unchanged,
+        summary.rejected,
+        summary.total,
+    ) == (
+        3,
+        0,
+        0,
+        3,
+        6,
+    )
+    assert summary.rejected_by_reason == {
+        "duplicate_in_file": 1,
+        "invalid_email": 1,
+        "missing_email": 1,
+    }
+    assert [(line, reason) for line, reason, _ in summary.rejected_rows] == [
+        (4, "invalid_email"),
+        (5, "duplicate_in_file"),
+        (6, "missing_email"),
+    ]
+    assert summary.rejected_rows[1][2] == "same address as line 3"
+    assert sorted(Contact.objects.values_list("email", flat=True)) == [
+        "Bob@example.com",
+        "ann@example.com",
+        "张伟@例子.中国",
+    ]
+    assert Contact.objects.get(email="ann@example.com").attributes == {"city": "Paris"}
+    assert Subscription.objects.filter(contact_list=contact_list, status="subscribed").count() == 3
+
+
+def test_rerunning_the_same_file_is_idempotent(write_file):
+    path = write_file(FILE)
+    contact_list = ContactListFactory()
+    first = run(path, contact_list, ImportMode.UPSERT, batch_size=2)
+    second = run(path, contact_list, ImportMode.UPSERT, batch_size=2)
+    assert (first.created, first.updated, first.unchanged, first.rejected) == (3, 0, 0, 3)
+    assert (second.created, second.updated, second.unchanged, second.rejected) == (0, 0, 3, 3)
+    assert Contact.objects.count() == 3
+    assert Subscription.objects.count() == 3
+
+
+def test_import_interrupted_half_way_and_rerun_ends_with_the_same_contacts(write_file):
+    rows = "".join(f"user{i}@example.com,User {i}\n" for i in range(10))
+    path = write_file("email,name\n" + rows)
+    contact_list = ContactListFactory()
+    calls = []
+
+    def crash_after_first_chunk(progress):
+        calls.append(progress.processed_rows)
+        if progress.processed_rows >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(
+            path, contact_list, ImportMode.UPSERT, batch_size=4, on_progress=crash_after_first_chunk
+        )
+    assert Contact.objects.count() == 4  # the committed first chunk
+    summary = run(path, contact_list, ImportMode.UPSERT, batch_size=4)
+    assert (summary.created, summary.unchanged) == (6, 4)
+    assert Contact.objects.count() == 10
+    assert Subscription.objects.filter(contact_list=contact_list).count() == 10
+
+
+def test_existing_contact_matched_case_insensitively(write_file):
+    ContactFactory(email="Ann@example.com", name="Old")
+    contact_list = ContactListFactory()
+    summary = run(write_file("email,name\nANN@EXAMPLE.COM,New\n"), contact_list, ImportMode.ADD_NEW)
+    assert (summary.created, summary.unchanged) == (0, 1)
+    contact = Contact.objects.get()
+    assert (contact.email, contact.name) == ("Ann@example.com", "Old")
+    assert contact.subscriptions.get().contact_list == contact_list
+
+
+def test_add_new_leaves_existing_contacts_unchanged_but_subscribes_them(write_file):
+    ContactFactory(email="ann@example.com", name="Ann", attributes={"plan": "free"})
+    contact_list = ContactListFactory()
+    summary = run(
+        write_file("email,name,plan\nann@example.com,Annie,pro\nnew@example.com,New,free\n"),
+        contact_list,
+        ImportMode.ADD_NEW,
+    )
+    assert (summary.created, summary.updated, summary.unchanged) == (1, 0, 1)
+    ann = Contact.objects.get(email="ann@example.com")
+    assert (ann.name, ann.attributes) == ("Ann", {"plan": "free"})
+    assert set(contact_list.contacts.values_list("email", flat=True)) == {
+        "ann@example.com",
+        "new@example.com",
+    }
+
+
+def test_upsert_merges_name_and_attributes(write_file):
+    ContactFactory(email="ann@example.com", name="Ann", attributes={"plan": "free", "city": "Rome"})
+    ContactFactory(email="same@example.com", name="Same", attributes={"plan": "pro"})
+    contact_list = ContactListFactory()
+    summary = run(
+        write_file("email,name,plan\nann@example.com,,pro\nsame@example.com,Same,pro\n"),
+        contact_list,
+        ImportMode.UPSERT,
+    )
+    assert (summary.created, summary.updated, summary.unchanged) == (0, 1, 1)
+    ann = Contact.objects.get(email="ann@example.com")
+    assert (ann.name, ann.attributes) == ("Ann", {"plan": "pro", "city": "Rome"})
+
+
+def test_import_never_reactivates_unsubscribed_or_bounced_contacts(write_file):
+    contact_list = ContactListFactory()
+    gone = ContactFactory(email="gone@example.com", status=ContactStatus.UNSUBSCRIBED)
+    ContactFactory(email="bounced@example.com", status=ContactStatus.BOUNCED)
+    SubscriptionFactory(
+        contact=gone, contact_list=contact_list, status=SubscriptionStatus.UNSUBSCRIBED
+    )
+    summary = run(
+        write_file("email,name\ngone@example.com,G\nbounced@example.com,B\n"),
+        contact_list,
+        ImportMode.UPSERT,
+    )
+    assert (summary.created, summary.updated) == (0, 2)  # names set, statuses untouched
+    assert dict(Contact.objects.values_list("email", "status")) == {
+        "gone@example.com": "unsubscribed",
+        "bounced@example.com": "bounced",
+    }
+    assert Subscription.objects.get(contact=gone).status == SubscriptionStatus.UNSUBSCRIBED
+
+
+def test_unsubscribe_mode_unsubscribes_from_the_list_only(write_file):
+    contact_list = ContactListFactory()
+    other = ContactListFactory()
+    ann = SubscriptionFactory(contact__email="ann@example.com", contact_list=contact_list).contact
+    SubscriptionFactory(contact=ann, contact_list=other)
+    SubscriptionFactory(contact__email="bob@example.com", contact_list=contact_list)
+    summary = run(
+        write_file("email\nANN@example.com\nstranger@example.com\nbroken\n"),
+        contact_list,
+        ImportMode.UNSUBSCRIBE,
+    )
+    assert (summary.created, summary.updated, summary.unchanged, summary.rejected) == (0, 1, 1, 1)
+    assert Subscription.objects.get(contact=ann, contact_list=contact_list).status == "unsubscribed"
+    assert Subscription.objects.get(contact=ann, contact_list=other).status == "subscribed"
+    assert Subscription.objects.get(contact__email="bob@example.com").status == "subscribed"
+    assert Contact.objects.count() == 2
+
+
+def test_unsubscribe_mode_needs_a_list(write_file):
+    with pytest.raises(ImportConfigError):
+        run(write_file("email\na@example.com\n"), None, ImportMode.UNSUBSCRIBE)
+
+
+def test_suppress_mode_adds_suppressions_idempotently(write_file):
+    path = write_file("email\nA@Example.com\nb@example.com\nbad\n")
+    first = run(path, None, ImportMode.SUPPRESS)
+    second = run(path, None, ImportMode.SUPPRESS)
+    assert (first.created, first.unchanged, first.rejected) == (2, 0, 1)
+    assert (second.created, second.unchanged, second.rejected) == (0, 2, 1)
+    assert sorted(Suppression.objects.values_list("value", "scope", "reason")) == [
+        ("a@example.com", "address", "import"),
+        ("b@example.com", "address", "import"),
+    ]
+    assert Contact.objects.count() == 0
+
+
+def test_suppressed_addresses_and_domains_are_rejected_on_add(write_file):
+    suppression_add(value="Blocked@Example.com", reason=SuppressionReason.MANUAL, source="test")
+    suppression_add(value="spam.example", reason=SuppressionReason.MANUAL, source="test")
+    summary = run(
+        write_file(
+            "email\nblocked@example.com\nx@spam.example\ny@mail.spam.example\nok@example.com\n"
+        ),
+        ContactListFactory(),
+        ImportMode.UPSERT,
+    )
+    assert (summary.created, summary.rejected) == (1, 3)
+    assert summary.rejected_by_reason == {"suppressed": 3}
+    assert list(Contact.objects.values_list("email", flat=True)) == ["ok@example.com"]
+
+
+def test_suppression_check_matches_address_or_domain():
+    Suppression.objects.create(
+        value="a@example.com", scope=SuppressionScope.ADDRESS, reason="manual"
+    )
+    Suppression.objects.create(
+        value="blocked.example", scope=SuppressionScope.DOMAIN, reason="manual"
+    )
+    emails = ["A@example.com", "b@example.com", "c@blocked.example", "d@sub.blocked.example"]
+    assert suppression_check(emails) == {
+        "A@example.com",
+        "c@blocked.example",
+        "d@sub.blocked.example",
+    }
+
+
+def test_role_and_disposable_rejections_are_optional(write_file):
+    path = write_file("email\ninfo@example.com\nx@mailinator.com\nann@example.com\n")
+    contact_list = ContactListFactory()
+    strict = run(path, contact_list, ImportMode.UPSERT, reject_role=True, reject_disposable=True)
+    assert strict.rejected_by_reason == {"disposable_domain": 1, "role_address": 1}
+    assert strict.created == 1
+    lenient = run(path, contact_list, ImportMode.UPSERT)
+    assert (lenient.created, lenient.unchanged, lenient.rejected) == (2, 1, 0)
+
+
+def test_progress_is_reported_every_chunk(write_file):
+    rows = "".join(f"u{i}@example.com\n" for i in range(25))
+    seen = []
+    run(
+        write_file("email\n" + rows),
+        ContactListFactory(),
+        ImportMode.UPSERT,
+        batch_size=10,
+        on_progress=lambda p: seen.append(p.processed_rows),
+    )
+    assert seen == [0, 10, 20, 25]
+
+
+def test_gb18030_file_with_chinese_headers_imports(write_file):
+    text = "邮箱,姓名,手机\nzhang@example.com,张伟,13800000000\nli@example.com,李娜,\n"
+    path = write_file(
+        text.encode("gb18030")
+        + b"".join(f"u{i}@example.com,王芳\n".encode("gb18030") for i in range(10))
+    )
+    summary = run(path, ContactListFactory(), ImportMode.UPSERT)
+    assert (summary.created, summary.rejected, summary.encoding) == (12, 0, "gb18030")
+    assert Contact.objects.get(email="zhang@example.com").attributes == {"phone": "13800000000"}
+    assert Contact.objects.get(email="li@example.com").name == "李娜"
