@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from delivery.dkim import DkimSigner
-from delivery.verp import verp_address
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -22,6 +20,7 @@ from delivery import selectors as delivery_selectors
 from delivery import services as delivery_services
 from delivery import tokens
 from delivery.compose import Composer, MessageSpec, make_message_id
+from delivery.dkim import DkimSigner
 from delivery.errors import DeliveryError, TemplateError
 from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
 from delivery.redis import claim_once
@@ -35,6 +34,7 @@ from delivery.render import (
 from delivery.runner import send_envelopes
 from delivery.services import ClaimedDelivery
 from delivery.smtp import Envelope, SendResult, SmtpConfig
+from delivery.verp import verp_address
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +223,10 @@ def campaign_send(*, campaign_id: int) -> Campaign:
         campaign.status = CampaignStatus.SENDING
         campaign.status_reason = ""
         campaign.started_at = campaign.started_at or timezone.now()
-        campaign.save(update_fields=["status", "status_reason", "started_at", "updated_at"])
+        campaign.dispatched_at = None
+        campaign.save(
+            update_fields=["status", "status_reason", "started_at", "dispatched_at", "updated_at"]
+        )
         campaign_dispatch.delay_on_commit(campaign.pk)
     return campaign
 
@@ -232,13 +235,15 @@ def campaign_dispatch(*, campaign_id: int) -> int:
     """Materialize the deliveries and enqueue batch tasks by id range; re-runnable."""
     from campaigns.tasks import campaign_send_batch
 
-    campaign = Campaign.objects.get(pk=campaign_id)
-    if campaign.status != CampaignStatus.SENDING:
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None or campaign.status != CampaignStatus.SENDING:
         return 0
     list_ids = list(campaign.lists.values_list("id", flat=True))
     created = delivery_services.deliveries_materialize(campaign_id=campaign_id, list_ids=list_ids)
     total = campaign.deliveries.count()
-    Campaign.objects.filter(pk=campaign_id).update(total_recipients=total)
+    Campaign.objects.filter(pk=campaign_id).update(
+        total_recipients=total, dispatched_at=timezone.now()
+    )
     ids = list(
         campaign.deliveries.filter(status="pending").order_by("id").values_list("id", flat=True)
     )
@@ -284,8 +289,8 @@ def campaign_send_batch(
     *, campaign_id: int, id_from: int | None = None, id_to: int | None = None
 ) -> int:
     """Claim, render, send and record the due deliveries of a campaign (in an id range)."""
-    campaign = Campaign.objects.select_related("smtp_server").get(pk=campaign_id)
-    if campaign.status != CampaignStatus.SENDING:
+    campaign = Campaign.objects.select_related("smtp_server").filter(pk=campaign_id).first()
+    if campaign is None or campaign.status != CampaignStatus.SENDING:
         return 0
     prepared = campaign_prepare(campaign)
     policy = RetryPolicy(
@@ -352,17 +357,23 @@ def campaign_finish_if_done(*, campaign_id: int) -> bool:
     if delivery_selectors.has_open_deliveries(campaign_id=campaign_id):
         return False
     return bool(
-        Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.SENDING).update(
-            status=CampaignStatus.SENT, finished_at=timezone.now(), updated_at=timezone.now()
-        )
+        Campaign.objects.filter(
+            pk=campaign_id, status=CampaignStatus.SENDING, dispatched_at__isnull=False
+        ).update(status=CampaignStatus.SENT, finished_at=timezone.now(), updated_at=timezone.now())
     )
 
 
 def campaigns_sweep() -> dict[str, int]:
     """The periodic safety net: reclaim dead leases, resume due work, start schedules, finish."""
-    from campaigns.tasks import campaign_send_batch
+    from campaigns.tasks import campaign_dispatch, campaign_send_batch
 
     now = timezone.now()
+    # A dispatch the broker lost: dispatching again is harmless (materializing is re-runnable).
+    for campaign_id in Campaign.objects.filter(
+        status=CampaignStatus.SENDING, dispatched_at__isnull=True
+    ).values_list("id", flat=True):
+        if claim_once(f"skylark:sweep:dispatch:{campaign_id}", seconds=60):
+            campaign_dispatch.delay(campaign_id)
     reclaimed = delivery_services.deliveries_reclaim_expired(now=now)
     resumed = 0
     sending = set(
@@ -417,3 +428,31 @@ def campaign_send_test(*, campaign_id: int, emails: list[str]) -> list[SendResul
             )
         )
     return list(send_envelopes(prepared.smtp, envelopes))
+
+
+def delivery_unsubscribe(*, delivery_id: int, source: str) -> bool:
+    """Unsubscribe a recipient from the lists its campaign was sent to; idempotent.
+
+    Returns True when something changed.
+    """
+    from contacts.models import Subscription
+    from delivery.models import Delivery, DeliveryEvent, EventKind
+
+    delivery = Delivery.objects.select_related("campaign").filter(pk=delivery_id).first()
+    if delivery is None:
+        return False
+    now = timezone.now()
+    with transaction.atomic():
+        changed = (
+            Subscription.objects.filter(
+                contact_id=delivery.contact_id,
+                contact_list__in=delivery.campaign.lists.all(),
+            )
+            .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
+            .update(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)
+        )
+        if changed:
+            DeliveryEvent.objects.create(
+                delivery=delivery, kind=EventKind.UNSUBSCRIBE, created_at=now, detail=source
+            )
+    return bool(changed)

@@ -61,7 +61,12 @@ class ProcessGroup:
     def start_worker(self, *, concurrency: int | None = None, beat: bool = True) -> None:
         concurrency = concurrency or os.cpu_count() or 2
         argv = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO"]
-        argv += [f"--concurrency={concurrency}", "-Q", "skylark", "--without-gossip"]
+        argv += [
+            f"--concurrency={concurrency}",
+            "-Q",
+            settings.CELERY_TASK_DEFAULT_QUEUE,
+            "--without-gossip",
+        ]
         argv += ["--without-mingle", "-n", f"skylark-{os.getpid()}@%h"]
         self.start("worker", argv)
         if beat:

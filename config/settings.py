@@ -154,7 +154,7 @@ CELERY_BROKER_URL = (
     else REDIS_URL
 )
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
-CELERY_TASK_DEFAULT_QUEUE = "skylark"
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("EDM_CELERY_QUEUE", "skylark")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -192,3 +192,50 @@ EDM_SMTP_MAX_MESSAGES_PER_CONNECTION = env_int("EDM_SMTP_MAX_MESSAGES_PER_CONNEC
 EDM_SMTP_MAX_CONNECTION_AGE_SECONDS = env_int("EDM_SMTP_MAX_CONNECTION_AGE_SECONDS", 300)
 EDM_SMTP_TLS_CA_FILE = os.environ.get("EDM_SMTP_TLS_CA_FILE", "")
 EDM_IMPORT_BATCH_SIZE = env_int("EDM_IMPORT_BATCH_SIZE", 5000)
+
+# --- Admin theme (django-unfold) -----------------------------------------------------------
+from django.urls import reverse_lazy  # noqa: E402
+
+
+def _nav(title: str, icon: str, url_name: str) -> dict:
+    return {"title": title, "icon": icon, "link": reverse_lazy(url_name)}
+
+
+UNFOLD = {
+    "SITE_TITLE": "Skylark",
+    "SITE_HEADER": "Skylark",
+    "SITE_SUBHEADER": "Email campaigns",
+    "SITE_SYMBOL": "send",
+    "SHOW_HISTORY": True,
+    "SIDEBAR": {
+        "show_search": True,
+        "show_all_applications": True,
+        "navigation": [
+            {
+                "title": "Campaigns",
+                "items": [
+                    _nav("Campaigns", "campaign", "admin:campaigns_campaign_changelist"),
+                    _nav("Templates", "draft", "admin:campaigns_template_changelist"),
+                    _nav("Deliveries", "outgoing_mail", "admin:delivery_delivery_changelist"),
+                    _nav("Dev mailbox", "inbox", "mailbox"),
+                ],
+            },
+            {
+                "title": "Contacts",
+                "items": [
+                    _nav("Contacts", "person", "admin:contacts_contact_changelist"),
+                    _nav("Lists", "list", "admin:contacts_contactlist_changelist"),
+                    _nav("Imports", "upload_file", "admin:contacts_importjob_changelist"),
+                    _nav("Suppressions", "block", "admin:contacts_suppression_changelist"),
+                ],
+            },
+            {
+                "title": "Sending",
+                "items": [
+                    _nav("SMTP servers", "dns", "admin:delivery_smtpserver_changelist"),
+                    _nav("DKIM keys", "key", "admin:delivery_dkimkey_changelist"),
+                ],
+            },
+        ],
+    },
+}

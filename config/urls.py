@@ -1,8 +1,18 @@
-"""URL routes: the admin and the public pages."""
+"""URL routes: the admin, the dev mailbox and the public pages."""
 
 from django.contrib import admin
 from django.urls import path
 
+from campaigns.views import unsubscribe_view
+from delivery.admin import mailbox_message_view, mailbox_view
+
 urlpatterns = [
+    path("admin/mailbox/", admin.site.admin_view(mailbox_view), name="mailbox"),
+    path(
+        "admin/mailbox/<str:name>/",
+        admin.site.admin_view(mailbox_message_view),
+        name="mailbox_message",
+    ),
     path("admin/", admin.site.urls),
+    path("u/<str:token>/", unsubscribe_view, name="unsubscribe"),
 ]

