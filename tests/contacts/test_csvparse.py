@@ -166,9 +166,7 @@ def test_undecodable_bytes_reject_only_their_row():
 
 
 def test_undecodable_bytes_in_explicit_encoding_are_rejected_not_mojibake():
-    data = (
-        b"email,name\n" + "a@example.com,张伟\n".encode("gb18030") + b"b@example.com,\x80\n"
-    )
+    data = b"email,name\n" + "a@example.com,张伟\n".encode("gb18030") + b"b@example.com,\x80\n"
     _, rows = read_all(data, encoding="gb18030")
     assert [row.name for row in valid(rows)] == ["张伟"]
     assert rejected(rows) == [(3, RejectReason.UNDECODABLE, "undecodable bytes at column 2")]
