@@ -1,52 +1,15 @@
-"""DKIM signatures verified by dkimpy, an independent implementation."""
+"""DKIM signatures verified by dkimpy, an independent implementation.
 
-import types
+dkimpy verifies Ed25519 with PyNaCl (a dev dependency), unmodified.
+"""
 
 import dkim as dkimpy
 import pytest
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from delivery.compose import Composer, MessageSpec, make_message_id
 from delivery.dkim import DkimSigner, dkim_txt_record, generate_dkim_key
 from delivery.errors import DkimError
 from delivery.render import RenderedContent
-
-
-@pytest.fixture(autouse=True)
-def _nacl_shim(monkeypatch):
-    """dkimpy verifies Ed25519 with PyNaCl; without it, give dkimpy the same two calls via
-    cryptography. The canonicalization and hashing stay dkimpy's own."""
-    try:
-        import nacl.signing  # noqa: F401
-
-        return
-    except ImportError:
-        pass
-
-    class BadSignatureError(Exception):
-        pass
-
-    class VerifyKey:
-        def __init__(self, key_b64, encoder=None):
-            import base64
-
-            self._key = Ed25519PublicKey.from_public_bytes(base64.b64decode(key_b64))
-
-        def verify(self, message, signature):
-            try:
-                self._key.verify(signature, message)
-            except InvalidSignature as exc:
-                raise BadSignatureError() from exc
-
-    shim = types.SimpleNamespace(
-        signing=types.SimpleNamespace(VerifyKey=VerifyKey),
-        encoding=types.SimpleNamespace(Base64Encoder=object),
-        exceptions=types.SimpleNamespace(
-            BadSignatureError=BadSignatureError, ValueError=ValueError
-        ),
-    )
-    monkeypatch.setattr(dkimpy, "nacl", shim, raising=False)
 
 
 @pytest.fixture(scope="module", params=["rsa", "ed25519"])
