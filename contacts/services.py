@@ -219,6 +219,8 @@ def _writer_for(mode: ImportMode) -> _Writer:
         return _suppress_batch
     if connection.vendor == "postgresql":
         return _add_batch_postgresql
+    if connection.vendor == "sqlite":
+        return _add_batch_sqlite
     return _add_batch_portable
 
 
@@ -287,6 +289,80 @@ def _add_batch_portable(
     return _BatchResult(
         created=created, updated=updated, unchanged=unchanged + len(new_rows) - created
     )
+
+
+_SQLITE_STAGE = "skylark_import_stage"
+
+
+def _add_batch_sqlite(
+    batch: list[ContactRow], contact_list: ContactList | None, mode: ImportMode, source: str
+) -> _BatchResult:
+    """Add or upsert through a temporary table and set-based statements (SQLite >= 3.33).
+
+    The ORM's bulk_create spends most of its time preparing values; these four statements
+    do the same work several times faster. Attributes are staged as Django stores them
+    (ASCII-escaped JSON) so json_patch() gives identical text when nothing changed.
+    """
+    contact_table = Contact._meta.db_table
+    subscription_table = Subscription._meta.db_table
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_SQLITE_STAGE} (email TEXT NOT NULL,"
+            " email_key TEXT PRIMARY KEY, name TEXT NOT NULL, attributes TEXT NOT NULL)"
+        )
+        cursor.execute(f"DELETE FROM {_SQLITE_STAGE}")
+        dumps = json.dumps
+        cursor.executemany(
+            f"INSERT INTO {_SQLITE_STAGE} (email, email_key, name, attributes)"
+            " VALUES (%s, %s, %s, %s)",
+            [(row.email, _db_key(row.email), row.name, dumps(row.attributes)) for row in batch],
+        )
+        updated = 0
+        if mode == ImportMode.UPSERT:
+            cursor.execute(
+                f"""
+                UPDATE {contact_table} AS c
+                SET name = CASE WHEN s.name <> '' THEN s.name ELSE c.name END,
+                    attributes = json_patch(c.attributes, s.attributes),
+                    updated_at = %s
+                FROM {_SQLITE_STAGE} AS s
+                WHERE lower(c.email) = s.email_key
+                  AND (c.name IS NOT (CASE WHEN s.name <> '' THEN s.name ELSE c.name END)
+                       OR json(c.attributes) IS NOT json_patch(c.attributes, s.attributes))
+                """,
+                [now],
+            )
+            updated = cursor.rowcount
+        # "WHERE true" resolves SQLite's parsing ambiguity between SELECT and ON CONFLICT.
+        cursor.execute(
+            f"""
+            INSERT INTO {contact_table} (email, name, attributes, status, created_at, updated_at)
+            SELECT email, name, attributes, 'active', %s, %s FROM {_SQLITE_STAGE} WHERE true
+            ON CONFLICT DO NOTHING
+            """,
+            [now, now],
+        )
+        created = cursor.rowcount
+        cursor.execute(
+            f"""
+            INSERT INTO {subscription_table}
+                (contact_id, contact_list_id, status, source, created_at, updated_at)
+            SELECT c.id, %s, %s, %s, %s, %s
+            FROM {_SQLITE_STAGE} AS s JOIN {contact_table} AS c ON lower(c.email) = s.email_key
+            WHERE true
+            ON CONFLICT DO NOTHING
+            """,
+            [
+                contact_list.pk,
+                SubscriptionStatus.SUBSCRIBED.value,
+                source or IMPORT_SOURCE,
+                now,
+                now,
+            ],
+        )
+        cursor.execute(f"DELETE FROM {_SQLITE_STAGE}")
+    return _BatchResult(created=created, updated=updated, unchanged=len(batch) - created - updated)
 
 
 _PG_STAGE = "skylark_import_stage"

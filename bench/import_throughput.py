@@ -1,0 +1,84 @@
+"""Import throughput: write a CSV, import it through contacts_import, print rows/s and peak RSS.
+
+    python bench/import_throughput.py [--rows 1000000]                  # scratch SQLite file
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/test python bench/import_throughput.py
+
+The database is migrated first and the bench's list and contacts are deleted before the run.
+Never point it at a database whose contacts you care about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def write_csv(path: Path, rows: int) -> None:
+    cities = ["北京", "上海", "Paris", "Berlin", "深圳"]
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["email", "name", "city", "plan"])
+        for i in range(rows):
+            writer.writerow([f"bench{i}@example{i % 97}.com", f"User {i}", cities[i % 5], "pro"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=None)
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="skylark-bench-"))
+    if not os.environ.get("DATABASE_URL"):
+        os.environ["EDM_SQLITE_PATH"] = str(scratch / "bench.sqlite3")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from contacts.models import Contact, ContactList, ImportMode
+    from contacts.services import contacts_import
+
+    call_command("migrate", verbosity=0)
+    ContactList.objects.filter(name="bench").delete()
+    Contact.objects.filter(email__startswith="bench").delete()
+    contact_list = ContactList.objects.create(name="bench")
+
+    path = scratch / "bench.csv"
+    started = time.perf_counter()
+    write_csv(path, args.rows)
+    print(
+        f"wrote {args.rows} rows ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f}s"
+    )
+
+    for label in ("first import (all new)", "re-import (all unchanged)"):
+        started = time.perf_counter()
+        summary = contacts_import(
+            source=path,
+            contact_list=contact_list,
+            mode=ImportMode.UPSERT,
+            batch_size=args.batch_size,
+        )
+        elapsed = time.perf_counter() - started
+        print(
+            f"{connection.vendor} {label}: {summary.total} rows in {elapsed:.1f}s = "
+            f"{summary.total / elapsed:,.0f} rows/s (created {summary.created}, "
+            f"unchanged {summary.unchanged}, rejected {summary.rejected})"
+        )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"peak RSS {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
