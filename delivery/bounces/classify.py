@@ -290,9 +290,22 @@ def kind_for(reason: BounceReason, *, temporary: bool) -> BounceKind:
 
 
 _COMMAND_RE = re.compile(
-    r"(?:after|in reply to|>>>|response to)\s+(?:the\s+)?(?:end\s+of\s+)?"
-    r"(data|mail\s+from|rcpt\s+to|helo|ehlo|connect)\b|\b(data|mail\s+from|rcpt\s+to)\s+command",
+    r"(?:after|in reply to|>>>|response to|did not like our)\s+(?:the\s+)?(?:end\s+of\s+)?"
+    r"(data|mail\s+from|rcpt\s+to|helo|ehlo|connect)\b|\b(data|mail\s+from|rcpt\s+to)\s+command"
+    # A labelled field ("SMTP command: DATA", or the label on its own line, as m-FILTER does).
+    r"|smtp[ _-]?command\W{0,40}?\b(data|mail|rcpt|helo|ehlo)\b"
+    # Yahoo-style tags: "User Unknown [RCPT_TO]".
+    r"|\[(rcpt_to|mail_from|data)\]",
     re.I,
+)
+
+# Phrases that name the refused command without quoting it (RFC 5321 phases).
+_COMMAND_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    # qmail-remote: "... does not like recipient." is its RCPT TO refusal.
+    ("RCPT", re.compile(r"does not like recipient", re.I)),
+    ("MAIL", re.compile(r"does not like sender|but sender was rejected", re.I)),
+    ("HELO", re.compile(r"but my name was rejected", re.I)),
+    ("DATA", re.compile(r"failed after i sent the message", re.I)),
 )
 
 
@@ -300,7 +313,12 @@ def find_smtp_command(text: str) -> str:
     """The SMTP command a failure answered ("DATA", "MAIL", "RCPT", ...), or "" (last one wins)."""
     command = ""
     for match in _COMMAND_RE.finditer(text):
-        command = (match.group(1) or match.group(2)).split()[0].upper()
+        word = next(group for group in match.groups() if group)
+        command = word.replace("_", " ").split()[0].upper()
+    if not command and text:
+        for name, pattern in _COMMAND_PHRASES:
+            if pattern.search(text):
+                return name
     return command
 
 
@@ -311,11 +329,14 @@ def classify_failure(
     text: str = "",
     temporary: bool | None = None,
     command: str = "",
+    words_alone: bool = False,
 ) -> tuple[BounceKind, BounceReason]:
     """Classify a failure from whatever the report carries; text first, then codes.
 
     `temporary` overrides the class taken from the codes (a DSN's Action: delayed).
     `command` is the SMTP command that was refused, when the report tells.
+    `words_alone` says the report is free text with no RFC 3464 fields: its words are all
+    there is to go on (see `_user_unknown_is_filter`).
     """
     status = normalize_status(status)
     if temporary is None:
@@ -347,11 +368,45 @@ def classify_failure(
     if reason in DEAD_ADDRESS_REASONS and command in ("MAIL", "HELO", "EHLO", "CONNECT"):
         # Refused before any recipient was named: the complaint is about us, not the address.
         reason = R.POLICY_BLOCK
-    elif reason == R.UNKNOWN_USER and command == "DATA":
-        # "Unknown user" only after the content was sent is a content filter's answer, not
-        # proof the address is dead (the address passed RCPT TO).
-        reason = R.POLICY_BLOCK
+    elif reason == R.UNKNOWN_USER and _user_unknown_is_filter(
+        status, text, command, words_alone=words_alone
+    ):
+        reason = R.FILTERED
     return kind_for(reason, temporary=temporary), reason
+
+
+# Definite directory answers: a mailbox server's own lookup, not a gateway's words.
+_DIRECTORY_MISS_RE = re.compile(
+    r"\(000c05a6\)"  # Exchange 2000/2003 MSEXCH:IMS "Unknown Recipient" error code
+    r"|name (?:&|and) address book|not listed in (?:the )?(?:public )?(?:directory|address)",
+    re.I,
+)
+
+
+def _user_unknown_is_filter(status: str, text: str, command: str, *, words_alone: bool) -> bool:
+    """Whether a "user unknown" answer is a recipient-side filter rather than a dead address.
+
+    An RFC 3463 address status (X.1.x) or a refusal of RCPT TO means the mailbox is gone. The
+    same words said only after DATA (the address had passed RCPT TO), or carried by X.2.0/X.2.1
+    ("mailbox disabled, not accepting messages") or by an X.7.x security status, come from a
+    filter that looked at the message: the address itself may be fine. So do the words alone
+    in a free-text report from a gateway that names no code and no command (filtering
+    appliances answer "unknown user" to refuse mail they have already taken): unconfirmed, they
+    are soft, and the policy table still retires the address after repeated soft bounces.
+    """
+    if command == "RCPT":
+        return False
+    detail = status.partition(".")[2]
+    if detail.startswith("1."):
+        return False
+    if command == "DATA":
+        return True
+    if not detail or detail == "0.0":
+        # The DSN field says nothing: a code inside the server's words may.
+        detail = find_status(text).partition(".")[2]
+    if detail in ("2.0", "2.1") or detail.startswith("7."):
+        return True
+    return words_alone and not detail and not command and not _DIRECTORY_MISS_RE.search(text)
 
 
 def classify_smtp_reply(

@@ -28,7 +28,7 @@ CORPUS_REASONS: dict[str, frozenset[BounceReason]] = {
     "spamdetected": frozenset({BounceReason.SPAM_BLOCK}),
     "badreputation": frozenset({BounceReason.SPAM_BLOCK}),
     "requireptr": frozenset({BounceReason.SPAM_BLOCK}),
-    "filtered": frozenset({BounceReason.POLICY_BLOCK}),
+    "filtered": frozenset({BounceReason.FILTERED, BounceReason.POLICY_BLOCK}),
     "rejected": frozenset({BounceReason.POLICY_BLOCK}),
     "policyviolation": frozenset({BounceReason.POLICY_BLOCK}),
     "securityerror": frozenset({BounceReason.POLICY_BLOCK, BounceReason.AUTH_FAILURE}),

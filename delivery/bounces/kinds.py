@@ -31,6 +31,9 @@ class BounceReason(StrEnum):
     MESSAGE_TOO_LARGE = "message_too_large"
     SPAM_BLOCK = "spam_block"  # blocklists, reputation, content judged spam
     POLICY_BLOCK = "policy_block"  # local policy, filters, sender rejected
+    # The recipient's own filter refused this message ("user unknown" said only after DATA,
+    # X.2.0/X.2.1/X.7.x with "user unknown", "refused due to recipient preferences").
+    FILTERED = "filtered"
     AUTH_FAILURE = "auth_failure"  # SPF / DKIM / DMARC / reverse DNS
     RATE_LIMITED = "rate_limited"
     RELAY_DENIED = "relay_denied"

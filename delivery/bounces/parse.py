@@ -60,6 +60,7 @@ _STILL_TRYING_RE = re.compile(
     re.I,
 )
 
+_LEADING_CODES_RE = re.compile(r"[ \t]*[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}[ \t]+)?")
 _CONT_STATUS_REPLY_RE = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})\b")
 
 # A line that names a recipient: optional label, the address (maybe in <> or quotes), then
@@ -468,7 +469,14 @@ def _dsn_recipient(
     texts = [diagnostic or text_block]
     if not status or status.endswith(".0.0"):
         texts.append(bounce_text)
-    kind, reason = _classify_texts(status=status, reply_code=reply_code, texts=texts)
+    command = (
+        find_smtp_command(diagnostic)
+        or find_smtp_command(text_block)
+        or _transcript_command(diagnostic, bounce_text)
+    )
+    kind, reason = _classify_texts(
+        status=status, reply_code=reply_code, texts=texts, command=command
+    )
     return BounceRecipient(
         recipient=address or None,
         kind=kind,
@@ -480,8 +488,55 @@ def _dsn_recipient(
     )
 
 
+def _transcript_command(diagnostic: str, bounce_text: str) -> str:
+    """The SMTP command a reply answered, read from a session transcript in the report.
+
+    Sendmail and Courier print the session (">>> DATA" / "<<< 550 ...") in the text part while
+    the DSN carries only the reply: the command is the last one sent before that reply.
+    """
+    if not diagnostic or ">>>" not in bounce_text:
+        return ""
+    reply = _SPACE_RE.sub(" ", diagnostic).strip()
+    text = _SPACE_RE.sub(" ", bounce_text)
+    position = -1
+    for needle in (reply[:60], reply[:9]):
+        if len(needle) >= 9:
+            position = text.find("<<< " + needle)
+            if position >= 0:
+                break
+    if position < 0:
+        return ""
+    return find_smtp_command(text[max(0, position - 300) : position])
+
+
+def _command_before(address: str | None, bounce_text: str) -> str:
+    """The last SMTP command a text report names just before it first names `address`.
+
+    Sendmail, DragonFly and qmail write the command ("did not like our RCPT TO:", ">>> RCPT
+    To:<a@b>") on the line above the reply that names the recipient.
+    """
+    if not address:
+        return ""
+    position = bounce_text.lower().find(address.lower())
+    while position >= 0:
+        line_start = bounce_text.rfind("\n", 0, position) + 1
+        before = bounce_text[max(0, line_start - 300) : line_start]
+        # Only the lines since the previous reply: a command further up answered something else.
+        command = find_smtp_command(before.rsplit("\n<<<", 1)[-1] if "<<<" in before else before)
+        if command:
+            return command
+        position = bounce_text.lower().find(address.lower(), position + len(address))
+    return ""
+
+
 def _classify_texts(
-    *, status: str, reply_code: int | None, texts: list[str], temporary: bool | None = None
+    *,
+    status: str,
+    reply_code: int | None,
+    texts: list[str],
+    temporary: bool | None = None,
+    command: str = "",
+    words_alone: bool = False,
 ) -> tuple[BounceKind, BounceReason]:
     """Classify with the first text that says something we know."""
     chosen = ""
@@ -491,9 +546,14 @@ def _classify_texts(
             break
     # Only the failure's own words name its command: a transcript elsewhere in the report may
     # belong to another recipient.
-    command = find_smtp_command(chosen or texts[0] if texts else "")
+    command = command or find_smtp_command(chosen or texts[0] if texts else "")
     return classify_failure(
-        status=status, reply_code=reply_code, text=chosen, command=command, temporary=temporary
+        status=status,
+        reply_code=reply_code,
+        text=chosen,
+        command=command,
+        temporary=temporary,
+        words_alone=words_alone,
     )
 
 
@@ -680,7 +740,12 @@ def _text_blocks_excluding(text: str, own: set[str]) -> dict[str, str]:
         address = match.group(1).strip(".")
         if address.lower() in own or _is_daemon(address):
             continue
-        starts.append((index, address, line[match.end(1) :]))
+        rest = line[match.end(1) :]
+        codes = _LEADING_CODES_RE.match(line)
+        if codes:
+            # "550 5.1.1 <a@b>: ...": the codes before the address belong to the explanation.
+            rest = codes.group(0) + rest.lstrip(" \t>:")
+        starts.append((index, address, rest))
     blocks: dict[str, str] = {}
     for position, (index, address, rest) in enumerate(starts):
         end = starts[position + 1][0] if position + 1 < len(starts) else len(lines)
@@ -752,6 +817,8 @@ def _text_recipients(
             reply_code=reply_code,
             texts=[block, bounce_text],
             temporary=bool(_STILL_TRYING_RE.search(bounce_text)) or None,
+            command=find_smtp_command(block) or _command_before(address, bounce_text),
+            words_alone=True,
         )
         out.append(
             BounceRecipient(
