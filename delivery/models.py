@@ -175,3 +175,4 @@ class DkimKey(models.Model):
 
     def get_private_key(self) -> bytes:
         return crypto.decrypt(self.private_key_encrypted).encode()
+from delivery.bounce_models import *  # noqa: E402,F401,F403

@@ -1,0 +1,570 @@
+"""Bounce intake: store every report, tie it to one delivery, apply the bounce policy table.
+
+Every intake path (bounce server, MTA pipe, mailbox poller, provider webhooks) ends here, in
+`bounce_ingest` (raw mail) or `bounce_ingest_report` (a report already read from a provider's
+JSON). One report maps to at most one delivery; what happens to the contact is decided by
+`BouncePolicy` rows (kind -> count within a window -> action), in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import Count, IntegerField, Q, Value
+from django.db.models.functions import Lower, StrIndex, Substr
+from django.utils import timezone
+
+from contacts.models import (
+    Contact,
+    ContactStatus,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionReason,
+    SuppressionScope,
+)
+from delivery.bounce_models import (
+    RAW_KEEP_BYTES,
+    BounceAction,
+    BounceMessage,
+    BounceMessageStatus,
+    BounceOutcome,
+    BouncePolicy,
+    OutcomeKind,
+    PolicyAction,
+)
+from delivery.bounces import BounceKind, BounceReason, BounceRecipient, BounceReport, parse_bounce
+from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
+from delivery.verp import verp_parse
+
+logger = logging.getLogger(__name__)
+
+# An asynchronous report changes a delivery only when the send itself looked fine (250) or
+# its result was unknown; a synchronous refusal already recorded stays as it is.
+_REPORTABLE = (DeliveryStatus.SENT, DeliveryStatus.UNKNOWN)
+_DIGITS = re.compile(r"^\d{1,18}$")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What `bounce_ingest` did with one report."""
+
+    bounce_message_id: int
+    status: str  # BounceMessageStatus
+    kind: str  # OutcomeKind of the report
+    delivery_id: int | None
+    matched_by: str
+    action: str  # BounceAction applied to the matched recipient ("none" otherwise)
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class _Match:
+    delivery: Delivery | None
+    matched_by: str = ""
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def bounce_ingest(
+    *,
+    raw: bytes,
+    source: str,
+    envelope_from: str = "",
+    envelope_rcpts: Sequence[str] = (),
+    now: datetime | None = None,
+) -> IngestResult:
+    """Store one inbound report (raw RFC 5322 bytes), correlate it and apply the policy.
+
+    Idempotent: the same bytes ingested again return the first result with `duplicate=True`.
+    Database errors propagate (the caller retries or tells its peer to); anything else is
+    recorded on the kept report with status `error`.
+    """
+    try:
+        report = parse_bounce(raw)
+    except Exception as exc:  # the classifier promises never to raise; keep the report anyway
+        logger.exception("bounce classifier failed on a %d-byte report", len(raw))
+        return _store(
+            raw=raw,
+            source=source,
+            report=None,
+            envelope_from=envelope_from,
+            envelope_rcpts=envelope_rcpts,
+            now=now,
+            error=f"classifier error: {exc!r}",
+        )
+    return _store(
+        raw=raw,
+        source=source,
+        report=report,
+        envelope_from=envelope_from,
+        envelope_rcpts=envelope_rcpts,
+        now=now,
+    )
+
+
+def bounce_ingest_report(
+    *,
+    raw: bytes,
+    source: str,
+    report: BounceReport,
+    recipient_fallback: bool = False,
+    now: datetime | None = None,
+) -> IngestResult:
+    """Store and apply a report already read from a provider's notification (webhooks).
+
+    With `recipient_fallback`, a report that carries no Skylark key is tied to the latest
+    delivery sent to its recipient: providers that authenticate their calls vouch for it.
+    """
+    return _store(
+        raw=raw,
+        source=source,
+        report=report,
+        now=now,
+        recipient_fallback=recipient_fallback,
+    )
+
+
+# --- storing ---------------------------------------------------------------------------------
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _duplicate(existing: BounceMessage) -> IngestResult:
+    primary = existing.outcomes.filter(delivery_id=existing.delivery_id).first()
+    return IngestResult(
+        bounce_message_id=existing.pk,
+        status=existing.status,
+        kind=existing.kind,
+        delivery_id=existing.delivery_id,
+        matched_by=existing.matched_by,
+        action=primary.action if primary and existing.delivery_id else BounceAction.NONE,
+        duplicate=True,
+    )
+
+
+def _store(
+    *,
+    raw: bytes,
+    source: str,
+    report: BounceReport | None,
+    envelope_from: str = "",
+    envelope_rcpts: Sequence[str] = (),
+    now: datetime | None = None,
+    error: str = "",
+    recipient_fallback: bool = False,
+) -> IngestResult:
+    now = now or timezone.now()
+    digest = _digest(raw)
+    existing = BounceMessage.objects.filter(sha256=digest).first()
+    if existing is not None:
+        return _duplicate(existing)
+    kind = OutcomeKind(str(report.kind)) if report is not None else OutcomeKind.NOT_BOUNCE
+    try:
+        with transaction.atomic():
+            message = BounceMessage.objects.create(
+                received_at=now,
+                source=source,
+                sha256=digest,
+                raw=raw[:RAW_KEEP_BYTES],
+                size=len(raw),
+                envelope_from=envelope_from[:320],
+                envelope_to=", ".join(envelope_rcpts)[:320],
+                kind=kind,
+                status=BounceMessageStatus.ERROR if error else BounceMessageStatus.UNMATCHED,
+                summary=_summary(report) if report is not None else {},
+                error=error,
+            )
+            if report is None:
+                return _result(message, BounceAction.NONE)
+            try:
+                with transaction.atomic():
+                    action = _apply(
+                        message=message,
+                        report=report,
+                        envelope_rcpts=envelope_rcpts,
+                        now=now,
+                        recipient_fallback=recipient_fallback,
+                    )
+            except DatabaseError:
+                raise
+            except Exception as exc:  # a bug must not lose the report: keep it, flagged
+                logger.exception("applying bounce report #%s failed", message.pk)
+                message.status = BounceMessageStatus.ERROR
+                message.error = f"{type(exc).__name__}: {exc}"[:2000]
+                message.delivery = None
+                message.matched_by = ""
+                message.save(update_fields=["status", "error", "delivery", "matched_by"])
+                return _result(message, BounceAction.NONE)
+            return _result(message, action)
+    except IntegrityError:
+        # Two intakes of the same report at once: the other one stored it first.
+        existing = BounceMessage.objects.filter(sha256=digest).first()
+        if existing is None:
+            raise
+        return _duplicate(existing)
+
+
+def _result(message: BounceMessage, action: str) -> IngestResult:
+    return IngestResult(
+        bounce_message_id=message.pk,
+        status=message.status,
+        kind=message.kind,
+        delivery_id=message.delivery_id,
+        matched_by=message.matched_by,
+        action=action,
+    )
+
+
+def _summary(report: BounceReport) -> dict:
+    return {
+        "kind": str(report.kind),
+        "envelope_to": report.envelope_to,
+        "envid": report.envid,
+        "delivery_header": report.delivery_header,
+        "original_message_id": report.original_message_id,
+        "recipients": [
+            {key: str(value) if value is not None else None for key, value in asdict(r).items()}
+            for r in report.recipients
+        ],
+    }
+
+
+# --- correlation -----------------------------------------------------------------------------
+
+
+def _delivery_by_id(value: str) -> Delivery | None:
+    value = (value or "").strip()
+    if not _DIGITS.match(value):
+        return None
+    return Delivery.objects.filter(pk=int(value)).first()
+
+
+def _delivery_by_message_id(message_id: str) -> Delivery | None:
+    message_id = (message_id or "").strip()
+    if not message_id:
+        return None
+    if not message_id.startswith("<"):
+        message_id = f"<{message_id}>"
+    # Our Message-IDs start with the delivery id ("<id.time.random@domain>", compose.py): look
+    # it up by primary key and compare, rather than scanning an unindexed column.
+    head = message_id[1:].split(".", 1)[0]
+    delivery = _delivery_by_id(head)
+    if delivery is not None and delivery.message_id == message_id:
+        return delivery
+    return Delivery.objects.filter(message_id=message_id).order_by("-id").first()
+
+
+def _correlate(
+    report: BounceReport, envelope_rcpts: Sequence[str], *, recipient_fallback: bool
+) -> _Match:
+    """The one delivery a report is about, by the keys of docs/bounces.md, strongest first."""
+    # 1. VERP: the return path carries the delivery id and an HMAC tag (delivery/verp.py).
+    for address in (*envelope_rcpts, report.envelope_to):
+        delivery_id = verp_parse(address or "", secret=settings.SECRET_KEY)
+        if delivery_id is not None:
+            delivery = Delivery.objects.filter(pk=delivery_id).first()
+            if delivery is not None:
+                return _Match(delivery, "verp")
+    # 2-4. Keys anyone can write (ENVID, our header, a Message-ID) are trusted only when the
+    # report does not name another recipient: a forged report cannot bounce an arbitrary id.
+    named = {r.recipient.lower() for r in report.recipients if r.recipient}
+
+    def plausible(delivery: Delivery | None) -> bool:
+        return delivery is not None and (not named or delivery.email.lower() in named)
+
+    for matched_by, find, key in (
+        ("envid", _delivery_by_id, report.envid),
+        ("header", _delivery_by_id, report.delivery_header),
+        ("message_id", _delivery_by_message_id, report.original_message_id),
+    ):
+        delivery = find(key) if key else None
+        if plausible(delivery):
+            return _Match(delivery, matched_by)
+    # 5. Provider webhooks only: the latest delivery that left for that address.
+    if recipient_fallback and named:
+        delivery = (
+            Delivery.objects.annotate(email_lower=Lower("email"))
+            .filter(email_lower__in=named, sent_at__isnull=False)
+            .order_by("-sent_at", "-id")
+            .first()
+        )
+        if delivery is not None:
+            return _Match(delivery, "recipient")
+    return _Match(None)
+
+
+# --- applying --------------------------------------------------------------------------------
+
+
+def _primary(report: BounceReport, delivery: Delivery | None) -> BounceRecipient | None:
+    """The recipient entry that speaks for the matched delivery."""
+    if delivery is None or not report.recipients:
+        return None
+    email = delivery.email.lower()
+    for recipient in report.recipients:
+        if (recipient.recipient or "").lower() == email:
+            return recipient
+    # With VERP one message has one recipient; an alias may have expanded it to another name.
+    return report.recipients[0]
+
+
+def _apply(
+    *,
+    message: BounceMessage,
+    report: BounceReport,
+    envelope_rcpts: Sequence[str],
+    now: datetime,
+    recipient_fallback: bool,
+) -> str:
+    match = _correlate(report, envelope_rcpts, recipient_fallback=recipient_fallback)
+    delivery = match.delivery
+    primary = _primary(report, delivery)
+    ignored = report.kind in (BounceKind.AUTO_REPLY, BounceKind.NOT_BOUNCE)
+
+    outcomes = []
+    primary_outcome = None
+    for recipient in report.recipients:
+        is_primary = recipient is primary
+        outcome = BounceOutcome(
+            message=message,
+            created_at=now,
+            recipient=(recipient.recipient or "")[:320],
+            kind=str(recipient.kind),
+            reason=str(recipient.reason),
+            enhanced_status=recipient.status[:16],
+            smtp_code=recipient.reply_code,
+            diagnostic=recipient.diagnostic[:2000],
+            reporting_mta=recipient.reporting_mta[:255],
+            delivery=delivery if is_primary else None,
+            contact_id=delivery.contact_id if is_primary else None,
+            # Another recipient of a multi-recipient report: kept, tied to nothing.
+            action=BounceAction.NONE if ignored or is_primary else BounceAction.UNMATCHED,
+        )
+        outcomes.append(outcome)
+        if is_primary:
+            primary_outcome = outcome
+
+    message.delivery = delivery
+    message.matched_by = match.matched_by
+    action = BounceAction.NONE
+    if ignored:
+        message.status = BounceMessageStatus.IGNORED
+    elif delivery is None or primary_outcome is None:
+        message.status = BounceMessageStatus.UNMATCHED
+        logger.info("bounce report #%s matches no delivery", message.pk)
+    else:
+        message.status = BounceMessageStatus.APPLIED
+        action = _apply_outcome(outcome=primary_outcome, delivery=delivery, now=now)
+        primary_outcome.action = action
+    BounceOutcome.objects.bulk_create(outcomes)
+    if primary_outcome is not None and primary_outcome.counted:
+        action = _apply_policy(outcome=primary_outcome, delivery=delivery, now=now)
+        BounceOutcome.objects.filter(pk=primary_outcome.pk).update(action=action)
+    message.save(update_fields=["delivery", "matched_by", "status"])
+    return action
+
+
+def _apply_outcome(*, outcome: BounceOutcome, delivery: Delivery, now: datetime) -> str:
+    """Write the delivery's side: status (compare-and-set) and one event. Sets `counted`."""
+    data = {
+        "source": "bounce report",
+        "bounce_message": outcome.message_id,
+        "kind": outcome.kind,
+        "reason": outcome.reason,
+        "status": outcome.enhanced_status,
+        "reporting_mta": outcome.reporting_mta,
+    }
+    event = DeliveryEvent(
+        delivery=delivery,
+        created_at=now,
+        smtp_code=outcome.smtp_code,
+        enhanced_status=outcome.enhanced_status,
+        detail=outcome.diagnostic,
+        data=data,
+    )
+    new_status = None
+    if outcome.kind == OutcomeKind.HARD:
+        event.kind = EventKind.BOUNCED
+        new_status = DeliveryStatus.BOUNCED
+        outcome.counted = True
+    elif outcome.kind == OutcomeKind.SOFT and outcome.reason == BounceReason.DELAYED:
+        # RFC 3464 "Action: delayed": the remote MTA is still trying; not a failure yet.
+        event.kind = EventKind.DEFERRED
+    elif outcome.kind == OutcomeKind.SOFT:
+        # The message was lost after a 250; the address may well be fine.
+        event.kind = EventKind.FAILED
+        new_status = DeliveryStatus.FAILED
+        outcome.counted = True
+    elif outcome.kind == OutcomeKind.COMPLAINT:
+        event.kind = EventKind.COMPLAINT
+        outcome.counted = True
+    else:
+        return BounceAction.NONE
+    if new_status is not None:
+        Delivery.objects.filter(pk=delivery.pk, status__in=_REPORTABLE).update(
+            status=new_status,
+            reason=outcome.reason[:40],
+            smtp_code=outcome.smtp_code,
+            enhanced_status=outcome.enhanced_status,
+            smtp_reply=outcome.diagnostic,
+            updated_at=now,
+        )
+    event.save()
+    return BounceAction.RECORDED
+
+
+def _apply_policy(*, outcome: BounceOutcome, delivery: Delivery, now: datetime) -> str:
+    """The policy table: count this contact's reports of the kind, act at the threshold."""
+    policy = BouncePolicy.objects.filter(kind=outcome.kind).first()
+    if policy is None or policy.action == PolicyAction.NONE:
+        return BounceAction.RECORDED
+    counted = BounceOutcome.objects.filter(
+        contact_id=delivery.contact_id, kind=outcome.kind, counted=True
+    )
+    if policy.window_days:
+        counted = counted.filter(created_at__gte=now - timedelta(days=policy.window_days))
+    # Distinct deliveries: two reports about one message (a DSN and a webhook) count once.
+    reports = counted.values("delivery_id").distinct().count()
+    if reports < policy.count:
+        return BounceAction.COUNTED
+    if policy.action == PolicyAction.UNSUBSCRIBE:
+        changed = (
+            Subscription.objects.filter(contact_id=delivery.contact_id)
+            .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
+            .update(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)
+        )
+        if changed:
+            DeliveryEvent.objects.create(
+                delivery=delivery,
+                kind=EventKind.UNSUBSCRIBE,
+                created_at=now,
+                detail=f"bounce policy: {policy}",
+            )
+        return BounceAction.UNSUBSCRIBED
+    complaint = outcome.kind == OutcomeKind.COMPLAINT
+    Suppression.objects.get_or_create(
+        value=delivery.email.lower(),
+        scope=SuppressionScope.ADDRESS,
+        defaults={
+            # SuppressionReason has no "soft bounce": repeated soft bounces are suppressed as
+            # a bounce, and the source says which policy did it.
+            "reason": SuppressionReason.COMPLAINT if complaint else SuppressionReason.HARD_BOUNCE,
+            "source": f"bounce policy ({outcome.kind}, report #{outcome.message_id})"[:200],
+        },
+    )
+    if complaint:
+        Contact.objects.filter(
+            pk=delivery.contact_id,
+            status__in=[ContactStatus.ACTIVE, ContactStatus.UNSUBSCRIBED, ContactStatus.BOUNCED],
+        ).update(status=ContactStatus.COMPLAINED, updated_at=now)
+    else:
+        Contact.objects.filter(pk=delivery.contact_id, status=ContactStatus.ACTIVE).update(
+            status=ContactStatus.BOUNCED, updated_at=now
+        )
+    return BounceAction.SUPPRESSED
+
+
+# --- reads for the admin (rates) -------------------------------------------------------------
+
+# Gmail's sender guidelines: keep the user-reported spam rate below 0.1%, never reach 0.3%.
+COMPLAINT_RATE_WARN = 0.001
+COMPLAINT_RATE_DANGER = 0.003
+
+
+@dataclass(frozen=True)
+class RateRow:
+    label: str
+    sent: int  # accepted by the receiving server (250) or refused by it
+    bounced: int
+    complained: int
+
+    @property
+    def bounce_rate(self) -> float:
+        return self.bounced / self.sent if self.sent else 0.0
+
+    @property
+    def complaint_rate(self) -> float:
+        return self.complained / self.sent if self.sent else 0.0
+
+    @property
+    def complaint_level(self) -> str:
+        if self.complaint_rate >= COMPLAINT_RATE_DANGER:
+            return "danger"
+        if self.complaint_rate >= COMPLAINT_RATE_WARN:
+            return "warning"
+        return "ok"
+
+
+def _attempted() -> Q:
+    return Q(sent_at__isnull=False) | Q(
+        status__in=[DeliveryStatus.SENT, DeliveryStatus.BOUNCED, DeliveryStatus.FAILED]
+    )
+
+
+def _rate_counts():
+    return {
+        # distinct everywhere: the join to events repeats a delivery once per event.
+        "sent": Count("id", filter=_attempted(), distinct=True),
+        "bounced": Count("id", filter=Q(status=DeliveryStatus.BOUNCED), distinct=True),
+        "complained": Count("id", filter=Q(events__kind=EventKind.COMPLAINT), distinct=True),
+    }
+
+
+def bounce_rates_by_campaign(*, limit: int = 50) -> list[RateRow]:
+    """Sent, bounced and complained per campaign, newest campaigns first."""
+    rows = (
+        Delivery.objects.values("campaign_id", "campaign__name")
+        .annotate(**_rate_counts())
+        .order_by("-campaign_id")[:limit]
+    )
+    return [
+        RateRow(
+            label=f"#{r['campaign_id']} {r['campaign__name']}",
+            sent=r["sent"],
+            bounced=r["bounced"],
+            complained=r["complained"],
+        )
+        for r in rows
+    ]
+
+
+def bounce_rates_by_domain(*, days: int = 30, limit: int = 50) -> list[RateRow]:
+    """The same figures per recipient domain over the last `days`, busiest domains first."""
+    since = timezone.now() - timedelta(days=days)
+    domain = Lower(
+        Substr("email", StrIndex("email", Value("@")) + Value(1, output_field=IntegerField()))
+    )
+    rows = (
+        Delivery.objects.filter(updated_at__gte=since)
+        .annotate(domain=domain)
+        .values("domain")
+        .annotate(**_rate_counts())
+        .order_by("-sent", "domain")[:limit]
+    )
+    return [
+        RateRow(label=r["domain"], sent=r["sent"], bounced=r["bounced"], complained=r["complained"])
+        for r in rows
+    ]
+
+
+__all__ = [
+    "COMPLAINT_RATE_DANGER",
+    "COMPLAINT_RATE_WARN",
+    "IngestResult",
+    "RateRow",
+    "bounce_ingest",
+    "bounce_ingest_report",
+    "bounce_rates_by_campaign",
+    "bounce_rates_by_domain",
+]
