@@ -7,12 +7,15 @@ import binascii
 import os
 import re
 import time
+import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from delivery.errors import InvalidAddressError, InvalidHeaderError
 from delivery.render import RenderedContent
 
 __all__ = [
+    "Attachment",
     "Composer",
     "MessageSpec",
     "make_message_id",
@@ -59,6 +62,16 @@ class MessageSpec:
     list_id: str = ""  # e.g. "Newsletter <newsletter.42.example.com>"
     campaign_id: int | None = None
     extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file sent with the message; with a content_id it is an inline part (``cid:`` in HTML)."""
+
+    filename: str
+    content_type: str
+    data: bytes
+    content_id: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +242,78 @@ def _encode_body(text: str) -> tuple[bytes, bytes]:
 
 
 # --------------------------------------------------------------------------------------------
+# Attachments and inline parts (RFC 2046 multipart/mixed, RFC 2387 multipart/related)
+
+_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
+_CONTENT_ID = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.@]{1,200}")
+_QUOTABLE_FILENAME = re.compile(r"[ -~]{1,60}")
+# RFC 2231 7: attribute-char, everything else is %-encoded.
+_RFC2231_SAFE = "!#$&+-.^_`|~"
+_RFC2231_CHUNK = 50  # keeps " filename*N*=utf-8''<chunk>;" under 78 characters
+
+
+def _param(name: str, value: str) -> str:
+    """`; name="value"`, or RFC 2231 `name*=utf-8''...` (continued in chunks) when needed."""
+    if _QUOTABLE_FILENAME.fullmatch(value) and '"' not in value and "\\" not in value:
+        return f';\r\n {name}="{value}"'
+    encoded = urllib.parse.quote(value, safe=_RFC2231_SAFE)
+    if len(encoded) <= _RFC2231_CHUNK:
+        return f";\r\n {name}*=utf-8''{encoded}"
+    chunks: list[str] = []
+    pos = 0
+    while pos < len(encoded):
+        end = min(pos + _RFC2231_CHUNK, len(encoded))
+        # Never split a %XX escape between two continuations.
+        if encoded.rfind("%", end - 2, end) != -1:
+            end = encoded.rfind("%", end - 2, end)
+        chunks.append(encoded[pos:end])
+        pos = end
+    chunks[0] = "utf-8''" + chunks[0]
+    return "".join(f";\r\n {name}*{index}*={chunk}" for index, chunk in enumerate(chunks))
+
+
+def _clean_filename(filename: str) -> str:
+    # Only a name, never a path a careless client might honour.
+    name = sanitize_header_value(filename).replace("/", "_").replace("\\", "_").strip(". ")
+    return name[:200] or "attachment"
+
+
+def _attachment_part(attachment: Attachment) -> bytes:
+    """Headers and base64 body (76-character lines, RFC 2045 6.8) of one attachment."""
+    content_type = attachment.content_type.strip().lower()
+    if not _MIME_TYPE.fullmatch(content_type) or content_type.startswith("multipart/"):
+        raise InvalidHeaderError(f"invalid attachment content type {attachment.content_type!r}")
+    filename = _clean_filename(attachment.filename)
+    head = f"Content-Type: {content_type}{_param('name', filename)}\r\n"
+    head += "Content-Transfer-Encoding: base64\r\n"
+    if attachment.content_id:
+        content_id = attachment.content_id.strip().removeprefix("<").removesuffix(">")
+        if not _CONTENT_ID.fullmatch(content_id):
+            raise InvalidHeaderError(f"invalid Content-ID {attachment.content_id!r}")
+        head += f"Content-ID: <{content_id}>\r\n"
+        head += f"Content-Disposition: inline{_param('filename', filename)}\r\n"
+    else:
+        head += f"Content-Disposition: attachment{_param('filename', filename)}\r\n"
+    body = base64.encodebytes(attachment.data).replace(b"\n", CRLF)
+    return head.encode("ascii") + CRLF + body
+
+
+def _multipart(boundary: bytes, parts: Sequence[bytes]) -> bytes:
+    """A multipart body; the CRLF before each delimiter belongs to it (RFC 2046 5.1.1)."""
+    return b"".join(b"--" + boundary + CRLF + part + CRLF for part in parts) + (
+        b"--" + boundary + b"--"
+    )
+
+
+def _multipart_head(subtype: str, boundary: bytes, extra: str = "") -> bytes:
+    head = f'Content-Type: multipart/{subtype};\r\n boundary="{boundary.decode()}"{extra}\r\n'
+    return head.encode("ascii")
+
+
+# Encoded attachments kept per Composer: a campaign sends the same files to every recipient.
+_ATTACHMENT_CACHE_SIZE = 32
+
+# --------------------------------------------------------------------------------------------
 # The composer
 
 
@@ -270,6 +355,9 @@ class Composer:
             b"Content-Transfer-Encoding: "
         )
         self._close = b"\r\n--" + boundary + b"--\r\n"
+        self._mixed_boundary = ("=_sky_m_" + os.urandom(10).hex()).encode()
+        self._related_boundary = ("=_sky_r_" + os.urandom(10).hex()).encode()
+        self._attachment_parts: dict[Attachment, bytes] = {}
 
     def compose(
         self,
@@ -282,6 +370,7 @@ class Composer:
         unsubscribe_mailto: str = "",
         delivery_id: int | None = None,
         date: float | None = None,
+        attachments: Sequence[Attachment] = (),
     ) -> bytes:
         """One recipient's message as CRLF bytes, ready for DKIM signing and SMTP DATA."""
         if not _MESSAGE_ID.fullmatch(message_id):
@@ -311,6 +400,11 @@ class Composer:
             parts.append(f"X-Skylark-Delivery: {int(delivery_id)}\r\n".encode())
         text_cte, text_body = _encode_body(content.text)
         html_cte, html_body = _encode_body(content.html)
+        if attachments:
+            parts.append(
+                self._body_with_attachments(text_cte, text_body, html_cte, html_body, attachments)
+            )
+            return b"".join(parts)
         parts += [
             self._mime,
             self._text_head,
@@ -324,3 +418,42 @@ class Composer:
             self._close,
         ]
         return b"".join(parts)
+
+    def _encoded_attachment(self, attachment: Attachment) -> bytes:
+        part = self._attachment_parts.get(attachment)
+        if part is None:
+            part = _attachment_part(attachment)
+            if len(self._attachment_parts) < _ATTACHMENT_CACHE_SIZE:
+                self._attachment_parts[attachment] = part
+        return part
+
+    def _body_with_attachments(
+        self,
+        text_cte: bytes,
+        text_body: bytes,
+        html_cte: bytes,
+        html_body: bytes,
+        attachments: Sequence[Attachment],
+    ) -> bytes:
+        """MIME-Version, Content-Type and body when files travel with the message.
+
+        multipart/mixed [ multipart/alternative [ text, multipart/related [ html, inline... ] ],
+        attachment... ]; the mixed and related levels only when they have something to hold.
+        """
+        inline = [self._encoded_attachment(a) for a in attachments if a.content_id]
+        files = [self._encoded_attachment(a) for a in attachments if not a.content_id]
+        text = b'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: '
+        text += text_cte + CRLF + CRLF + text_body
+        html = b'Content-Type: text/html; charset="utf-8"\r\nContent-Transfer-Encoding: '
+        html += html_cte + CRLF + CRLF + html_body
+        if inline:
+            related = self._related_boundary
+            head = _multipart_head("related", related, '; type="text/html"')
+            html = head + CRLF + _multipart(related, [html, *inline])
+        alternative = self._boundary.encode()
+        body = _multipart_head("alternative", alternative) + CRLF
+        body += _multipart(alternative, [text, html])
+        if files:
+            mixed = self._mixed_boundary
+            body = _multipart_head("mixed", mixed) + CRLF + _multipart(mixed, [body, *files])
+        return b"MIME-Version: 1.0\r\n" + body + CRLF

@@ -8,6 +8,7 @@ from email.parser import BytesParser
 import pytest
 
 from delivery.compose import (
+    Attachment,
     Composer,
     MessageSpec,
     make_message_id,
@@ -198,3 +199,160 @@ def test_extra_headers_cannot_override_structural_ones():
 def test_unsafe_unsubscribe_url_is_rejected():
     with pytest.raises(InvalidHeaderError):
         _compose(unsubscribe_url="https://x.test/a>, <https://evil.test")
+
+
+# --- attachments and inline images ----------------------------------------------------------
+
+PNG = bytes(range(256)) * 40  # binary, 10,240 bytes
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 3
+
+
+def _parts(message):
+    return [part.get_content_type() for part in message.walk()]
+
+
+def test_without_attachments_the_structure_is_unchanged():
+    raw = _compose(attachments=())
+    assert _parts(_parse(raw)) == ["multipart/alternative", "text/plain", "text/html"]
+
+
+def test_attachment_goes_in_multipart_mixed_around_the_alternative():
+    raw = _compose(attachments=[Attachment("invoice.pdf", "application/pdf", PDF)])
+    _assert_wire_safe(raw)
+    message = _parse(raw)
+    assert _parts(message) == [
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+        "text/html",
+        "application/pdf",
+    ]
+    alternative, pdf = message.get_payload()
+    assert pdf.get_filename() == "invoice.pdf"
+    assert pdf.get_content_disposition() == "attachment"
+    assert pdf["Content-Transfer-Encoding"] == "base64"
+    assert pdf.get_content() == PDF
+    assert message.get_body(("html",)).get_content().strip() == "<p>Hi</p>"
+    # The plain-text and HTML bodies are still found as such by a reader.
+    assert message.get_body(("plain",)).get_content().strip() == "Hi"
+    assert [a.get_filename() for a in message.iter_attachments()] == ["invoice.pdf"]
+
+
+def test_inline_image_goes_in_multipart_related_with_the_html():
+    html = '<p><img src="cid:logo@skylark" alt="logo"></p>'
+    raw = _compose(
+        html=html, attachments=[Attachment("logo.png", "image/png", PNG, "logo@skylark")]
+    )
+    _assert_wire_safe(raw)
+    message = _parse(raw)
+    assert _parts(message) == [
+        "multipart/alternative",
+        "text/plain",
+        "multipart/related",
+        "text/html",
+        "image/png",
+    ]
+    related = message.get_payload()[1]
+    assert related.get_param("type") == "text/html"
+    html_part, image = related.get_payload()
+    assert html_part.get_content().strip() == html
+    assert image["Content-ID"] == "<logo@skylark>"
+    assert image.get_content_disposition() == "inline"
+    assert image.get_content() == PNG
+    assert message.get_body(("html",)).get_content().strip() == html
+
+
+def test_inline_images_and_attachments_together():
+    raw = _compose(
+        html='<img src="cid:a"><img src="cid:b">',
+        attachments=[
+            Attachment("a.png", "image/png", PNG, "<a>"),
+            Attachment("terms.pdf", "application/pdf", PDF),
+            Attachment("b.gif", "image/gif", b"GIF89a", "b"),
+        ],
+    )
+    _assert_wire_safe(raw)
+    message = _parse(raw)
+    assert _parts(message) == [
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+        "multipart/related",
+        "text/html",
+        "image/png",
+        "image/gif",
+        "application/pdf",
+    ]
+    images = message.get_payload()[0].get_payload()[1].get_payload()[1:]
+    assert [i["Content-ID"] for i in images] == ["<a>", "<b>"]
+
+
+def test_base64_lines_are_76_characters():
+    raw = _compose(attachments=[Attachment("big.bin", "application/octet-stream", PNG * 10)])
+    body = raw.split(b"Content-Disposition: attachment", 1)[1].split(b"\r\n\r\n", 1)[1]
+    lines = body.split(b"--=_sky_m_")[0].split(b"\r\n")
+    lines = [line for line in lines if line]
+    assert len(lines) > 100
+    assert all(len(line) == 76 for line in lines[:-1])
+    assert len(lines[-1]) <= 76
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "报价单 2024.pdf",
+        "Überweisung März.pdf",
+        "a" * 120 + ".pdf",
+        "季度报告" * 20 + ".xlsx",
+        'quote "final"; v2.pdf',
+        "semi;colon=equals.txt",
+    ],
+    ids=["chinese", "german", "long-ascii", "long-chinese", "quotes", "specials"],
+)
+def test_filenames_round_trip_with_rfc2231_where_needed(filename):
+    raw = _compose(attachments=[Attachment(filename, "application/pdf", PDF)])
+    _assert_wire_safe(raw)
+    assert raw.isascii()
+    head = raw.split(b"Content-Disposition: attachment", 1)[1].split(b"\r\n\r\n", 1)[0]
+    assert all(len(line) <= 78 for line in head.split(b"\r\n"))
+    if not filename.isascii():
+        assert b"filename*=utf-8''" in head or b"filename*0*=utf-8''" in head
+    (attachment,) = _parse(raw).iter_attachments()
+    assert attachment.get_filename() == filename
+    assert attachment.get_param("name") == filename
+
+
+def test_paths_and_controls_are_stripped_from_filenames():
+    raw = _compose(attachments=[Attachment("../../etc/pass\r\nwd", "text/plain", b"x")])
+    (attachment,) = _parse(raw).iter_attachments()
+    assert attachment.get_filename() == "_.._etc_pass wd"
+    assert b"\r\nwd" not in raw
+
+
+@pytest.mark.parametrize(
+    "attachment",
+    [
+        Attachment("a.pdf", "application/pdf\r\nBcc: x@y.z", b"x"),
+        Attachment("a.pdf", "pdf", b"x"),
+        Attachment("a.pdf", "multipart/mixed", b"x"),
+        Attachment("a.png", "image/png", b"x", content_id="a>\r\nBcc: x@y.z"),
+    ],
+)
+def test_hostile_content_types_and_ids_are_rejected(attachment):
+    with pytest.raises(InvalidHeaderError):
+        _compose(attachments=[attachment])
+
+
+def test_attachments_are_encoded_once_per_composer():
+    composer = Composer(SPEC)
+    attachment = Attachment("a.pdf", "application/pdf", PDF)
+    content = RenderedContent(subject="s", html="<p>h</p>", text="t")
+    for _ in range(3):
+        composer.compose(
+            to_email="bob@example.org",
+            to_name="",
+            content=content,
+            message_id=make_message_id(domain="example.com"),
+            attachments=[attachment],
+        )
+    assert list(composer._attachment_parts) == [attachment]
