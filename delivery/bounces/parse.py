@@ -60,6 +60,7 @@ _STILL_TRYING_RE = re.compile(
     re.I,
 )
 
+_DELIMITER_RE = re.compile(r"^--([0-9A-Za-z'()+_,./:=?-]{1,70})[ \t]*$", re.M)
 _LEADING_CODES_RE = re.compile(r"[ \t]*[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}[ \t]+)?")
 _CONT_STATUS_REPLY_RE = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})\b")
 
@@ -67,14 +68,15 @@ _CONT_STATUS_REPLY_RE = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\
 # nothing, a separator or the start of an explanation.
 _RECIPIENT_LINE_RE = re.compile(
     r"^[ \t]*(?:[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}[ \t]+)?)?(?:(?:final-|original-)?(?:recipient|rcpt to|to|address|user|addressee|failed recipient"
-    r"|recipient address|destinataire|empf(?:ae|ä)nger)s?(?:\(s\))?[ \t]*:[ \t]*)?"
+    r"|recipient address|destinataire|empf(?:ae|ä)nger|could not be delivered to)s?(?:\(s\))?"
+    r"[ \t]*:[ \t]*)?"
     r"(?:\"[^\"]*\"[ \t]*<|[^<>\n@:\d]{1,40}<|[<\[\"'])?(" + _ADDR + r")[>\]\"']?"
     r"[ \t]*(?:$|[:.,;]|\(|-|\bon\b|\bwas\b|\bfailed\b|\.\.\.|[ \t]+\S)",
     re.I | re.M,
 )
 
 _BOUNCE_FROM_RE = re.compile(
-    r"mailer-?daemon|postmaster|mail ?delivery|mail-?daemon|double-?bounce|\bbounce|"
+    r"mailer-?daemon|post_?master|mail ?delivery|mail-?daemon|double-?bounce|\bbounce|"
     r"mail administrator|mail system|nobody@|delivery ?(?:status|subsystem)|mailmaster",
     re.I,
 )
@@ -84,7 +86,8 @@ _BOUNCE_SUBJECT_RE = re.compile(
     r"could not be delivered|not delivered|delivery failed|mail system error|returned to sender|"
     r"bounce|rejected|unzustellbar|nicht zustellbar|non remis|no entregado|不達|退信|"
     r"未能送达|投递失败|failed delivery|warning: could not send|delayed mail|"
-    r"message (?:status|delivery)|mail could not|delivery final|error sending",
+    r"message (?:status|delivery)|mail could not|delivery final|error sending|"
+    r"エラー通知|配信エラー|送信エラー",
     re.I,
 )
 _AUTO_SUBJECT_RE = re.compile(
@@ -221,7 +224,20 @@ def _walk(part: Message, found: _Found, *, depth: int) -> None:
             if isinstance(sub, Message):
                 _walk(sub, found, depth=depth + 1)
     elif part.get_content_maintype() == "multipart" and isinstance(payload, str):
-        found.plain.append(payload)  # broken boundaries: read the whole body as text
+        # Broken boundaries (a "boundary=" parameter folded without indentation, as Verizon's
+        # gateway writes it): recover the parts from the first delimiter line in the body,
+        # else read the whole body as text.
+        delimiter = _DELIMITER_RE.search(payload)
+        if delimiter and depth < MAX_DEPTH:
+            boundary = delimiter.group(1)
+            inner = email.message_from_string(
+                f'Content-Type: multipart/mixed; boundary="{boundary}"\n\n{payload}',
+                policy=email.policy.compat32,
+            )
+            if isinstance(inner.get_payload(), list):
+                _walk(inner, found, depth=depth + 1)
+                return
+        found.plain.append(payload)
     elif (
         part.get_content_maintype() == "text" or ctype == "application/octet-stream" and depth == 0
     ):
@@ -520,9 +536,9 @@ def _command_before(address: str | None, bounce_text: str) -> str:
     position = bounce_text.lower().find(address.lower())
     while position >= 0:
         line_start = bounce_text.rfind("\n", 0, position) + 1
-        before = bounce_text[max(0, line_start - 300) : line_start]
-        # Only the lines since the previous reply: a command further up answered something else.
-        command = find_smtp_command(before.rsplit("\n<<<", 1)[-1] if "<<<" in before else before)
+        line_end = bounce_text.find("\n", position)
+        before = bounce_text[max(0, line_start - 300) : line_end if line_end >= 0 else None]
+        command = find_smtp_command(before)
         if command:
             return command
         position = bounce_text.lower().find(address.lower(), position + len(address))
