@@ -121,11 +121,16 @@ _TEXT_RULES: tuple[tuple[BounceReason, re.Pattern[str]], ...] = tuple(
             r"|no account by that name|unknown or invalid|addressee unknown|rejected: user"
             r"|unknown in (?:local|virtual|relay) recipient table|not listed in|no such"
             r"|not a recipient|invalid address|destination address rejected|not our user"
-            r"|recipient address rejected: access denied|directory lookup|no such",
+            r"|recipient address rejected: access denied|directory lookup|no such"
+            r"|check if (?:the )?address is correct"  # Trend Micro InterScan
+            # Japanese: "(user|address) ... not found / does not exist".
+            r"|(?:ユーザー?|宛先|アドレス|受信者).{0,80}(?:見つかりません|存在しません)",
         ),
         (
             R.DOMAIN_NOT_ACCEPTING,
             r"does not accept (?:e-?)?mail|not accept(?:ing)? (?:any )?(?:e-?)?mail|null mx"
+            # Exim's words for an RFC 7505 null MX.
+            r"|(?:mx|srv) record indicated no smtp service"
             r"|accepts no mail|no mail (?:service|accepted)",
         ),
         (
@@ -378,7 +383,8 @@ def classify_failure(
 # Definite directory answers: a mailbox server's own lookup, not a gateway's words.
 _DIRECTORY_MISS_RE = re.compile(
     r"\(000c05a6\)"  # Exchange 2000/2003 MSEXCH:IMS "Unknown Recipient" error code
-    r"|name (?:&|and) address book|not listed in (?:the )?(?:public )?(?:directory|address)",
+    r"|name (?:&|and) address book|not listed in (?:the )?(?:public )?(?:directory|address)"
+    r"|check if (?:the )?address is correct|ディレクトリ",
     re.I,
 )
 

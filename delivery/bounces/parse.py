@@ -267,10 +267,22 @@ def _decode_text(part: Message) -> str:
         charset = "gb18030"
     elif charset in ("unknown-8bit", "x-unknown", "us-ascii", "ascii"):
         charset = "utf-8"
+    if b"\x1b$" in data and charset in ("utf-8", "iso-8859-1", "latin-1"):
+        charset = "iso-2022-jp"  # undeclared ISO-2022-JP (RFC 1468): escape sequences say so
     try:
         return data.decode(charset, "replace")
     except (LookupError, ValueError):
         return data.decode("utf-8", "replace")
+
+
+def _decode_escapes(text: str) -> str:
+    """Decode ISO-2022-JP (RFC 1468) escape sequences left raw in a 7-bit field or text."""
+    if "\x1b$" not in text:
+        return text
+    try:
+        return text.encode("ascii").decode("iso-2022-jp")
+    except (UnicodeError, ValueError):
+        return text
 
 
 def _fields_text(part: Message) -> str:
@@ -453,7 +465,7 @@ def _dsn_recipient(
             break
     action = block.get("action", "").strip().lower()
     status = normalize_status(block.get("status", ""))
-    diagnostic = _field_value(block.get("diagnostic-code", ""))
+    diagnostic = _decode_escapes(_field_value(block.get("diagnostic-code", "")))
     reply_code = find_reply_code(diagnostic)
     if not status:
         status = find_status(diagnostic)
