@@ -60,6 +60,11 @@ _STILL_TRYING_RE = re.compile(
     re.I,
 )
 
+_LIST_REFUSAL_RE = re.compile(
+    r"(?:are|is) not (?:a )?(?:member|subscriber)s? (?:of|to) (?:this|the) (?:mailing )?list"
+    r"[ \t\n]*<?(" + _ADDR + r")",
+    re.I,
+)
 _DELIMITER_RE = re.compile(r"^--([0-9A-Za-z'()+_,./:=?-]{1,70})[ \t]*$", re.M)
 _LEADING_CODES_RE = re.compile(r"[ \t]*[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}[ \t]+)?")
 _CONT_STATUS_REPLY_RE = re.compile(r"(?<![\d.])([245]\d\d)[ -]#?([245]\.\d{1,3}\.\d{1,3})\b")
@@ -169,6 +174,18 @@ def _parse(raw: bytes) -> BounceReport:
         recipients = tuple(r for r in recipients if r is not None)
         if recipients:
             return BounceReport(recipients=recipients, **report_fields)
+
+    list_refusal = _LIST_REFUSAL_RE.search(bounce_text[:4000])
+    if list_refusal:
+        # A mailing-list manager (fml, Mailman, ezmlm) refused our post to the list: the list
+        # address bounced, for policy, and it is still alive.
+        recipient = BounceRecipient(
+            recipient=list_refusal.group(1),
+            kind=BounceKind.SOFT,
+            reason=BounceReason.POLICY_BLOCK,
+            diagnostic=_one_line(list_refusal.group(0)),
+        )
+        return BounceReport(recipients=(recipient,), **report_fields)
 
     looks_bounce = _looks_like_bounce(msg, bounce_text)
     if not looks_bounce and _is_auto_reply(msg):
