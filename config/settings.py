@@ -192,6 +192,21 @@ EDM_SMTP_MAX_MESSAGES_PER_CONNECTION = env_int("EDM_SMTP_MAX_MESSAGES_PER_CONNEC
 EDM_SMTP_MAX_CONNECTION_AGE_SECONDS = env_int("EDM_SMTP_MAX_CONNECTION_AGE_SECONDS", 300)
 EDM_SMTP_TLS_CA_FILE = os.environ.get("EDM_SMTP_TLS_CA_FILE", "")
 EDM_IMPORT_BATCH_SIZE = env_int("EDM_IMPORT_BATCH_SIZE", 5000)
+# Bounce intake (docs/bounces.md, "Intake and policy").
+# Inbound bounce SMTP server (`manage.py bounce_server`): listen address, port, message size cap.
+EDM_BOUNCE_SERVER_HOST = os.environ.get("EDM_BOUNCE_SERVER_HOST", "127.0.0.1")
+EDM_BOUNCE_SERVER_PORT = env_int("EDM_BOUNCE_SERVER_PORT", 2526)
+EDM_BOUNCE_MAX_BYTES = env_int("EDM_BOUNCE_MAX_BYTES", 10 * 1024 * 1024)
+# How often beat polls the enabled bounce mailboxes (IMAP/POP3), in seconds.
+EDM_MAILBOX_POLL_SECONDS = env_float("EDM_MAILBOX_POLL_SECONDS", 300.0)
+# Extra CA bundle for verifying bounce mailbox servers' TLS certificates (empty: system CAs).
+EDM_MAILBOX_TLS_CA_FILE = os.environ.get("EDM_MAILBOX_TLS_CA_FILE", "")
+# Shared secret for /hooks/<provider>/ (?token= or basic-auth password); empty: token refused.
+EDM_WEBHOOK_TOKEN = os.environ.get("EDM_WEBHOOK_TOKEN", "")
+# Mailgun webhook signing key (HMAC-SHA256 of timestamp+token).
+EDM_MAILGUN_SIGNING_KEY = os.environ.get("EDM_MAILGUN_SIGNING_KEY", "")
+# SendGrid signed event webhook: the verification key (base64 DER ECDSA P-256 public key).
+EDM_SENDGRID_VERIFICATION_KEY = os.environ.get("EDM_SENDGRID_VERIFICATION_KEY", "")
 
 # --- Admin theme (django-unfold) -----------------------------------------------------------
 from django.urls import reverse_lazy  # noqa: E402
