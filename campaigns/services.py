@@ -143,31 +143,19 @@ def _sample_recipients(campaign: Campaign, size: int) -> list[ClaimedDelivery]:
     ]
 
 
-def campaign_validate(campaign: Campaign, *, sample_size: int = 20) -> list[str]:
-    """Problems that stop a send: found before the first message, never in the middle."""
-    problems = []
-    subject, html, text = campaign.content()
-    if not subject.strip():
-        problems.append("The subject is empty.")
-    if not html.strip() and not text.strip():
-        problems.append("The message has neither HTML nor text.")
-    if "@" not in campaign.from_email:
-        problems.append("The From address is missing or invalid.")
-    if not campaign.lists.exists():
-        problems.append("The campaign targets no list.")
+def campaign_validate(campaign: Campaign, *, sample_size: int = 50) -> list[str]:
+    """Problems that stop a send (the pre-flight's errors): found before the first message."""
+    from campaigns.preflight import campaign_preflight
+
+    report = campaign_preflight(campaign, sample_size=sample_size)
+    problems = [finding.message for finding in report.errors]
     if problems:
         return problems
     try:
-        prepared = campaign_prepare(campaign)
+        campaign_prepare(campaign)
     except (TemplateError, DeliveryError) as exc:
-        return [f"Template error: {exc}"]
-    for row in _sample_recipients(campaign, sample_size):
-        try:
-            prepared.envelope(row)
-        except (TemplateError, DeliveryError) as exc:
-            problems.append(f"Rendering for contact #{row.contact_id} fails: {exc}")
-            break
-    return problems
+        return [f"The campaign cannot be prepared: {exc}"]
+    return []
 
 
 def campaign_create(
@@ -400,34 +388,46 @@ def campaigns_sweep() -> dict[str, int]:
     return {"reclaimed": reclaimed, "resumed": resumed, "started": started, "finished": finished}
 
 
-def campaign_send_test(*, campaign_id: int, emails: list[str]) -> list[SendResult]:
-    """Send the campaign as it stands to a few addresses, now, outside any statistics."""
+def campaign_send_test(
+    *, campaign_id: int, emails: list[str], contact_id: int | None = None
+) -> list[SendResult]:
+    """Send the campaign as it stands to a few addresses, now, outside any statistics.
+
+    Rendered for one contact (contact_id, else a random recipient); the subject starts with
+    "[Test] ". One result per address, in order; an invalid address gets a result, not an error.
+    """
+    from campaigns.preflight import campaign_preview, find_contact
+    from delivery.compose import needs_smtputf8
+    from delivery.errors import InvalidAddressError
+    from delivery.smtp import SendStatus
+
     campaign = Campaign.objects.select_related("smtp_server").get(pk=campaign_id)
+    contact = find_contact(str(contact_id)) if contact_id else None
     prepared = campaign_prepare(campaign)
-    samples = _sample_recipients(campaign, 1)
-    sample = samples[0] if samples else None
+    results: dict[str, SendResult] = {}
     envelopes = []
     for email in emails:
-        row = ClaimedDelivery(
-            id=0,
-            contact_id=sample.contact_id if sample else 0,
-            email=email,
-            name=sample.name if sample else "",
-            attributes=sample.attributes if sample else {},
-            attempts=0,
-            first_attempt_at=None,
-        )
-        envelope = prepared.envelope(row)
+        try:
+            preview = campaign_preview(
+                campaign, contact=contact, to_email=email, subject_prefix="[Test] "
+            )
+        except InvalidAddressError as exc:
+            results[email] = SendResult(email, SendStatus.PERMANENT, None, "", str(exc), "compose")
+            continue
+        contact = preview.contact  # the same sample contact for every address
         envelopes.append(
             Envelope(
                 sender=campaign.from_email,
                 recipients=(email,),
-                data=envelope.data,
+                data=preview.raw,
                 tag=email,
-                smtputf8=envelope.smtputf8,
+                smtputf8=needs_smtputf8(email, campaign.from_email),
             )
         )
-    return list(send_envelopes(prepared.smtp, envelopes))
+    if envelopes:
+        for result in send_envelopes(prepared.smtp, envelopes):
+            results[result.tag] = result
+    return [results[email] for email in emails if email in results]
 
 
 def delivery_unsubscribe(*, delivery_id: int, source: str) -> bool:

@@ -1,0 +1,505 @@
+"""Pre-flight check: render a random sample of recipients and report what would go wrong."""
+
+from __future__ import annotations
+
+import enum
+import html as html_lib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from html.parser import HTMLParser
+
+from django.conf import settings
+
+from campaigns.models import Campaign, Template
+from contacts.models import Contact, ContactStatus, Subscription, SubscriptionStatus
+from delivery import selectors as delivery_selectors
+from delivery import tokens
+from delivery.compose import Composer, MessageSpec, make_message_id, validate_address
+from delivery.dkim import DkimSigner
+from delivery.errors import DeliveryError, DkimError, InvalidAddressError, TemplateError
+from delivery.render import (
+    CompiledTemplates,
+    TemplateSource,
+    compile_templates,
+    contact_context,
+    render_content,
+    template_variables,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BUILTIN_VARIABLES",
+    "GMAIL_CLIP_BYTES",
+    "Finding",
+    "Level",
+    "PreflightReport",
+    "SampleContact",
+    "MessagePreview",
+    "campaign_preflight",
+    "campaign_preview",
+    "find_contact",
+    "message_preview",
+    "template_preview",
+    "preview_context",
+    "sample_contacts",
+]
+
+# Gmail hides everything after the first ~102 KB of a message's HTML behind "View entire message"
+# (and with it, usually, the unsubscribe link and the open pixel).
+GMAIL_CLIP_BYTES = 102 * 1024
+
+# What every message's context holds besides the contact's own fields (PreparedCampaign.envelope).
+BUILTIN_VARIABLES = frozenset(
+    {"email", "name", "first_name", "contact", "unsubscribe_url", "campaign_name"}
+)
+
+_LINK_SCHEMES = ("http://", "https://", "mailto:", "tel:")
+_MAX_EXAMPLES = 5
+
+
+class Level(enum.StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    findings: tuple[Finding, ...]
+    recipients: int = 0  # active, subscribed contacts of the target lists
+    sampled: int = 0
+    max_html_bytes: int = 0
+    variables: tuple[str, ...] = ()
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == Level.ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == Level.WARNING]
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing stops the send (warnings may remain)."""
+        return not self.errors
+
+    def codes(self) -> list[str]:
+        return [f.code for f in self.findings]
+
+
+@dataclass(frozen=True)
+class SampleContact:
+    contact_id: int
+    email: str
+    name: str
+    attributes: dict = field(default_factory=dict)
+
+
+def sample_contacts(campaign: Campaign, *, size: int) -> list[SampleContact]:
+    """A uniformly random sample of the campaign's active, subscribed recipients.
+
+    ORDER BY RANDOM() scans the target once (a top-N sort, no full sort): fine for a check a
+    person starts, not for the send path.
+    """
+    subscribed = Subscription.objects.filter(
+        contact_list__in=campaign.lists.all(), status=SubscriptionStatus.SUBSCRIBED
+    ).values("contact_id")
+    rows = (
+        Contact.objects.filter(id__in=subscribed, status=ContactStatus.ACTIVE)
+        .order_by("?")
+        .values_list("id", "email", "name", "attributes")[:size]
+    )
+    return [SampleContact(cid, email, name or "", attrs or {}) for cid, email, name, attrs in rows]
+
+
+def _recipient_count(campaign: Campaign) -> int:
+    subscribed = Subscription.objects.filter(
+        contact_list__in=campaign.lists.all(), status=SubscriptionStatus.SUBSCRIBED
+    ).values("contact_id")
+    return Contact.objects.filter(id__in=subscribed, status=ContactStatus.ACTIVE).count()
+
+
+def preview_context(campaign_name: str, contact: SampleContact, *, unsubscribe_url: str) -> dict:
+    """The template context of one recipient, as PreparedCampaign.envelope builds it."""
+    return contact_context(
+        email=contact.email,
+        name=contact.name,
+        attributes=contact.attributes,
+        extra={"unsubscribe_url": unsubscribe_url, "campaign_name": campaign_name},
+    )
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("a", "area"):
+            for name, value in attrs:
+                if name == "href":
+                    self.hrefs.append(value or "")
+
+
+def link_problem(href: str) -> str:
+    """Why a rendered href would not work in a mail client, or "" when it is fine."""
+    href = html_lib.unescape(href).strip()
+    if "{{" in href or "}}" in href or "{%" in href:
+        return "contains an unrendered template tag"
+    if not href:
+        return "is empty"
+    if any(c.isspace() for c in href):
+        return "contains spaces"
+    if href.startswith("#"):
+        return ""  # an anchor within the message
+    if not href.lower().startswith(_LINK_SCHEMES):
+        return "is not an http(s), mailto or tel link"
+    if href.lower() in _LINK_SCHEMES:
+        return "has nothing after the scheme"
+    return ""
+
+
+def campaign_preflight(campaign: Campaign, *, sample_size: int = 50) -> PreflightReport:
+    """Everything we can know before the first message: errors stop a send, warnings do not."""
+    findings: list[Finding] = []
+
+    def add(level: Level, code: str, message: str) -> None:
+        findings.append(Finding(level, code, message))
+
+    subject, html, text = campaign.content()
+    # From
+    from_domain = ""
+    try:
+        from_domain = validate_address(campaign.from_email).rpartition("@")[2].lower()
+    except InvalidAddressError as exc:
+        add(Level.ERROR, "from_invalid", f"The From address is missing or invalid ({exc}).")
+    if campaign.reply_to:
+        try:
+            validate_address(campaign.reply_to)
+        except InvalidAddressError as exc:
+            add(Level.ERROR, "reply_to_invalid", f"The Reply-To address is invalid ({exc}).")
+    # Recipients
+    recipients = 0
+    if not campaign.pk or not campaign.lists.exists():
+        add(Level.ERROR, "no_lists", "The campaign targets no list.")
+    else:
+        recipients = _recipient_count(campaign)
+        if not recipients:
+            add(
+                Level.ERROR,
+                "no_recipients",
+                "The target lists have no active, subscribed contact: nobody would receive it.",
+            )
+    # DKIM
+    if from_domain:
+        try:
+            signer = delivery_selectors.dkim_signer_for(from_domain)
+        except DkimError as exc:
+            add(Level.ERROR, "dkim_key_unusable", f"The DKIM key of {from_domain} fails: {exc}")
+        else:
+            if signer is None:
+                add(
+                    Level.WARNING,
+                    "no_dkim_key",
+                    f"{from_domain} has no enabled DKIM key, so messages go out unsigned and "
+                    "Gmail, Yahoo and Outlook are likely to file them as spam. Create one under "
+                    f"Delivery > DKIM keys or with `python manage.py dkim_keygen {from_domain}`, "
+                    "then publish the TXT record it shows.",
+                )
+    # Content
+    if not subject.strip():
+        add(Level.ERROR, "subject_empty", "The subject is empty.")
+    if not html.strip() and not text.strip():
+        add(Level.ERROR, "content_empty", "The message has neither HTML nor text.")
+        return PreflightReport(tuple(findings), recipients=recipients)
+    source = TemplateSource(subject=subject, html=html, text=text)
+    try:
+        variables = template_variables(source)
+        compiled = compile_templates(source)
+    except TemplateError as exc:
+        add(Level.ERROR, "template_error", f"Template error in {exc}")
+        return PreflightReport(tuple(findings), recipients=recipients)
+    body_variables = (
+        template_variables(TemplateSource(subject="", html=html))
+        if html.strip()
+        else template_variables(TemplateSource(subject="", html="", text=text))
+    )
+    if "unsubscribe_url" not in body_variables:
+        where = "HTML" if html.strip() else "text"
+        add(
+            Level.ERROR,
+            "no_unsubscribe_link",
+            f"The {where} has no unsubscribe link: add "
+            '<a href="{{ unsubscribe_url }}">Unsubscribe</a>. The List-Unsubscribe header '
+            "alone is not shown by every client, and the law (CAN-SPAM, GDPR) and Gmail's and "
+            "Yahoo's sender rules ask for a visible one.",
+        )
+    composer = None
+    if from_domain:
+        try:
+            # The same headers campaign_prepare writes, so a bad List-Id shows up here too.
+            list_id = f"{campaign.name} <campaign-{campaign.pk}.{from_domain}>"
+            composer = Composer(
+                MessageSpec(
+                    from_email=campaign.from_email,
+                    from_name=campaign.from_name,
+                    reply_to=campaign.reply_to,
+                    list_id=list_id if recipients else "",
+                    campaign_id=campaign.pk,
+                )
+            )
+        except DeliveryError as exc:
+            add(Level.ERROR, "headers_invalid", f"The message headers cannot be written: {exc}")
+    # Sample
+    samples = sample_contacts(campaign, size=sample_size) if recipients else []
+    max_html = _render_sample(campaign, compiled, composer, samples, add)
+    _check_variables(variables, samples, add)
+    if max_html > GMAIL_CLIP_BYTES:
+        add(
+            Level.WARNING,
+            "html_clipped",
+            f"The HTML is up to {max_html / 1024:.0f} KB: Gmail clips messages over 102 KB "
+            "and hides the rest (often the unsubscribe link) behind 'View entire message'. "
+            "Shorten it or move images and styles out.",
+        )
+    if samples:
+        add(
+            Level.INFO,
+            "sampled",
+            f"Rendered {len(samples)} random recipients of {recipients}; "
+            f"largest HTML {max_html / 1024:.1f} KB.",
+        )
+    return PreflightReport(
+        tuple(findings),
+        recipients=recipients,
+        sampled=len(samples),
+        max_html_bytes=max_html,
+        variables=tuple(sorted(variables)),
+    )
+
+
+def _render_sample(campaign, compiled: CompiledTemplates, composer, samples, add) -> int:
+    """Render (and compose) every sampled contact; returns the largest HTML in bytes."""
+    max_html = 0
+    failures: Counter[str] = Counter()
+    first_failure: dict[str, int] = {}
+    bad_links: dict[tuple[str, str], int] = {}
+    unrendered = 0
+    for contact in samples:
+        context = preview_context(
+            campaign.name, contact, unsubscribe_url="https://preflight.invalid/u/token/"
+        )
+        try:
+            content = render_content(compiled, context)
+        except TemplateError as exc:
+            failures[str(exc)] += 1
+            first_failure.setdefault(str(exc), contact.contact_id)
+            continue
+        max_html = max(max_html, len(content.html.encode("utf-8")))
+        if "{{" in content.html or "{%" in content.html:
+            unrendered += 1
+        parser = _Links()
+        parser.feed(content.html)
+        for href in dict.fromkeys(parser.hrefs):
+            problem = link_problem(href)
+            if problem:
+                bad_links[(href, problem)] = bad_links.get((href, problem), 0) + 1
+        if composer is not None:
+            try:
+                composer.compose(
+                    to_email=contact.email,
+                    to_name=contact.name,
+                    content=content,
+                    message_id="<preflight@preflight.invalid>",
+                )
+            except InvalidAddressError:
+                pass  # one bad address fails that delivery only; the import should have caught it
+            except DeliveryError as exc:
+                failures[f"composing: {exc}"] += 1
+                first_failure.setdefault(f"composing: {exc}", contact.contact_id)
+    for problem, count in failures.items():
+        add(
+            Level.ERROR,
+            "render_error",
+            f"Rendering fails for {count} of {len(samples)} sampled contacts "
+            f"(first: contact #{first_failure[problem]}): {problem}",
+        )
+    for (href, problem), count in list(bad_links.items())[:_MAX_EXAMPLES]:
+        shown = href if len(href) <= 120 else href[:117] + "..."
+        add(
+            Level.WARNING,
+            "malformed_link",
+            f"The link {shown!r} {problem} (in {count} of {len(samples)} sampled messages).",
+        )
+    if len(bad_links) > _MAX_EXAMPLES:
+        add(
+            Level.WARNING,
+            "malformed_link",
+            f"... and {len(bad_links) - _MAX_EXAMPLES} more malformed links.",
+        )
+    if unrendered:
+        add(
+            Level.WARNING,
+            "unrendered_tag",
+            f"'{{{{' or '{{%' is left in the rendered HTML of {unrendered} of {len(samples)} "
+            "sampled messages: a tag is escaped, in a {% raw %} block or comes from a contact "
+            "value.",
+        )
+    return max_html
+
+
+def _check_variables(variables: set[str], samples: list[SampleContact], add) -> None:
+    for variable in sorted(variables - BUILTIN_VARIABLES):
+        lacking = sum(1 for s in samples if variable not in s.attributes)
+        if not samples or lacking == len(samples):
+            add(
+                Level.WARNING,
+                "unknown_variable",
+                f"{{{{ {variable} }}}} is neither a contact field nor an attribute of "
+                f"{'any' if samples else 'the'} sampled contact"
+                f"{'s' if len(samples) != 1 else ''} ({lacking} of {len(samples)} lack it): "
+                f"it renders empty. Check the spelling, or give a fallback: "
+                f"{{{{ {variable} | default('...') }}}}.",
+            )
+        elif lacking:
+            add(
+                Level.INFO,
+                "variable_missing",
+                f"{lacking} of {len(samples)} sampled contacts lack {{{{ {variable} }}}}: it "
+                f"renders empty for them unless the template gives a default.",
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Preview: one recipient's message exactly as the workers would build it
+
+
+@dataclass(frozen=True)
+class MessagePreview:
+    contact: SampleContact
+    subject: str
+    html: str
+    text: str
+    headers: tuple[tuple[str, str], ...]
+    size: int  # bytes on the wire, DKIM signature included
+    html_bytes: int
+    raw: bytes
+
+
+PLACEHOLDER_CONTACT = SampleContact(0, "preview@example.com", "Preview Contact", {})
+
+
+def find_contact(query: str) -> SampleContact | None:
+    """A contact by id ("42", "#42") or by email (any case)."""
+    query = query.strip().lstrip("#")
+    if not query:
+        return None
+    rows = Contact.objects.filter(id=int(query)) if query.isdigit() else None
+    if rows is None:
+        rows = Contact.objects.filter(email__iexact=query)
+    row = rows.values_list("id", "email", "name", "attributes").first()
+    return SampleContact(row[0], row[1], row[2] or "", row[3] or {}) if row else None
+
+
+def random_contact() -> SampleContact | None:
+    """Any active contact, for previewing a template that has no campaign yet."""
+    row = (
+        Contact.objects.filter(status=ContactStatus.ACTIVE)
+        .order_by("?")
+        .values_list("id", "email", "name", "attributes")
+        .first()
+    )
+    return SampleContact(row[0], row[1], row[2] or "", row[3] or {}) if row else None
+
+
+def message_preview(
+    *,
+    compiled: CompiledTemplates,
+    composer: Composer,
+    signer: DkimSigner | None,
+    campaign_name: str,
+    contact: SampleContact,
+    to_email: str = "",
+    subject_prefix: str = "",
+) -> MessagePreview:
+    """Render, compose and sign one message; raises TemplateError or DeliveryError."""
+    # A test or preview has no delivery: id 0, whose unsubscribe token matches nothing.
+    unsubscribe = tokens.unsubscribe_url(0)
+    content = render_content(
+        compiled, preview_context(campaign_name, contact, unsubscribe_url=unsubscribe)
+    )
+    if subject_prefix:
+        content = replace(content, subject=subject_prefix + content.subject)
+    raw = composer.compose(
+        to_email=to_email or contact.email,
+        to_name=contact.name,
+        content=content,
+        message_id=make_message_id(domain=composer.domain),
+        unsubscribe_url=unsubscribe,
+    )
+    if signer is not None:
+        raw = signer.sign(raw)
+    parsed = BytesHeaderParser(policy=default_policy).parsebytes(raw)
+    return MessagePreview(
+        contact=contact,
+        subject=content.subject,
+        html=content.html,
+        text=content.text,
+        headers=tuple((name, str(value)) for name, value in parsed.items()),
+        size=len(raw),
+        html_bytes=len(content.html.encode("utf-8")),
+        raw=raw,
+    )
+
+
+def campaign_preview(
+    campaign: Campaign,
+    *,
+    contact: SampleContact | None = None,
+    to_email: str = "",
+    subject_prefix: str = "",
+) -> MessagePreview:
+    """The campaign's message for one contact (a random recipient when none is given)."""
+    from campaigns.services import campaign_prepare
+
+    if contact is None:
+        sample = sample_contacts(campaign, size=1)
+        contact = sample[0] if sample else PLACEHOLDER_CONTACT
+    prepared = campaign_prepare(campaign)
+    return message_preview(
+        compiled=prepared.compiled,
+        composer=prepared.composer,
+        signer=prepared.signer,
+        campaign_name=campaign.name,
+        contact=contact,
+        to_email=to_email,
+        subject_prefix=subject_prefix,
+    )
+
+
+def template_preview(template: Template, *, contact: SampleContact | None = None) -> MessagePreview:
+    """A template rendered for one contact (any active contact when none is given)."""
+    contact = contact or random_contact() or PLACEHOLDER_CONTACT
+    compiled = compile_templates(
+        TemplateSource(subject=template.subject, html=template.html, text=template.text)
+    )
+    composer = Composer(MessageSpec(from_email=settings.EDM_DEFAULT_FROM_EMAIL))
+    return message_preview(
+        compiled=compiled,
+        composer=composer,
+        signer=None,
+        campaign_name=template.name,
+        contact=contact,
+    )
