@@ -276,7 +276,15 @@ class _Flusher:
 def campaign_send_batch(
     *, campaign_id: int, id_from: int | None = None, id_to: int | None = None
 ) -> int:
-    """Claim, render, send and record the due deliveries of a campaign (in an id range)."""
+    """Claim, render, send and record the due deliveries of a campaign (in an id range).
+
+    Claims are taken lazily, a chunk at a time, while earlier messages are still on the
+    wire, so the SMTP pipeline never drains between chunks. Outcomes are written at least
+    every EDM_FLUSH_SECONDS. The task stops claiming after EDM_TASK_SECONDS and hands the
+    rest of its range to a new task, so that a graceful worker stop is never long.
+    """
+    from campaigns.tasks import campaign_send_batch as batch_task
+
     campaign = Campaign.objects.select_related("smtp_server").filter(pk=campaign_id).first()
     if campaign is None or campaign.status != CampaignStatus.SENDING:
         return 0
@@ -288,56 +296,73 @@ def campaign_send_batch(
         lifetime_seconds=settings.EDM_RETRY_LIFETIME_SECONDS,
     )
     flusher = _Flusher(every=settings.EDM_FLUSH_SECONDS, pending=[], last=time.monotonic())
-    handled = 0
-    while True:
-        status = Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
-        if status != CampaignStatus.SENDING:
-            break
-        claimed = delivery_services.deliveries_claim(
-            campaign_id=campaign_id, limit=settings.EDM_BATCH_SIZE, id_from=id_from, id_to=id_to
-        )
-        if not claimed:
-            break
-        claimed = delivery_services.deliveries_drop_suppressed(claimed)
-        by_id = {row.id: row for row in claimed}
-        render_failures: collections.deque[Outcome] = collections.deque()
+    claimed_by_id: dict[int, ClaimedDelivery] = {}
+    render_failures: collections.deque[Outcome] = collections.deque()
+    deadline = time.monotonic() + settings.EDM_TASK_SECONDS
+    state = {"handled": 0, "more": False}
 
-        def envelopes(rows=claimed, failures=render_failures):
-            for row in rows:
-                try:
-                    yield prepared.envelope(row)
-                except (TemplateError, DeliveryError) as exc:
-                    failures.append(
-                        failed_outcome(
-                            delivery_id=row.id,
-                            reason="template_error",
-                            detail=str(exc),
-                            now=timezone.now(),
-                        )
-                    )
-
-        for result in send_envelopes(prepared.smtp, envelopes()):
-            delivery_id, message_id = result.tag
-            row = by_id[delivery_id]
-            flusher.add(
-                outcome_for_result(
-                    result,
-                    delivery_id=delivery_id,
-                    attempts=row.attempts + 1,
-                    first_attempt_at=row.first_attempt_at,
-                    now=timezone.now(),
-                    policy=policy,
-                    message_id=message_id,
-                )
+    def claimed_rows():
+        while True:
+            if time.monotonic() > deadline:
+                state["more"] = True
+                return
+            status = (
+                Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
             )
-            while render_failures:
-                flusher.add(render_failures.popleft())
+            if status != CampaignStatus.SENDING:
+                return
+            claimed = delivery_services.deliveries_claim(
+                campaign_id=campaign_id,
+                limit=settings.EDM_BATCH_SIZE,
+                id_from=id_from,
+                id_to=id_to,
+            )
+            if not claimed:
+                return
+            state["handled"] += len(claimed)
+            for row in delivery_services.deliveries_drop_suppressed(claimed):
+                claimed_by_id[row.id] = row
+                yield row
+
+    def envelopes():
+        for row in claimed_rows():
+            try:
+                yield prepared.envelope(row)
+            except (TemplateError, DeliveryError) as exc:
+                claimed_by_id.pop(row.id, None)
+                render_failures.append(
+                    failed_outcome(
+                        delivery_id=row.id,
+                        reason="template_error",
+                        detail=str(exc),
+                        now=timezone.now(),
+                    )
+                )
+
+    for result in send_envelopes(prepared.smtp, envelopes()):
+        delivery_id, message_id = result.tag
+        row = claimed_by_id.pop(delivery_id)
+        flusher.add(
+            outcome_for_result(
+                result,
+                delivery_id=delivery_id,
+                attempts=row.attempts + 1,
+                first_attempt_at=row.first_attempt_at,
+                now=timezone.now(),
+                policy=policy,
+                message_id=message_id,
+            )
+        )
         while render_failures:
             flusher.add(render_failures.popleft())
-        flusher.flush()
-        handled += len(claimed)
-    campaign_finish_if_done(campaign_id=campaign_id)
-    return handled
+    while render_failures:
+        flusher.add(render_failures.popleft())
+    flusher.flush()
+    if state["more"]:
+        batch_task.delay(campaign_id, id_from, id_to)
+    else:
+        campaign_finish_if_done(campaign_id=campaign_id)
+    return state["handled"]
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:

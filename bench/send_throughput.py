@@ -1,0 +1,272 @@
+"""End-to-end send throughput against Postfix's smtp-sink, beside the raw and bare ceilings.
+
+    .venv/bin/python bench/send_throughput.py [--recipients 20000] [--workers 1,2]
+        [--dkim none|rsa|ed25519] [--database-url postgres://postgres@127.0.0.1:5432/skylark_bench]
+
+For each worker count it prints messages per second:
+- end to end: a campaign sent by a real Celery worker with that many processes (claim, render,
+  compose, sign, send, outcome committed), from "Send" until the campaign is marked sent;
+- bare pipeline: the same rendering, composition, signing and pool in that many processes,
+  with no database and no Celery;
+- raw ceiling: an aiosmtplib pool sending pre-rendered bytes from that many processes;
+and the ratios. smtp-sink is started on a free loopback port and stopped at the end (install
+it with `apt-get install -y postfix`; the postfix daemon is never started). Without
+--database-url a scratch SQLite file is used; without REDIS_URL an embedded Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from smtp_ceiling import free_port, message, start_smtp_sink  # noqa: E402
+
+HTML = (REPO / "demo" / "newsletter.html").read_text(encoding="utf-8")
+SUBJECT = "{{ name | default('Friend') }}, 春季新品上市 – spring is here"
+FROM_EMAIL = "news@bench.skylark.test"
+
+
+def configure(args: argparse.Namespace, var_dir: Path, sink_port: int) -> dict[str, str]:
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "EDM_VAR_DIR": str(var_dir),
+        "EDM_CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
+        "EDM_SMTP_URL": f"smtp://127.0.0.1:{sink_port}?security=none",
+        "EDM_SMTP_POOL_SIZE": str(args.pool_size),
+        "EDM_BATCH_SIZE": str(args.batch_size),
+        "LOG_LEVEL": "WARNING",
+    }
+    if args.database_url:
+        env["DATABASE_URL"] = args.database_url
+    else:
+        env["EDM_SQLITE_PATH"] = str(var_dir / "bench.sqlite3")
+    os.environ.update(env)
+    return env
+
+
+def prepare_database(args: argparse.Namespace) -> None:
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    call_command("migrate", verbosity=0)
+    from contacts.models import Contact, ContactList, Subscription
+    from delivery.dkim import generate_dkim_key
+    from delivery.models import DkimKey
+
+    contact_list = ContactList.objects.create(name="Bench")
+    cities = ["北京", "Paris", "上海", "Berlin", "深圳"]
+    batch = 5000
+    for start in range(0, args.recipients, batch):
+        contacts = Contact.objects.bulk_create(
+            Contact(
+                email=f"user{i}@example{i % 50}.org",
+                name=("张伟" if i % 3 == 0 else f"User {i}"),
+                attributes={"city": cities[i % 5], "plan": "pro" if i % 2 else "free"},
+            )
+            for i in range(start, min(start + batch, args.recipients))
+        )
+        Subscription.objects.bulk_create(
+            Subscription(contact=c, contact_list=contact_list) for c in contacts
+        )
+    if args.dkim != "none":
+        pem, public = generate_dkim_key(algorithm=args.dkim)
+        key = DkimKey(domain="bench.skylark.test", selector="bench", algorithm=args.dkim)
+        key.set_private_key(pem)
+        key.public_key = public
+        key.save()
+
+
+def start_worker(env: dict[str, str], processes: int, log: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=WARNING"]
+    argv += [f"--concurrency={processes}", "-Q", env["EDM_CELERY_QUEUE"], "--without-gossip"]
+    argv += ["--without-mingle", "-n", f"{env['EDM_CELERY_QUEUE']}-{processes}@%h"]
+    return subprocess.Popen(
+        argv, cwd=REPO, env={**os.environ, **env}, stdout=log.open("ab"),
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+
+def end_to_end(args: argparse.Namespace, env: dict[str, str], processes: int, log: Path) -> float:
+    from campaigns.models import Campaign, CampaignStatus
+    from campaigns.services import campaign_create, campaign_send
+    from config.celery import app
+
+    campaign = campaign_create(
+        name=f"Bench {processes}",
+        list_names=["Bench"],
+        subject=SUBJECT,
+        html=HTML,
+        from_email=FROM_EMAIL,
+        from_name="Skylark Bench",
+    )
+    worker = start_worker(env, processes, log)
+    try:
+        deadline = time.monotonic() + 60
+        while not app.control.ping(timeout=0.5):
+            if time.monotonic() > deadline or worker.poll() is not None:
+                sys.exit(f"worker did not start; see {log}")
+        started = time.perf_counter()
+        campaign_send(campaign_id=campaign.pk)
+        while True:
+            status = Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
+            if status == CampaignStatus.SENT:
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        sent = campaign.deliveries.filter(status="sent").count()
+        if sent != args.recipients:
+            sys.exit(f"only {sent} of {args.recipients} sent; see {log}")
+        return args.recipients / elapsed
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def _bare_part(job: tuple[int, int, int, str, int]) -> int:
+    """Render, compose, sign and send a share of the messages: no database, no Celery."""
+    start, count, port, dkim, pool_size = job
+    import django
+
+    django.setup()
+    from campaigns.services import PreparedCampaign
+    from delivery.compose import Composer, MessageSpec
+    from delivery.dkim import DkimSigner, generate_dkim_key
+    from delivery.render import TemplateSource, compile_templates
+    from delivery.runner import send_envelopes, shutdown
+    from delivery.services import ClaimedDelivery
+    from delivery.smtp import SmtpConfig
+
+    signer = None
+    if dkim != "none":
+        pem, _ = generate_dkim_key(algorithm=dkim)
+        signer = DkimSigner(domain="bench.skylark.test", selector="bench", private_key_pem=pem)
+    prepared = PreparedCampaign(
+        campaign_id=1,
+        campaign_name="Bare",
+        compiled=compile_templates(TemplateSource(subject=SUBJECT, html=HTML)),
+        composer=Composer(MessageSpec(from_email=FROM_EMAIL, from_name="Skylark Bench")),
+        signer=signer,
+        smtp=SmtpConfig(host="127.0.0.1", port=port, security="none", pool_size=pool_size),
+        message_id_domain="bench.skylark.test",
+    )
+    cities = ["北京", "Paris", "上海", "Berlin", "深圳"]
+    rows = (
+        ClaimedDelivery(
+            i, i, f"user{i}@example{i % 50}.org", "张伟" if i % 3 == 0 else f"User {i}",
+            {"city": cities[i % 5]}, 0, None,
+        )
+        for i in range(start, start + count)
+    )  # fmt: skip
+    sent = sum(1 for r in send_envelopes(prepared.smtp, map(prepared.envelope, rows)) if r.tag)
+    shutdown()
+    return sent
+
+
+def _raw_part(job: tuple[int, int, int, int]) -> int:
+    start, count, port, pool_size = job
+    from delivery.runner import send_envelopes, shutdown
+    from delivery.smtp import Envelope, SmtpConfig
+
+    config = SmtpConfig(host="127.0.0.1", port=port, security="none", pool_size=pool_size)
+    data = message(0, 8000)
+    envelopes = (
+        Envelope(f"bounces+{i}@bench.skylark.test", (f"user{i}@example.org",), data, tag=i)
+        for i in range(start, start + count)
+    )
+    sent = sum(1 for _ in send_envelopes(config, envelopes))
+    shutdown()
+    return sent
+
+
+def in_processes(function, jobs: list[tuple]) -> float:
+    count = sum(job[1] for job in jobs)
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(len(jobs)) as pool:
+        started = time.perf_counter()
+        sent = sum(pool.map(function, jobs))
+        elapsed = time.perf_counter() - started
+    if sent != count:
+        sys.exit(f"only {sent} of {count} sent")
+    return count / elapsed
+
+
+def shares(total: int, parts: int) -> list[tuple[int, int]]:
+    size = total // parts
+    return [(i * size, size if i < parts - 1 else total - i * size) for i in range(parts)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=20000)
+    parser.add_argument("--workers", default="1,2", help="worker process counts to measure")
+    parser.add_argument("--dkim", choices=["none", "rsa", "ed25519"], default="none")
+    parser.add_argument("--database-url", default="")
+    parser.add_argument("--pool-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args()
+
+    var_dir = Path(tempfile.mkdtemp(prefix="skylark-bench-"))
+    port = free_port()
+    sink = start_smtp_sink(port)
+    env = configure(args, var_dir, port)
+    redis_process = None
+    try:
+        prepare_database(args)
+        from django.conf import settings
+
+        from config import embedded_redis
+
+        if settings.EDM_EMBEDDED_REDIS:
+            redis_process = embedded_redis.start(var_dir)
+        from django.db import connection
+
+        print(
+            f"{args.recipients} recipients, DKIM {args.dkim}, database {connection.vendor}, "
+            f"redis {'embedded' if settings.EDM_EMBEDDED_REDIS else settings.REDIS_URL}, "
+            f"pool {args.pool_size}/process, batch {args.batch_size}"
+        )
+        print(
+            f"{'processes':>9} {'end-to-end':>11} {'bare':>8} {'raw':>8} {'e2e/bare':>9} {'e2e/raw':>8}"
+        )
+        for processes in [int(p) for p in args.workers.split(",")]:
+            connection.close()
+            e2e = end_to_end(args, env, processes, var_dir / f"worker-{processes}.log")
+            connection.close()
+            bare = in_processes(
+                _bare_part,
+                [(s, n, port, args.dkim, args.pool_size) for s, n in shares(args.recipients, processes)],
+            )  # fmt: skip
+            raw = in_processes(
+                _raw_part,
+                [(s, n, port, args.pool_size) for s, n in shares(args.recipients, processes)],
+            )
+            print(
+                f"{processes:>9} {e2e:>9.0f}/s {bare:>6.0f}/s {raw:>6.0f}/s "
+                f"{e2e / bare:>9.2f} {e2e / raw:>8.2f}",
+                flush=True,
+            )
+    finally:
+        sink.terminate()
+        sink.wait(5)
+        if redis_process is not None:
+            embedded_redis.stop(redis_process)
+
+
+if __name__ == "__main__":
+    main()
