@@ -16,8 +16,16 @@ from unfold.decorators import action, display
 
 from campaigns.errors import CampaignError
 from campaigns.models import Campaign, CampaignStatus, Template
+from campaigns.preflight import (
+    Level,
+    PreflightReport,
+    campaign_preflight,
+    campaign_preview,
+    find_contact,
+    template_preview,
+)
 from campaigns.services import campaign_send, campaign_send_test
-from delivery.errors import TemplateError
+from delivery.errors import DeliveryError, TemplateError
 from delivery.render import TemplateSource, compile_templates
 from delivery.selectors import delivery_counts
 
@@ -66,6 +74,63 @@ class TemplateAdmin(ModelAdmin):
     form = TemplateForm
     list_display = ("name", "subject", "updated_at")
     search_fields = ("name", "subject")
+    actions_detail = ("open_preview",)
+
+    @action(description="Preview", url_path="preview-redirect", icon="visibility")
+    def open_preview(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return redirect(reverse("admin:campaigns_template_preview", args=[object_id]))
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:object_id>/preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="campaigns_template_preview",
+            ),
+            *super().get_urls(),
+        ]
+
+    def preview_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        template = get_object_or_404(Template, pk=object_id)
+        contact, query = _chosen_contact(request)
+        preview, error = None, ""
+        try:
+            preview = template_preview(template, contact=contact)
+        except DeliveryError as exc:
+            error = str(exc)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Preview of {template}",
+            "subject_object": template,
+            "back_url": reverse("admin:campaigns_template_change", args=[template.pk]),
+            "preview": preview,
+            "error": error,
+            "query": query,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/campaigns/preview.html", context)
+
+
+def _chosen_contact(request: HttpRequest):
+    """The contact named in ?contact= (id or email), or None for a random one."""
+    query = request.GET.get("contact", "").strip()
+    if not query:
+        return None, ""
+    contact = find_contact(query)
+    if contact is None:
+        messages.warning(request, f"No contact {query!r}: showing a random one instead.")
+    return contact, query
+
+
+_SESSION_KEY = "skylark_preflight_{}"
+
+
+def _remember(request: HttpRequest, campaign_id: int, report: PreflightReport) -> None:
+    request.session[_SESSION_KEY.format(campaign_id)] = {
+        "findings": [[f.level.value, f.code, f.message] for f in report.findings],
+        "recipients": report.recipients,
+        "sampled": report.sampled,
+    }
 
 
 @admin.register(Campaign)
@@ -103,7 +168,9 @@ class CampaignAdmin(ModelAdmin):
             },
         ),
     )
-    actions_detail = ("send_now", "send_test")
+    # Action methods are named open_* so their URL names do not collide with the pages' own.
+    actions_detail = ("send_now", "preflight", "open_preview", "open_send_test")
+    change_form_before_template = "admin/campaigns/preflight_box.html"
 
     @display(description="Status", label=True)
     def status_badge(self, obj: Campaign) -> str:
@@ -126,16 +193,45 @@ class CampaignAdmin(ModelAdmin):
 
     @action(description="Send now", url_path="send-now", icon="send")
     def send_now(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        try:
-            campaign_send(campaign_id=int(object_id))
-        except CampaignError as exc:
-            messages.error(request, f"Not sent: {exc}")
+        campaign = get_object_or_404(Campaign, pk=object_id)
+        # The pre-flight runs first so the marketer sees every finding, not only the first error.
+        report = campaign_preflight(campaign)
+        _remember(request, campaign.pk, report)
+        if not report.ok:
+            messages.error(request, "Not sent: the pre-flight check found errors (see below).")
         else:
-            messages.success(request, "Sending started: the workers are on it.")
+            try:
+                campaign_send(campaign_id=campaign.pk)
+            except CampaignError as exc:
+                messages.error(request, f"Not sent: {exc}")
+            else:
+                messages.success(request, "Sending started: the workers are on it.")
+                if report.warnings:
+                    messages.warning(
+                        request, f"Sent with {len(report.warnings)} pre-flight warnings (below)."
+                    )
         return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
 
+    @action(description="Pre-flight check", url_path="preflight", icon="checklist")
+    def preflight(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        campaign = get_object_or_404(Campaign, pk=object_id)
+        report = campaign_preflight(campaign)
+        _remember(request, campaign.pk, report)
+        if report.ok:
+            messages.success(
+                request,
+                f"Pre-flight check passed ({len(report.warnings)} warnings): see the results below.",
+            )
+        else:
+            messages.error(request, f"Pre-flight check: {len(report.errors)} errors stop a send.")
+        return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
+
+    @action(description="Preview", url_path="preview-redirect", icon="visibility")
+    def open_preview(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return redirect(reverse("admin:campaigns_campaign_preview", args=[object_id]))
+
     @action(description="Send test", url_path="send-test-redirect", icon="science")
-    def send_test(self, request: HttpRequest, object_id: str) -> HttpResponse:
+    def open_send_test(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return redirect(reverse("admin:campaigns_campaign_send_test", args=[object_id]))
 
     def get_urls(self):
@@ -145,29 +241,73 @@ class CampaignAdmin(ModelAdmin):
                 self.admin_site.admin_view(self.send_test_view),
                 name="campaigns_campaign_send_test",
             ),
+            path(
+                "<int:object_id>/preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="campaigns_campaign_preview",
+            ),
             *super().get_urls(),
         ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        remembered = request.session.get(_SESSION_KEY.format(object_id))
+        extra_context = {**(extra_context or {}), "preflight": _shown(remembered)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def preview_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
+        campaign = get_object_or_404(Campaign, pk=object_id)
+        contact, query = _chosen_contact(request)
+        preview, error = None, ""
+        try:
+            preview = campaign_preview(campaign, contact=contact)
+        except DeliveryError as exc:
+            error = str(exc)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Preview of {campaign}",
+            "subject_object": campaign,
+            "back_url": reverse("admin:campaigns_campaign_change", args=[campaign.pk]),
+            "preview": preview,
+            "error": error,
+            "query": query,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/campaigns/preview.html", context)
 
     def send_test_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         campaign = get_object_or_404(Campaign, pk=object_id)
         results = None
+        report = campaign_preflight(campaign, sample_size=20)
         if request.method == "POST":
             emails = [e.strip() for e in request.POST.get("emails", "").split(",") if e.strip()]
+            contact_query = request.POST.get("contact", "").strip()
+            contact = find_contact(contact_query) if contact_query else None
             try:
                 for email in emails:
                     validate_email(email)
                 if not emails or len(emails) > 10:
                     raise ValidationError("Give one to ten addresses, separated by commas.")
-                results = campaign_send_test(campaign_id=campaign.pk, emails=emails)
-            except (ValidationError, CampaignError, TemplateError) as exc:
+                if contact_query and contact is None:
+                    raise ValidationError(f"No contact {contact_query!r}.")
+                results = campaign_send_test(
+                    campaign_id=campaign.pk,
+                    emails=emails,
+                    contact_id=contact.contact_id if contact else None,
+                )
+            except (ValidationError, CampaignError, DeliveryError) as exc:
                 messages.error(
                     request, f"Test not sent: {'; '.join(getattr(exc, 'messages', [str(exc)]))}"
                 )
+            else:
+                sent = sum(1 for r in results if r.status == "sent")
+                level = messages.SUCCESS if sent == len(results) else messages.WARNING
+                messages.add_message(request, level, f"{sent} of {len(results)} test sent.")
         context = {
             **self.admin_site.each_context(request),
             "title": f"Send a test of {campaign}",
             "campaign": campaign,
             "results": results,
+            "preflight": _shown(_report_dict(report)),
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/campaigns/send_test.html", context)
@@ -175,3 +315,26 @@ class CampaignAdmin(ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Campaign | None = None) -> bool:
         editable = obj is None or obj.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED)
         return editable and super().has_change_permission(request, obj)
+
+
+def _report_dict(report: PreflightReport) -> dict:
+    return {
+        "findings": [[f.level.value, f.code, f.message] for f in report.findings],
+        "recipients": report.recipients,
+        "sampled": report.sampled,
+    }
+
+
+def _shown(remembered: dict | None) -> dict | None:
+    """A remembered report, findings grouped for the template (errors first)."""
+    if not remembered:
+        return None
+    order = {Level.ERROR: 0, Level.WARNING: 1, Level.INFO: 2}
+    findings = sorted(remembered["findings"], key=lambda f: order[Level(f[0])])
+    return {
+        "findings": [{"level": f[0], "code": f[1], "message": f[2]} for f in findings],
+        "errors": sum(1 for f in findings if f[0] == Level.ERROR),
+        "warnings": sum(1 for f in findings if f[0] == Level.WARNING),
+        "recipients": remembered["recipients"],
+        "sampled": remembered["sampled"],
+    }
