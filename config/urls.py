@@ -1,7 +1,7 @@
 """URL routes: the admin, the dev mailbox and the public pages."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from campaigns.views import unsubscribe_view
 from delivery.admin import mailbox_message_view, mailbox_view
@@ -15,4 +15,5 @@ urlpatterns = [
     ),
     path("admin/", admin.site.urls),
     path("u/<str:token>/", unsubscribe_view, name="unsubscribe"),
+    path("hooks/", include("delivery.bounce_urls")),
 ]
