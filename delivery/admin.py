@@ -199,3 +199,4 @@ def mailbox_message_view(request: HttpRequest, name: str) -> HttpResponse:
         "raw": raw.decode("utf-8", "replace"),
     }
     return TemplateResponse(request, "admin/delivery/mailbox_message.html", context)
+import delivery.bounce_admin  # noqa: E402,F401

@@ -435,3 +435,49 @@ def test_rates_per_campaign_and_domain():
     assert row.complaint_level == "danger"
     domains = {r.label: (r.sent, r.bounced, r.complained) for r in bounce_rates_by_domain()}
     assert domains == {"gmail.com": (2, 1, 1), "outlook.com": (1, 0, 0)}
+
+
+# --- admin ------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_admin_pages_show_reports_rates_and_mailboxes(admin_client):
+    delivery = make_sent_delivery()
+    result = bounce_ingest(
+        raw=make_dsn(recipient=delivery.email, to=verp_of(delivery)), source="pipe"
+    )
+    bounce_ingest(raw=make_dsn(recipient="x@example.net", nonce="u"), source="imap")
+
+    changelist = admin_client.get("/admin/delivery/bouncemessage/?status__exact=unmatched")
+    assert changelist.status_code == 200
+    page = admin_client.get(f"/admin/delivery/bouncemessage/{result.bounce_message_id}/change/")
+    assert page.status_code == 200
+    assert b"Final-Recipient: rfc822; dead@example.com" in page.content
+    rates = admin_client.get("/admin/delivery/bouncemessage/rates/")
+    assert rates.status_code == 200
+    assert b"Spring" in rates.content and b"example.com" in rates.content
+    assert admin_client.get("/admin/delivery/bouncepolicy/").status_code == 200
+
+    response = admin_client.post(
+        "/admin/delivery/mailbox/add/",
+        {
+            "name": "bounces",
+            "protocol": "imap",
+            "host": "imap.example.com",
+            "port": 993,
+            "security": "tls",
+            "username": "bounces",
+            "password": "s3cret",
+            "folder": "INBOX",
+            "enabled": "on",
+        },
+    )
+    assert response.status_code == 302, response.content
+    from delivery.bounce_models import Mailbox
+
+    mailbox = Mailbox.objects.get()
+    assert mailbox.get_password() == "s3cret"
+    assert b"s3cret" not in mailbox.password_encrypted.encode()
+    assert (
+        b"s3cret" not in admin_client.get(f"/admin/delivery/mailbox/{mailbox.pk}/change/").content
+    )
