@@ -6,6 +6,7 @@ Every Skylark-specific setting has an ``EDM_`` prefix and is read here, in one p
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
@@ -154,7 +155,11 @@ CELERY_BROKER_URL = (
     else REDIS_URL
 )
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
-CELERY_TASK_DEFAULT_QUEUE = os.environ.get("EDM_CELERY_QUEUE", "skylark")
+# A test session gets a queue of its own (its workers are told its name), so that parallel
+# test runs and a running `make run` never take each other's tasks.
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("EDM_CELERY_QUEUE") or (
+    f"skylark-test-{os.getpid()}" if "pytest" in sys.modules else "skylark"
+)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

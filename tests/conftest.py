@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
-
-# Tests enqueue to a queue of their own, so a worker of `make run` never takes their tasks.
-os.environ.setdefault("EDM_CELERY_QUEUE", f"skylark-test-{uuid.uuid4().hex[:8]}")
 
 pytest_plugins = ["tests.smtp_server", "tests.worker"]
 
