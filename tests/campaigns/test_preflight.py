@@ -25,7 +25,7 @@ GOOD_HTML = '<p>Hi {{ name }}</p><p><a href="{{ unsubscribe_url }}">Unsubscribe<
 
 def _campaign(*, html=GOOD_HTML, subject="Hello {{ first_name }}", contacts=3, **fields):
     contact_list = ContactListFactory(name="Pre-flight")
-    for i in range(contacts):
+    for _ in range(contacts):
         SubscriptionFactory(
             contact=ContactFactory(attributes={"city": "Paris"}),
             contact_list=contact_list,
