@@ -10,8 +10,18 @@ from delivery.selectors import delivery_counts
 
 def campaign_report(*, campaign_id: int) -> dict[str, Any]:
     """Status, recipients and per-status delivery counts of a campaign, JSON-ready."""
+    from django.utils import timezone
+
     campaign = Campaign.objects.get(pk=campaign_id)
     counts = delivery_counts(campaign_id=campaign_id)
+    done = counts["sent"] + counts["bounced"] + counts["failed"] + counts["suppressed"]
+    open_count = counts["pending"] + counts["sending"] + counts["deferred"]
+    rate = eta = None
+    if campaign.started_at and done:
+        elapsed = ((campaign.finished_at or timezone.now()) - campaign.started_at).total_seconds()
+        rate = round(done / elapsed, 1) if elapsed > 0 else None
+        if rate and campaign.status == "sending":
+            eta = round(open_count / rate)
     return {
         "id": campaign.pk,
         "name": campaign.name,
@@ -19,6 +29,9 @@ def campaign_report(*, campaign_id: int) -> dict[str, Any]:
         "status_reason": campaign.status_reason,
         "recipients": sum(counts.values()),
         "counts": counts,
+        "done": done,
+        "rate_per_second": rate,
+        "eta_seconds": eta,
         "started_at": campaign.started_at.isoformat() if campaign.started_at else None,
         "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
     }
@@ -30,7 +43,7 @@ FINAL_STATUSES = ("sent", "cancelled", "failed")
 def campaign_follow(
     *, campaign_id: int, on_progress=None, timeout: float = 0, interval: float = 0.5
 ) -> dict[str, Any]:
-    """Poll a campaign until it reaches a final status; call on_progress on each change.
+    """Poll a campaign until it is final or paused; call on_progress on each change.
 
     Returns the last report; raises TimeoutError when `timeout` (seconds, 0 = none) passes.
     """
@@ -41,16 +54,17 @@ def campaign_follow(
     while True:
         report = campaign_report(campaign_id=campaign_id)
         counts = report["counts"]
-        done = counts["sent"] + counts["bounced"] + counts["failed"] + counts["suppressed"]
         line = (
-            f"{report['status']}: {done}/{report['recipients']} done "
+            f"{report['status']}: {report['done']}/{report['recipients']} done "
             f"(sent {counts['sent']}, deferred {counts['deferred']}, "
             f"bounced {counts['bounced']}, failed {counts['failed']})"
         )
+        if report["rate_per_second"] and report["eta_seconds"] is not None:
+            line += f", {report['rate_per_second']}/s, {report['eta_seconds']} s left"
         if line != last and on_progress is not None:
             on_progress(line)
         last = line
-        if report["status"] in FINAL_STATUSES:
+        if report["status"] in FINAL_STATUSES or report["status"] == "paused":
             return report
         if deadline and time.monotonic() > deadline:
             raise TimeoutError(f"campaign {campaign_id} still {report['status']} after {timeout}s")

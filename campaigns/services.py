@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,13 +14,14 @@ from django.utils import timezone
 
 from campaigns.errors import CampaignStateError, CampaignValidationError
 from campaigns.models import Campaign, CampaignStatus
-from contacts.models import Contact, ContactList, ContactStatus, SubscriptionStatus
+from contacts.models import ContactList, SubscriptionStatus
 from delivery import selectors as delivery_selectors
 from delivery import services as delivery_services
 from delivery import tokens
 from delivery.compose import Composer, MessageSpec, make_message_id
 from delivery.dkim import DkimSigner
 from delivery.errors import DeliveryError, TemplateError
+from delivery.models import Delivery, DeliveryStatus
 from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
 from delivery.redis import claim_once
 from delivery.render import (
@@ -126,23 +126,6 @@ def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
     return prepared
 
 
-def _sample_recipients(campaign: Campaign, size: int) -> list[ClaimedDelivery]:
-    contacts = list(
-        Contact.objects.filter(
-            status=ContactStatus.ACTIVE,
-            subscriptions__contact_list__in=campaign.lists.all(),
-            subscriptions__status=SubscriptionStatus.SUBSCRIBED,
-        )
-        .distinct()
-        .order_by("id")
-        .values_list("id", "email", "name", "attributes")[: size * 5]
-    )
-    chosen = random.sample(contacts, min(size, len(contacts)))
-    return [
-        ClaimedDelivery(0, cid, email, name, attrs, 0, None) for cid, email, name, attrs in chosen
-    ]
-
-
 def campaign_validate(campaign: Campaign, *, sample_size: int = 50) -> list[str]:
     """Problems that stop a send (the pre-flight's errors): found before the first message."""
     from campaigns.preflight import campaign_preflight
@@ -219,10 +202,42 @@ def campaign_send(*, campaign_id: int) -> Campaign:
     return campaign
 
 
-def campaign_dispatch(*, campaign_id: int) -> int:
-    """Materialize the deliveries and enqueue batch tasks by id range; re-runnable."""
+def _enqueue_batches(campaign_id: int) -> int:
+    """Enqueue one batch task per EDM_BATCH_SIZE open deliveries, by id range.
+
+    Streams the ids (a million-recipient campaign never holds them all in memory).
+    """
     from campaigns.tasks import campaign_send_batch
 
+    size = settings.EDM_BATCH_SIZE
+    ids = (
+        Delivery.objects.filter(
+            campaign_id=campaign_id,
+            status__in=[DeliveryStatus.PENDING, DeliveryStatus.DEFERRED],
+        )
+        .order_by("id")
+        .values_list("id", flat=True)
+        .iterator(chunk_size=10000)
+    )
+    batches = 0
+    first = last = None
+    count = 0
+    for delivery_id in ids:
+        first = delivery_id if first is None else first
+        last = delivery_id
+        count += 1
+        if count == size:
+            campaign_send_batch.delay(campaign_id, first, last)
+            batches += 1
+            first, count = None, 0
+    if count:
+        campaign_send_batch.delay(campaign_id, first, last)
+        batches += 1
+    return batches
+
+
+def campaign_dispatch(*, campaign_id: int) -> int:
+    """Materialize the deliveries and enqueue batch tasks by id range; re-runnable."""
     campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None or campaign.status != CampaignStatus.SENDING:
         return 0
@@ -232,15 +247,7 @@ def campaign_dispatch(*, campaign_id: int) -> int:
     Campaign.objects.filter(pk=campaign_id).update(
         total_recipients=total, dispatched_at=timezone.now()
     )
-    ids = list(
-        campaign.deliveries.filter(status="pending").order_by("id").values_list("id", flat=True)
-    )
-    size = settings.EDM_BATCH_SIZE
-    batches = 0
-    for start in range(0, len(ids), size):
-        chunk = ids[start : start + size]
-        campaign_send_batch.delay(campaign_id, chunk[0], chunk[-1])
-        batches += 1
+    batches = _enqueue_batches(campaign_id)
     logger.info(
         "campaign %s dispatched: %d new deliveries, %d in total, %d batches",
         campaign_id,
@@ -248,7 +255,7 @@ def campaign_dispatch(*, campaign_id: int) -> int:
         total,
         batches,
     )
-    if not ids:
+    if not batches:
         campaign_finish_if_done(campaign_id=campaign_id)
     return batches
 
@@ -260,6 +267,7 @@ class _Flusher:
     every: float
     pending: list[Outcome]
     last: float
+    campaign_id: int | None = None
 
     def add(self, outcome: Outcome) -> None:
         self.pending.append(outcome)
@@ -270,6 +278,8 @@ class _Flusher:
         if self.pending:
             delivery_services.deliveries_record(self.pending)
             self.pending = []
+            if self.campaign_id is not None:
+                campaign_check_error_rate(campaign_id=self.campaign_id)
         self.last = time.monotonic()
 
 
@@ -295,7 +305,12 @@ def campaign_send_batch(
         max_seconds=settings.EDM_RETRY_MAX_SECONDS,
         lifetime_seconds=settings.EDM_RETRY_LIFETIME_SECONDS,
     )
-    flusher = _Flusher(every=settings.EDM_FLUSH_SECONDS, pending=[], last=time.monotonic())
+    flusher = _Flusher(
+        every=settings.EDM_FLUSH_SECONDS,
+        pending=[],
+        last=time.monotonic(),
+        campaign_id=campaign_id,
+    )
     claimed_by_id: dict[int, ClaimedDelivery] = {}
     render_failures: collections.deque[Outcome] = collections.deque()
     deadline = time.monotonic() + settings.EDM_TASK_SECONDS
@@ -481,3 +496,144 @@ def delivery_unsubscribe(*, delivery_id: int, source: str) -> bool:
                 delivery=delivery, kind=EventKind.UNSUBSCRIBE, created_at=now, detail=source
             )
     return bool(changed)
+
+
+def _transition(
+    campaign_id: int, *, allowed: tuple[str, ...], to: str, action: str, **fields
+) -> Campaign:
+    """Compare-and-set a campaign's status; a refused transition says why."""
+    now = timezone.now()
+    changed = Campaign.objects.filter(pk=campaign_id, status__in=allowed).update(
+        status=to, updated_at=now, **fields
+    )
+    campaign = Campaign.objects.get(pk=campaign_id)
+    if not changed:
+        raise CampaignStateError(
+            f"Campaign {campaign_id} is {campaign.status}: it cannot be {action}d "
+            f"(only when {' or '.join(allowed)})."
+        )
+    return campaign
+
+
+def campaign_pause(*, campaign_id: int, reason: str = "Paused by a user.") -> Campaign:
+    """Stop claiming new recipients; messages already on the wire finish and are recorded."""
+    return _transition(
+        campaign_id,
+        allowed=(CampaignStatus.SENDING,),
+        to=CampaignStatus.PAUSED,
+        action="pause",
+        status_reason=reason,
+    )
+
+
+def campaign_resume(*, campaign_id: int) -> Campaign:
+    """Continue a paused campaign from what was actually sent: only open deliveries remain."""
+    with transaction.atomic():
+        campaign = _transition(
+            campaign_id,
+            allowed=(CampaignStatus.PAUSED,),
+            to=CampaignStatus.SENDING,
+            action="resume",
+            status_reason="",
+        )
+        transaction.on_commit(lambda: _resume_after_commit(campaign_id))
+    return campaign
+
+
+def _resume_after_commit(campaign_id: int) -> None:
+    from campaigns.tasks import campaign_dispatch
+
+    campaign = Campaign.objects.get(pk=campaign_id)
+    if campaign.dispatched_at is None:
+        campaign_dispatch.delay(campaign_id)
+    elif not _enqueue_batches(campaign_id):
+        campaign_finish_if_done(campaign_id=campaign_id)
+
+
+def campaign_cancel(*, campaign_id: int) -> Campaign:
+    """Cancel for good: recipients not yet sent are marked cancelled."""
+    with transaction.atomic():
+        campaign = _transition(
+            campaign_id,
+            allowed=(
+                CampaignStatus.DRAFT,
+                CampaignStatus.SCHEDULED,
+                CampaignStatus.SENDING,
+                CampaignStatus.PAUSED,
+            ),
+            to=CampaignStatus.CANCELLED,
+            action="cancel",
+            finished_at=timezone.now(),
+        )
+        delivery_services.deliveries_cancel(campaign_id=campaign_id)
+    return campaign
+
+
+def campaign_schedule(*, campaign_id: int, at: datetime) -> Campaign:
+    """Schedule a draft for a moment in the future; it is validated now and again at `at`."""
+    if at <= timezone.now():
+        raise CampaignValidationError(["The scheduled time is in the past."])
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
+        if campaign.status not in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED):
+            raise CampaignStateError(
+                f"Campaign {campaign_id} is {campaign.status}: only a draft can be scheduled."
+            )
+        problems = campaign_validate(campaign)
+        if problems:
+            raise CampaignValidationError(problems)
+        campaign.status = CampaignStatus.SCHEDULED
+        campaign.scheduled_at = at
+        campaign.status_reason = ""
+        campaign.save(update_fields=["status", "scheduled_at", "status_reason", "updated_at"])
+    return campaign
+
+
+def campaign_unschedule(*, campaign_id: int) -> Campaign:
+    return _transition(
+        campaign_id,
+        allowed=(CampaignStatus.SCHEDULED,),
+        to=CampaignStatus.DRAFT,
+        action="unschedule",
+    )
+
+
+# Campaigns whose error rate this process has already judged (the check runs once).
+_ERROR_RATE_JUDGED: set[int] = set()
+
+
+def campaign_check_error_rate(*, campaign_id: int) -> bool:
+    """Pause a campaign whose first messages mostly bounce or fail; True if paused.
+
+    Judged once, when EDM_PAUSE_SAMPLE messages have a final outcome: a bad list or a
+    blocked sender shows in the first messages, and stopping then protects the sender's
+    reputation. Deferrals (transient errors) never count.
+    """
+    sample = settings.EDM_PAUSE_SAMPLE
+    threshold = settings.EDM_PAUSE_ERROR_RATE
+    if campaign_id in _ERROR_RATE_JUDGED or sample <= 0 or threshold <= 0:
+        return False
+    done = Delivery.objects.filter(
+        campaign_id=campaign_id,
+        status__in=[DeliveryStatus.SENT, DeliveryStatus.BOUNCED, DeliveryStatus.FAILED],
+    )
+    if done[:sample].count() < sample:
+        return False
+    _ERROR_RATE_JUDGED.add(campaign_id)
+    first = done.order_by("id").values_list("id", flat=True)[:sample]
+    bad = Delivery.objects.filter(
+        id__in=list(first), status__in=[DeliveryStatus.BOUNCED, DeliveryStatus.FAILED]
+    ).count()
+    if bad / sample <= threshold:
+        return False
+    reason = (
+        f"Paused automatically: {bad} of the first {sample} messages bounced or failed "
+        f"({bad / sample:.0%}, above the {threshold:.0%} threshold). Check the list and the "
+        "sending server's replies in Deliveries, then resume or cancel."
+    )
+    try:
+        campaign_pause(campaign_id=campaign_id, reason=reason)
+    except CampaignStateError:
+        return False
+    logger.warning("campaign %s paused: %d/%d bounced or failed", campaign_id, bad, sample)
+    return True
