@@ -39,6 +39,7 @@ from delivery.bounce_models import (
     BouncePolicy,
     OutcomeKind,
     PolicyAction,
+    PolicyKind,
 )
 from delivery.bounces import BounceKind, BounceReason, BounceRecipient, BounceReport, parse_bounce
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
@@ -424,9 +425,27 @@ def _apply_outcome(*, outcome: BounceOutcome, delivery: Delivery, now: datetime)
     return BounceAction.RECORDED
 
 
+# The defaults of data migration 0004, used for a kind that has no row (a table emptied by
+# hand or by a test flush must not silently stop suppressing dead addresses). To turn a rule
+# off, set its action to "none" in the admin.
+DEFAULT_POLICIES = {
+    PolicyKind.HARD: {"count": 1, "window_days": 0, "action": PolicyAction.SUPPRESS},
+    PolicyKind.COMPLAINT: {"count": 1, "window_days": 0, "action": PolicyAction.SUPPRESS},
+    PolicyKind.SOFT: {"count": 5, "window_days": 30, "action": PolicyAction.SUPPRESS},
+}
+
+
+def bounce_policy_for(*, kind: str) -> BouncePolicy | None:
+    """The policy in force for a kind: its row, else the default (unsaved)."""
+    policy = BouncePolicy.objects.filter(kind=kind).first()
+    if policy is None and kind in DEFAULT_POLICIES:
+        policy = BouncePolicy(kind=kind, **DEFAULT_POLICIES[PolicyKind(kind)])
+    return policy
+
+
 def _apply_policy(*, outcome: BounceOutcome, delivery: Delivery, now: datetime) -> str:
     """The policy table: count this contact's reports of the kind, act at the threshold."""
-    policy = BouncePolicy.objects.filter(kind=outcome.kind).first()
+    policy = bounce_policy_for(kind=outcome.kind)
     if policy is None or policy.action == PolicyAction.NONE:
         return BounceAction.RECORDED
     counted = BounceOutcome.objects.filter(
@@ -565,6 +584,7 @@ __all__ = [
     "RateRow",
     "bounce_ingest",
     "bounce_ingest_report",
+    "bounce_policy_for",
     "bounce_rates_by_campaign",
     "bounce_rates_by_domain",
 ]
