@@ -6,10 +6,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 from unfold.admin import ModelAdmin
 from unfold.decorators import action, display
@@ -24,7 +25,15 @@ from campaigns.preflight import (
     find_contact,
     template_preview,
 )
-from campaigns.services import campaign_send, campaign_send_test
+from campaigns.selectors import campaign_report
+from campaigns.services import (
+    campaign_cancel,
+    campaign_pause,
+    campaign_resume,
+    campaign_schedule,
+    campaign_send,
+    campaign_send_test,
+)
 from delivery.errors import DeliveryError, TemplateError
 from delivery.render import TemplateSource, compile_templates
 from delivery.selectors import delivery_counts
@@ -145,6 +154,7 @@ class CampaignAdmin(ModelAdmin):
         "status_reason",
         "total_recipients",
         "progress",
+        "live_progress",
         "started_at",
         "finished_at",
         "deliveries_link",
@@ -160,7 +170,7 @@ class CampaignAdmin(ModelAdmin):
                     "status",
                     "status_reason",
                     "total_recipients",
-                    "progress",
+                    "live_progress",
                     "deliveries_link",
                     "started_at",
                     "finished_at",
@@ -169,7 +179,16 @@ class CampaignAdmin(ModelAdmin):
         ),
     )
     # Action methods are named open_* so their URL names do not collide with the pages' own.
-    actions_detail = ("send_now", "preflight", "open_preview", "open_send_test")
+    actions_detail = (
+        "send_now",
+        "schedule",
+        "pause",
+        "resume",
+        "cancel",
+        "preflight",
+        "open_preview",
+        "open_send_test",
+    )
     change_form_before_template = "admin/campaigns/preflight_box.html"
 
     @display(description="Status", label=True)
@@ -183,6 +202,13 @@ class CampaignAdmin(ModelAdmin):
         counts = delivery_counts(campaign_id=obj.pk)
         shown = [f"{status} {n}" for status, n in counts.items() if n]
         return ", ".join(shown) or "no deliveries yet"
+
+    @display(description="Live progress")
+    def live_progress(self, obj: Campaign) -> str:
+        if obj.pk is None:
+            return "-"
+        url = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
+        return format_html(PROGRESS_WIDGET, url=url)
 
     @display(description="Deliveries")
     def deliveries_link(self, obj: Campaign) -> str:
@@ -212,6 +238,51 @@ class CampaignAdmin(ModelAdmin):
                     )
         return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
 
+    def _lifecycle(self, request: HttpRequest, object_id: str, service, done: str):
+        try:
+            service(campaign_id=int(object_id))
+        except CampaignError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, done)
+        return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
+
+    @action(description="Schedule", url_path="schedule", icon="schedule")
+    def schedule(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        campaign = get_object_or_404(Campaign, pk=object_id)
+        if campaign.scheduled_at is None:
+            messages.error(request, "Set 'Scheduled at' below and save, then press Schedule.")
+            return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
+        at = campaign.scheduled_at
+        return self._lifecycle(
+            request,
+            object_id,
+            lambda campaign_id: campaign_schedule(campaign_id=campaign_id, at=at),
+            f"Scheduled for {timezone.localtime(at):%Y-%m-%d %H:%M %Z}.",
+        )
+
+    @action(description="Pause", url_path="pause", icon="pause")
+    def pause(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._lifecycle(
+            request, object_id, campaign_pause, "Paused: messages in flight finish, no new ones."
+        )
+
+    @action(description="Resume", url_path="resume", icon="play_arrow")
+    def resume(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._lifecycle(
+            request, object_id, campaign_resume, "Resumed from what was actually sent."
+        )
+
+    @action(description="Cancel", url_path="cancel", icon="cancel")
+    def cancel(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return self._lifecycle(
+            request, object_id, campaign_cancel, "Cancelled: unsent recipients were cancelled."
+        )
+
+    def progress_json(self, request: HttpRequest, object_id: int) -> JsonResponse:
+        get_object_or_404(Campaign, pk=object_id)
+        return JsonResponse(campaign_report(campaign_id=object_id))
+
     @action(description="Pre-flight check", url_path="preflight", icon="checklist")
     def preflight(self, request: HttpRequest, object_id: str) -> HttpResponse:
         campaign = get_object_or_404(Campaign, pk=object_id)
@@ -240,6 +311,11 @@ class CampaignAdmin(ModelAdmin):
                 "<int:object_id>/send-test/",
                 self.admin_site.admin_view(self.send_test_view),
                 name="campaigns_campaign_send_test",
+            ),
+            path(
+                "<int:object_id>/progress.json",
+                self.admin_site.admin_view(self.progress_json),
+                name="campaigns_campaign_progress",
             ),
             path(
                 "<int:object_id>/preview/",
@@ -315,6 +391,35 @@ class CampaignAdmin(ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Campaign | None = None) -> bool:
         editable = obj is None or obj.status in (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED)
         return editable and super().has_change_permission(request, obj)
+
+
+PROGRESS_WIDGET = """
+<div data-progress-url="{url}" class="skylark-progress" style="min-width: 320px">
+  <div style="height: 8px; background: #e5e7eb; border-radius: 4px; overflow: hidden">
+    <div class="bar" style="height: 8px; width: 0; background: #0b6bcb"></div>
+  </div>
+  <div class="line" style="margin-top: 6px">Loading...</div>
+</div>
+<script>
+(function () {{
+  const box = document.currentScript.previousElementSibling;
+  async function refresh() {{
+    const r = await (await fetch(box.dataset.progressUrl, {{credentials: "same-origin"}})).json();
+    const c = r.counts, total = r.recipients || 0;
+    const pct = total ? Math.round(100 * r.done / total) : 0;
+    box.querySelector(".bar").style.width = pct + "%";
+    let line = `${{r.status}}: ${{r.done}} of ${{total}} done (${{pct}}%) - sent ${{c.sent}},`
+      + ` deferred ${{c.deferred}}, bounced ${{c.bounced}}, failed ${{c.failed}},`
+      + ` suppressed ${{c.suppressed}}`;
+    if (r.rate_per_second) line += ` - ${{r.rate_per_second}}/s`;
+    if (r.eta_seconds !== null && r.eta_seconds !== undefined) line += `, about ${{r.eta_seconds}} s left`;
+    box.querySelector(".line").textContent = line;
+    if (["sending", "scheduled"].includes(r.status)) setTimeout(refresh, 2000);
+  }}
+  refresh();
+}})();
+</script>
+"""
 
 
 def _report_dict(report: PreflightReport) -> dict:

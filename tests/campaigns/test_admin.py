@@ -132,3 +132,58 @@ def test_pages_render_without_a_report(admin_client, campaign):
     assert 'id="preflight"' not in admin_client.get(_change_url(campaign)).content.decode()
     assert admin_client.get(reverse("admin:campaigns_campaign_add")).status_code == 200
     assert admin_client.get(reverse("admin:campaigns_campaign_changelist")).status_code == 200
+
+
+def test_pause_resume_cancel_buttons_change_the_status(admin_client, campaign, monkeypatch):
+    from campaigns import tasks
+
+    monkeypatch.setattr(tasks.campaign_send_batch, "delay", lambda *args: None)
+    Campaign.objects.filter(pk=campaign.pk).update(status=CampaignStatus.SENDING)
+
+    def press(name: str) -> str:
+        url = reverse(f"admin:campaigns_campaign_{name}", args=[campaign.pk])
+        return admin_client.get(url, follow=True).content.decode()
+
+    assert "Paused" in press("pause")
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.PAUSED
+    assert "cannot be paused" in html.unescape(press("pause"))
+    assert "Resumed" in press("resume")
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.SENDING
+    assert "Cancelled" in press("cancel")
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.CANCELLED
+
+
+def test_schedule_button_needs_a_time_then_schedules(admin_client, campaign):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    url = reverse("admin:campaigns_campaign_schedule", args=[campaign.pk])
+    assert "Set &#x27;Scheduled at&#x27;" in admin_client.get(url, follow=True).content.decode()
+    campaign.scheduled_at = timezone.now() + timedelta(hours=2)
+    campaign.save()
+    body = admin_client.get(url, follow=True).content.decode()
+    assert "Scheduled for" in body
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.SCHEDULED
+
+
+def test_progress_json_reports_counts_for_the_live_widget(admin_client, campaign):
+    from delivery.models import Delivery
+
+    for i, contact in enumerate(campaign.lists.get().contacts.all()):
+        Delivery.objects.create(
+            campaign=campaign, contact=contact, email=contact.email,
+            status="sent" if i else "deferred",
+        )  # fmt: skip
+    url = reverse("admin:campaigns_campaign_progress", args=[campaign.pk])
+    report = admin_client.get(url).json()
+    assert report["recipients"] == 3
+    assert report["counts"]["sent"] == 2
+    assert report["counts"]["deferred"] == 1
+    assert report["done"] == 2
+    page = admin_client.get(_change_url(campaign)).content.decode()
+    assert f'data-progress-url="{url}"' in page
