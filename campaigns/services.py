@@ -23,7 +23,8 @@ from delivery.dkim import DkimSigner
 from delivery.errors import DeliveryError, TemplateError
 from delivery.models import Delivery, DeliveryStatus
 from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
-from delivery.redis import claim_once
+from delivery.ratelimit import RateLimiter, is_slow_down, slow_down
+from delivery.redis import claim_once, get_redis
 from delivery.render import (
     CompiledTemplates,
     TemplateSource,
@@ -52,6 +53,7 @@ class PreparedCampaign:
     signer: DkimSigner | None
     smtp: SmtpConfig
     message_id_domain: str
+    limiter: RateLimiter | None = None
 
     def envelope(self, row: ClaimedDelivery) -> Envelope:
         """Render, compose and sign one recipient's message: no database access."""
@@ -121,6 +123,7 @@ def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
         signer=delivery_selectors.dkim_signer_for(from_domain),
         smtp=delivery_selectors.smtp_config_for(campaign.smtp_server),
         message_id_domain=from_domain,
+        limiter=delivery_selectors.rate_limiter_for(campaign.smtp_server),
     )
     _PREPARED[campaign.pk] = (campaign.updated_at, prepared)
     return prepared
@@ -354,9 +357,14 @@ def campaign_send_batch(
                     )
                 )
 
-    for result in send_envelopes(prepared.smtp, envelopes()):
+    limiter = prepared.limiter
+    before_send = limiter.wait if limiter is not None else None
+    for result in send_envelopes(prepared.smtp, envelopes(), before_send=before_send):
         delivery_id, message_id = result.tag
         row = claimed_by_id.pop(delivery_id)
+        if limiter is not None and is_slow_down(result.code, result.text):
+            for limit in limiter.limits_for(row.email):
+                slow_down(get_redis(), limit.key)
         flusher.add(
             outcome_for_result(
                 result,

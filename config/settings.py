@@ -200,6 +200,8 @@ EDM_PAUSE_SAMPLE = env_int("EDM_PAUSE_SAMPLE", 200)
 EDM_PAUSE_ERROR_RATE = env_float("EDM_PAUSE_ERROR_RATE", 0.2)
 EDM_SMTP_TIMEOUT_SECONDS = env_float("EDM_SMTP_TIMEOUT_SECONDS", 30.0)
 EDM_SMTP_POOL_SIZE = env_int("EDM_SMTP_POOL_SIZE", 4)
+# Messages per second through the EDM_SMTP_URL server, shared by all workers (0: unlimited).
+EDM_SMTP_RATE = env_float("EDM_SMTP_RATE", 0)
 EDM_SMTP_MAX_MESSAGES_PER_CONNECTION = env_int("EDM_SMTP_MAX_MESSAGES_PER_CONNECTION", 1000)
 EDM_SMTP_MAX_CONNECTION_AGE_SECONDS = env_int("EDM_SMTP_MAX_CONNECTION_AGE_SECONDS", 300)
 EDM_SMTP_TLS_CA_FILE = os.environ.get("EDM_SMTP_TLS_CA_FILE", "")
@@ -261,6 +263,9 @@ UNFOLD = {
                 "items": [
                     _nav("SMTP servers", "dns", "admin:delivery_smtpserver_changelist"),
                     _nav("DKIM keys", "key", "admin:delivery_dkimkey_changelist"),
+                    _nav(
+                        "Provider rate limits", "speed", "admin:delivery_domainratelimit_changelist"
+                    ),
                 ],
             },
         ],

@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
-from delivery.models import Delivery, DeliveryEvent, DkimKey, SmtpServer
+from delivery.models import Delivery, DeliveryEvent, DkimKey, DomainRateLimit, SmtpServer
 from delivery.sink import list_messages
 
 
@@ -75,6 +75,15 @@ class SmtpServerAdmin(ModelAdmin):
     @display(description="Rate limit")
     def rate(self, obj: SmtpServer) -> str:
         return f"{obj.rate_limit} per {obj.rate_period}" if obj.rate_limit else "unlimited"
+
+
+@admin.register(DomainRateLimit)
+class DomainRateLimitAdmin(ModelAdmin):
+    """Per-provider limits shared by every worker; a 421 slows a provider down on its own."""
+
+    list_display = ("name", "rate", "period", "domains", "enabled")
+    list_editable = ("rate", "period", "enabled")
+    search_fields = ("name", "domains")
 
 
 @admin.register(DkimKey)
@@ -199,4 +208,6 @@ def mailbox_message_view(request: HttpRequest, name: str) -> HttpResponse:
         "raw": raw.decode("utf-8", "replace"),
     }
     return TemplateResponse(request, "admin/delivery/mailbox_message.html", context)
+
+
 import delivery.bounce_admin  # noqa: E402,F401

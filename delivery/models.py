@@ -13,6 +13,15 @@ class Security(models.TextChoices):
     TLS = "tls", "Implicit TLS"
 
 
+class RatePeriod(models.TextChoices):
+    SECOND = "second", "per second"
+    MINUTE = "minute", "per minute"
+    HOUR = "hour", "per hour"
+
+
+PERIOD_SECONDS = {RatePeriod.SECOND: 1, RatePeriod.MINUTE: 60, RatePeriod.HOUR: 3600}
+
+
 class SmtpServer(models.Model):
     name = models.CharField(max_length=100, unique=True)
     host = models.CharField(max_length=255)
@@ -24,11 +33,7 @@ class SmtpServer(models.Model):
     rate_limit = models.PositiveIntegerField(
         default=0, help_text="Messages per rate period across all workers; 0 = unlimited."
     )
-    rate_period = models.CharField(
-        max_length=10,
-        choices=[("second", "per second"), ("minute", "per minute"), ("hour", "per hour")],
-        default="second",
-    )
+    rate_period = models.CharField(max_length=10, choices=RatePeriod.choices, default="second")
     daily_quota = models.PositiveIntegerField(default=0, help_text="0 = unlimited.")
     weight = models.PositiveSmallIntegerField(default=1)
     enabled = models.BooleanField(default=True)
@@ -46,6 +51,10 @@ class SmtpServer(models.Model):
 
     def get_password(self) -> str:
         return crypto.decrypt(self.password_encrypted)
+
+    @property
+    def rate_per_second(self) -> float:
+        return self.rate_limit / PERIOD_SECONDS[self.rate_period] if self.rate_limit else 0.0
 
 
 class DeliveryStatus(models.TextChoices):
@@ -175,4 +184,31 @@ class DkimKey(models.Model):
 
     def get_private_key(self) -> bytes:
         return crypto.decrypt(self.private_key_encrypted).encode()
+
+
+class DomainRateLimit(models.Model):
+    """How fast all workers together may send to one mailbox provider's domains."""
+
+    name = models.CharField(max_length=100, unique=True, help_text="e.g. Gmail")
+    domains = models.TextField(
+        help_text="Recipient domains sharing this limit, comma or space separated."
+    )
+    rate = models.PositiveIntegerField(help_text="Messages per period, across all workers.")
+    period = models.CharField(max_length=10, choices=RatePeriod.choices, default="second")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.rate} {self.get_period_display()}"
+
+    def domain_list(self) -> list[str]:
+        return [d.strip().lower() for d in self.domains.replace(",", " ").split() if d.strip()]
+
+    @property
+    def per_second(self) -> float:
+        return self.rate / PERIOD_SECONDS[self.period]
+
+
 from delivery.bounce_models import *  # noqa: E402,F401,F403

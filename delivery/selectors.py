@@ -7,6 +7,7 @@ from django.db.models import Count
 
 from delivery.dkim import DkimSigner
 from delivery.models import OPEN_STATUSES, Delivery, DeliveryStatus, DkimKey, SmtpServer
+from delivery.ratelimit import Limit, RateLimiter
 from delivery.smtp import Security, SmtpConfig, smtp_config_from_url
 
 
@@ -76,3 +77,26 @@ def campaigns_with_due_deliveries(*, now) -> list[int]:
         .distinct()
         .order_by()
     )
+
+
+def rate_limiter_for(server: SmtpServer | None) -> RateLimiter | None:
+    """The shared rate limits of sends through `server` (or EDM_SMTP_URL's), or None."""
+    from delivery.models import DomainRateLimit
+
+    if server is None:
+        server = SmtpServer.objects.filter(is_default=True, enabled=True).first()
+    if server is not None:
+        per_second = server.rate_per_second
+        server_key = f"server:{server.pk}"
+    else:
+        per_second = settings.EDM_SMTP_RATE
+        server_key = "server:default"
+    server_limit = Limit(key=server_key, per_second=per_second) if per_second > 0 else None
+    domains: dict[str, Limit] = {}
+    for row in DomainRateLimit.objects.filter(enabled=True, rate__gt=0):
+        limit = Limit(key=f"domain:{row.pk}", per_second=row.per_second)
+        for domain in row.domain_list():
+            domains[domain] = limit
+    if server_limit is None and not domains:
+        return None
+    return RateLimiter(redis_url=settings.REDIS_URL, server=server_limit, domains=domains)
