@@ -50,12 +50,12 @@ class Campaign(models.Model):
     from_name = models.CharField(max_length=200, blank=True)
     reply_to = models.CharField(max_length=320, blank=True)
     lists = models.ManyToManyField("contacts.ContactList", related_name="campaigns", blank=True)
-    smtp_server = models.ForeignKey(
+    smtp_servers = models.ManyToManyField(
         "delivery.SmtpServer",
-        null=True,
         blank=True,
-        on_delete=models.PROTECT,
-        help_text="Empty: the default server (EDM_SMTP_URL).",
+        related_name="campaigns",
+        help_text="Empty: the enabled servers marked default (or EDM_SMTP_URL when none is). "
+        "Traffic is split by the servers' weights; a failing server is rested.",
     )
     status = models.CharField(
         max_length=10, choices=CampaignStatus.choices, default=CampaignStatus.DRAFT
@@ -84,3 +84,6 @@ class Campaign(models.Model):
             self.html or (template.html if template else ""),
             self.text or (template.text if template else ""),
         )
+
+
+from campaigns.tracking_models import *  # noqa: E402,F401,F403

@@ -21,6 +21,7 @@ from delivery import tokens
 from delivery.compose import Composer, MessageSpec, make_message_id
 from delivery.dkim import DkimSigner
 from delivery.errors import DeliveryError, TemplateError
+from delivery.health import record_result
 from delivery.models import Delivery, DeliveryStatus
 from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
 from delivery.ratelimit import RateLimiter, is_slow_down, slow_down
@@ -33,8 +34,9 @@ from delivery.render import (
     render_content,
 )
 from delivery.runner import send_envelopes
+from delivery.selectors import Route
 from delivery.services import ClaimedDelivery
-from delivery.smtp import Envelope, SendResult, SmtpConfig
+from delivery.smtp import Envelope, SendResult, SendStatus, SmtpConfig
 from delivery.verp import verp_address
 
 logger = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class PreparedCampaign:
     smtp: SmtpConfig
     message_id_domain: str
     limiter: RateLimiter | None = None
+    routes: tuple[Route, ...] = ()
 
     def envelope(self, row: ClaimedDelivery) -> Envelope:
         """Render, compose and sign one recipient's message: no database access."""
@@ -115,15 +118,17 @@ def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
             campaign_id=campaign.pk,
         )
     )
+    routes = delivery_selectors.routes_for(list(campaign.smtp_servers.all()))
     prepared = PreparedCampaign(
         campaign_id=campaign.pk,
         campaign_name=campaign.name,
         compiled=compiled,
         composer=composer,
         signer=delivery_selectors.dkim_signer_for(from_domain),
-        smtp=delivery_selectors.smtp_config_for(campaign.smtp_server),
+        smtp=routes[0].config,
         message_id_domain=from_domain,
-        limiter=delivery_selectors.rate_limiter_for(campaign.smtp_server),
+        limiter=routes[0].limiter,
+        routes=tuple(routes),
     )
     _PREPARED[campaign.pk] = (campaign.updated_at, prepared)
     return prepared
@@ -298,7 +303,7 @@ def campaign_send_batch(
     """
     from campaigns.tasks import campaign_send_batch as batch_task
 
-    campaign = Campaign.objects.select_related("smtp_server").filter(pk=campaign_id).first()
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
     if campaign is None or campaign.status != CampaignStatus.SENDING:
         return 0
     prepared = campaign_prepare(campaign)
@@ -317,7 +322,7 @@ def campaign_send_batch(
     claimed_by_id: dict[int, ClaimedDelivery] = {}
     render_failures: collections.deque[Outcome] = collections.deque()
     deadline = time.monotonic() + settings.EDM_TASK_SECONDS
-    state = {"handled": 0, "more": False}
+    state = {"handled": 0, "more": False, "failing": False}
 
     def claimed_rows():
         while True:
@@ -357,11 +362,19 @@ def campaign_send_batch(
                     )
                 )
 
-    limiter = prepared.limiter
+    # One route (server) per task: tasks spread over the servers by weight, and a server
+    # that keeps failing is rested while the others carry the traffic.
+    route = delivery_selectors.choose_route(list(prepared.routes)) if prepared.routes else None
+    smtp = route.config if route else prepared.smtp
+    limiter = route.limiter if route else prepared.limiter
     before_send = limiter.wait if limiter is not None else None
-    for result in send_envelopes(prepared.smtp, envelopes(), before_send=before_send):
+    for result in send_envelopes(smtp, envelopes(), before_send=before_send):
         delivery_id, message_id = result.tag
         row = claimed_by_id.pop(delivery_id)
+        if route is not None and (result.status != SendStatus.SENT or state["failing"]):
+            # Redis is asked only around failures: a healthy send path pays nothing.
+            record_result(route.key, result)
+            state["failing"] = result.status != SendStatus.SENT
         if limiter is not None and is_slow_down(result.code, result.text):
             for limit in limiter.limits_for(row.email):
                 slow_down(get_redis(), limit.key)
@@ -381,7 +394,9 @@ def campaign_send_batch(
     while render_failures:
         flusher.add(render_failures.popleft())
     flusher.flush()
-    if state["more"]:
+    if state["more"] and (id_from is not None or id_to is not None):
+        # A ranged task hands the rest of its range on; the sweeper's open-ended tasks
+        # just stop (the sweeper sends another while work remains).
         batch_task.delay(campaign_id, id_from, id_to)
     else:
         campaign_finish_if_done(campaign_id=campaign_id)
@@ -449,7 +464,7 @@ def campaign_send_test(
     from delivery.errors import InvalidAddressError
     from delivery.smtp import SendStatus
 
-    campaign = Campaign.objects.select_related("smtp_server").get(pk=campaign_id)
+    campaign = Campaign.objects.get(pk=campaign_id)
     contact = find_contact(str(contact_id)) if contact_id else None
     prepared = campaign_prepare(campaign)
     results: dict[str, SendResult] = {}

@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "contacts",
     "delivery",
     "campaigns",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -198,6 +199,9 @@ EDM_RETRY_LIFETIME_SECONDS = env_int("EDM_RETRY_LIFETIME_SECONDS", 4 * 24 * 3600
 # bounce or fail (0 disables); transient errors (deferrals) never pause a campaign.
 EDM_PAUSE_SAMPLE = env_int("EDM_PAUSE_SAMPLE", 200)
 EDM_PAUSE_ERROR_RATE = env_float("EDM_PAUSE_ERROR_RATE", 0.2)
+# A server with this many connection-level failures in a row rests this long.
+EDM_SERVER_FAILURES = env_int("EDM_SERVER_FAILURES", 20)
+EDM_SERVER_REST_SECONDS = env_int("EDM_SERVER_REST_SECONDS", 300)
 EDM_SMTP_TIMEOUT_SECONDS = env_float("EDM_SMTP_TIMEOUT_SECONDS", 30.0)
 EDM_SMTP_POOL_SIZE = env_int("EDM_SMTP_POOL_SIZE", 4)
 # Messages per second through the EDM_SMTP_URL server, shared by all workers (0: unlimited).
@@ -221,6 +225,25 @@ EDM_WEBHOOK_TOKEN = os.environ.get("EDM_WEBHOOK_TOKEN", "")
 EDM_MAILGUN_SIGNING_KEY = os.environ.get("EDM_MAILGUN_SIGNING_KEY", "")
 # SendGrid signed event webhook: the verification key (base64 DER ECDSA P-256 public key).
 EDM_SENDGRID_VERIFICATION_KEY = os.environ.get("EDM_SENDGRID_VERIFICATION_KEY", "")
+# Transactional API, SMTP relay and SMTP monitor (docs/api.md).
+# Transactional messages have a Celery queue of their own, served by their own workers
+# (`celery -A config worker -Q skylark-priority`), so a running campaign never delays them.
+EDM_PRIORITY_QUEUE = os.environ.get("EDM_PRIORITY_QUEUE") or f"{CELERY_TASK_DEFAULT_QUEUE}-priority"
+CELERY_TASK_ROUTES = {"api.*": {"queue": EDM_PRIORITY_QUEUE}}
+# Requests per minute per API key unless the key sets its own limit (fixed window in Redis).
+EDM_API_RATE_PER_MINUTE = env_int("EDM_API_RATE_PER_MINUTE", 6000)
+EDM_API_MAX_ATTACHMENT_BYTES = env_int("EDM_API_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024)
+# SMTP relay for applications (`manage.py relay_server`): submission with AUTH by API key.
+EDM_RELAY_HOST = os.environ.get("EDM_RELAY_HOST", "127.0.0.1")
+EDM_RELAY_PORT = env_int("EDM_RELAY_PORT", 2587)
+EDM_RELAY_MAX_BYTES = env_int("EDM_RELAY_MAX_BYTES", 25 * 1024 * 1024)
+# SMTP server monitor: check interval, alert recipients and webhook.
+EDM_MONITOR_SECONDS = env_float("EDM_MONITOR_SECONDS", 300.0)
+EDM_ALERT_EMAILS = env_list("EDM_ALERT_EMAILS", "")
+EDM_ALERT_WEBHOOK = os.environ.get("EDM_ALERT_WEBHOOK", "")
+EDM_CERT_WARN_DAYS = env_int("EDM_CERT_WARN_DAYS", 14)
+# DNS servers for the sender domain check (empty: the system resolver); "host" or "host:port".
+EDM_DNS_SERVERS = env_list("EDM_DNS_SERVERS", "")
 
 # --- Admin theme (django-unfold) -----------------------------------------------------------
 from django.urls import reverse_lazy  # noqa: E402

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
+
 from django.conf import settings
 from django.db.models import Count
 
@@ -34,6 +37,47 @@ def smtp_config_for(server: SmtpServer | None) -> SmtpConfig:
         pool_size=server.pool_size,
         **common,
     )
+
+
+@dataclass(frozen=True)
+class Route:
+    """One way out: an SMTP server's pool configuration, rate limits and weight."""
+
+    key: str
+    config: SmtpConfig
+    limiter: RateLimiter | None
+    weight: int = 1
+
+
+def routes_for(servers: list[SmtpServer]) -> list[Route]:
+    """The routes of the named servers; none named: the enabled default servers, or else
+    EDM_SMTP_URL."""
+    servers = [s for s in servers if s.enabled] or list(
+        SmtpServer.objects.filter(enabled=True, is_default=True)
+    )
+    if not servers:
+        return [
+            Route(
+                key="server:default", config=smtp_config_for(None), limiter=rate_limiter_for(None)
+            )
+        ]
+    return [
+        Route(
+            key=f"server:{server.pk}",
+            config=smtp_config_for(server),
+            limiter=rate_limiter_for(server),
+            weight=max(server.weight, 1),
+        )
+        for server in servers
+    ]
+
+
+def choose_route(routes: list[Route]) -> Route:
+    """A route by weight among the servers that are not resting (all resting: any)."""
+    from delivery.health import is_rested
+
+    healthy = [route for route in routes if not is_rested(route.key)] or routes
+    return random.choices(healthy, weights=[route.weight for route in healthy])[0]
 
 
 def dkim_signer_for(domain: str) -> DkimSigner | None:

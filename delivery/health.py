@@ -1,0 +1,61 @@
+"""SMTP server health as the senders see it: a server that keeps failing is rested.
+
+Connection-level failures (connect, TLS, AUTH, timeouts, drops) count against a server; any
+success clears the count. After EDM_SERVER_FAILURES of them in a row the server is rested
+for EDM_SERVER_REST_SECONDS and traffic moves to the other servers. The state lives in
+Redis (shared by every worker, and harmless to lose).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from django.conf import settings
+
+from delivery.redis import get_redis
+from delivery.smtp import SendResult, SendStatus
+
+logger = logging.getLogger(__name__)
+
+# Stages where a failure says something about the server, not about the recipient.
+SERVER_STAGES = frozenset({"connect", "tls", "auth", "ehlo", "timeout", "dropped"})
+
+
+def _failures_key(route_key: str) -> str:
+    return f"skylark:health:{route_key}:failures"
+
+
+def _rested_key(route_key: str) -> str:
+    return f"skylark:health:{route_key}:rested"
+
+
+def record_result(route_key: str, result: SendResult) -> None:
+    """Count a server-level failure, or clear the count on success."""
+    try:
+        client = get_redis()
+        if result.status == SendStatus.SENT:
+            client.delete(_failures_key(route_key))
+        elif result.status == SendStatus.TEMPORARY and result.stage in SERVER_STAGES:
+            failures = client.incr(_failures_key(route_key))
+            client.expire(_failures_key(route_key), settings.EDM_SERVER_REST_SECONDS)
+            if failures >= settings.EDM_SERVER_FAILURES:
+                client.set(_rested_key(route_key), "1", ex=settings.EDM_SERVER_REST_SECONDS)
+                client.delete(_failures_key(route_key))
+                logger.warning(
+                    "resting %s for %ss after %s failures in a row (last: %s %s)",
+                    route_key,
+                    settings.EDM_SERVER_REST_SECONDS,
+                    failures,
+                    result.stage,
+                    result.code,
+                )
+    except redis.RedisError as exc:
+        logger.warning("server health not recorded: %s", exc)
+
+
+def is_rested(route_key: str) -> bool:
+    try:
+        return bool(get_redis().exists(_rested_key(route_key)))
+    except redis.RedisError:
+        return False
