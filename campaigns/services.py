@@ -14,14 +14,15 @@ from django.utils import timezone
 
 from campaigns.errors import CampaignStateError, CampaignValidationError
 from campaigns.models import Campaign, CampaignStatus
+from campaigns.tracking import campaign_links_register
 from contacts.models import ContactList, SubscriptionStatus
 from delivery import selectors as delivery_selectors
 from delivery import services as delivery_services
-from delivery import tokens
+from delivery import tokens, tracking
 from delivery.compose import Composer, MessageSpec, make_message_id
 from delivery.dkim import DkimSigner
 from delivery.errors import DeliveryError, TemplateError
-from delivery.health import record_result
+from delivery.health import quota_take, record_result
 from delivery.models import Delivery, DeliveryStatus
 from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
 from delivery.ratelimit import RateLimiter, is_slow_down, slow_down
@@ -58,15 +59,34 @@ class PreparedCampaign:
     limiter: RateLimiter | None = None
     routes: tuple[Route, ...] = ()
 
-    def envelope(self, row: ClaimedDelivery) -> Envelope:
-        """Render, compose and sign one recipient's message: no database access."""
-        unsubscribe = tokens.unsubscribe_url(row.id)
-        context = contact_context(
+    def recipient_context(self, row: ClaimedDelivery, *, pixel: bool = True) -> dict:
+        """What the templates see for one recipient: their attributes and their own links.
+
+        Tracking URLs are the per-recipient half of the links rewritten once per campaign
+        (delivery.tracking.instrument_html); computing them is a few HMACs, no database.
+        """
+        public = settings.EDM_PUBLIC_URL
+        return contact_context(
             email=row.email,
             name=row.name,
             attributes=row.attributes or {},
-            extra={"unsubscribe_url": unsubscribe, "campaign_name": self.campaign_name},
+            extra={
+                "unsubscribe_url": tokens.unsubscribe_url(row.id),
+                "campaign_name": self.campaign_name,
+                "webview_url": f"{public}/v/{tracking.recipient_token('webview', row.id)}/",
+                tracking.OPEN_PIXEL_VAR: (
+                    f"{public}/o/{tracking.recipient_token('open', row.id)}.gif" if pixel else ""
+                ),
+                tracking.CLICK_BASE_VAR: (
+                    f"{public}/c/{tracking.click_token(row.id, self.campaign_id)}/"
+                ),
+            },
         )
+
+    def envelope(self, row: ClaimedDelivery) -> Envelope:
+        """Render, compose and sign one recipient's message: no database access."""
+        context = self.recipient_context(row)
+        unsubscribe = context["unsubscribe_url"]
         content = render_content(self.compiled, context)
         message_id = make_message_id(domain=self.message_id_domain, delivery_id=row.id)
         data = self.composer.compose(
@@ -105,6 +125,12 @@ def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
     if cached and cached[0] == campaign.updated_at:
         return cached[1]
     subject, html, text = campaign.content()
+    # Links are registered and rewritten once per campaign; only registered links redirect.
+    link_ids = campaign_links_register(campaign_id=campaign.pk, html=html)
+    html = tracking.instrument_html(
+        html,
+        link_tokens={url: tracking.link_token(campaign.pk, pk) for url, pk in link_ids.items()},
+    )
     compiled = compile_templates(TemplateSource(subject=subject, html=html, text=text))
     from_domain = campaign.from_email.rpartition("@")[2].lower()
     list_names = list(campaign.lists.values_list("name", flat=True))
@@ -324,6 +350,10 @@ def campaign_send_batch(
     deadline = time.monotonic() + settings.EDM_TASK_SECONDS
     state = {"handled": 0, "more": False, "failing": False}
 
+    # One route (server) per task: tasks spread over the servers by weight, and a server
+    # that keeps failing is rested while the others carry the traffic.
+    route = delivery_selectors.choose_route(list(prepared.routes)) if prepared.routes else None
+
     def claimed_rows():
         while True:
             if time.monotonic() > deadline:
@@ -334,11 +364,16 @@ def campaign_send_batch(
             )
             if status != CampaignStatus.SENDING:
                 return
+            limit = settings.EDM_BATCH_SIZE
+            if route is not None and route.daily_quota:
+                limit = quota_take(route.key, wanted=limit, daily_quota=route.daily_quota)
+                if not limit:
+                    logger.warning(
+                        "campaign %s waits: %s used its daily quota", campaign_id, route.key
+                    )
+                    return
             claimed = delivery_services.deliveries_claim(
-                campaign_id=campaign_id,
-                limit=settings.EDM_BATCH_SIZE,
-                id_from=id_from,
-                id_to=id_to,
+                campaign_id=campaign_id, limit=limit, id_from=id_from, id_to=id_to
             )
             if not claimed:
                 return
@@ -362,9 +397,6 @@ def campaign_send_batch(
                     )
                 )
 
-    # One route (server) per task: tasks spread over the servers by weight, and a server
-    # that keeps failing is rested while the others carry the traffic.
-    route = delivery_selectors.choose_route(list(prepared.routes)) if prepared.routes else None
     smtp = route.config if route else prepared.smtp
     limiter = route.limiter if route else prepared.limiter
     before_send = limiter.wait if limiter is not None else None
@@ -498,6 +530,7 @@ def delivery_unsubscribe(*, delivery_id: int, source: str) -> bool:
 
     Returns True when something changed.
     """
+    from campaigns.tracking import tracking_record_unsubscribe
     from contacts.models import Subscription
     from delivery.models import Delivery, DeliveryEvent, EventKind
 
@@ -517,6 +550,9 @@ def delivery_unsubscribe(*, delivery_id: int, source: str) -> bool:
         if changed:
             DeliveryEvent.objects.create(
                 delivery=delivery, kind=EventKind.UNSUBSCRIBE, created_at=now, detail=source
+            )
+            tracking_record_unsubscribe(
+                delivery_id=delivery.pk, campaign_id=delivery.campaign_id, at=now
             )
     return bool(changed)
 

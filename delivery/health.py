@@ -59,3 +59,27 @@ def is_rested(route_key: str) -> bool:
         return bool(get_redis().exists(_rested_key(route_key)))
     except redis.RedisError:
         return False
+
+
+def quota_take(route_key: str, *, wanted: int, daily_quota: int) -> int:
+    """Take up to `wanted` sends from a server's daily quota (UTC day); how many were granted.
+
+    Unlimited (0) grants everything. Without Redis, grants everything too: a quota is a
+    courtesy to the provider, never a reason to stop a campaign on an infrastructure error.
+    """
+    if daily_quota <= 0 or wanted <= 0:
+        return wanted
+    import datetime
+
+    key = f"skylark:quota:{route_key}:{datetime.datetime.now(datetime.UTC):%Y%m%d}"
+    try:
+        client = get_redis()
+        used = client.incrby(key, wanted)
+        client.expire(key, 2 * 86400)
+        over = max(used - daily_quota, 0)
+        if over:
+            client.decrby(key, min(over, wanted))
+        return max(wanted - over, 0)
+    except redis.RedisError as exc:
+        logger.warning("daily quota not checked: %s", exc)
+        return wanted

@@ -47,6 +47,7 @@ class Route:
     config: SmtpConfig
     limiter: RateLimiter | None
     weight: int = 1
+    daily_quota: int = 0  # messages per UTC day, 0 = unlimited
 
 
 def routes_for(servers: list[SmtpServer]) -> list[Route]:
@@ -67,6 +68,7 @@ def routes_for(servers: list[SmtpServer]) -> list[Route]:
             config=smtp_config_for(server),
             limiter=rate_limiter_for(server),
             weight=max(server.weight, 1),
+            daily_quota=server.daily_quota,
         )
         for server in servers
     ]

@@ -70,3 +70,43 @@ def test_when_every_server_rests_one_is_still_chosen(settings, redis_client):
     only = server("only")
     record_result(f"server:{only.pk}", failure())
     assert choose_route(routes_for([only])).key == f"server:{only.pk}"
+
+
+def test_daily_quota_grants_only_what_is_left(redis_client):
+    from delivery.health import quota_take
+
+    assert quota_take("server:q", wanted=400, daily_quota=1000) == 400
+    assert quota_take("server:q", wanted=500, daily_quota=1000) == 500
+    assert quota_take("server:q", wanted=500, daily_quota=1000) == 100
+    assert quota_take("server:q", wanted=500, daily_quota=1000) == 0
+    assert quota_take("server:q", wanted=500, daily_quota=0) == 500  # unlimited
+
+
+@pytest.mark.django_db
+def test_a_campaign_stops_at_the_servers_daily_quota(smtp_server, settings, redis_client):
+    from campaigns.models import CampaignStatus
+    from campaigns.services import campaign_dispatch, campaign_send_batch
+    from delivery.models import Delivery
+    from tests.factories import CampaignFactory, audience
+
+    settings.EDM_BATCH_SIZE = 2
+    settings.EDM_SMTP_TLS_CA_FILE = smtp_server.ca_file
+    limited = SmtpServer.objects.create(
+        name="limited", host=smtp_server.host, port=smtp_server.port, security="starttls",
+        username="skylark", daily_quota=3,
+    )  # fmt: skip
+    limited.set_password("secret")
+    limited.save()
+    campaign = CampaignFactory(lists=[audience(6)], status=CampaignStatus.SENDING)
+    campaign.smtp_servers.set([limited])
+    from campaigns import tasks
+
+    tasks.campaign_send_batch.delay = lambda *args: None  # drive batches by hand
+    try:
+        campaign_dispatch(campaign_id=campaign.pk)
+        campaign_send_batch(campaign_id=campaign.pk)
+    finally:
+        del tasks.campaign_send_batch.delay
+    statuses = sorted(Delivery.objects.filter(campaign=campaign).values_list("status", flat=True))
+    assert statuses == ["pending"] * 3 + ["sent"] * 3
+    assert len(smtp_server.messages) == 3
