@@ -16,4 +16,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("u/<str:token>/", unsubscribe_view, name="unsubscribe"),
     path("hooks/", include("delivery.bounce_urls")),
+    path("api/", include("api.urls")),
 ]

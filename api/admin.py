@@ -1,0 +1,99 @@
+"""Admin of the API: keys (secret shown once at creation, revoke action), messages read-only."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from unfold.admin import ModelAdmin, TabularInline
+
+from api import services
+from api.models import ApiKey, MessageEvent, Scope, TransactionalMessage
+
+
+class ApiKeyForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=Scope.choices, widget=forms.CheckboxSelectMultiple, required=True
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ("application", "scopes", "rate_limit_per_minute")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ModelAdmin):
+    form = ApiKeyForm
+    list_display = ("application", "prefix", "scopes", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("application", "prefix")
+    readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke"]
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        key, plaintext = services.api_key_create(
+            application=obj.application,
+            scopes=form.cleaned_data["scopes"],
+            rate_limit_per_minute=obj.rate_limit_per_minute,
+        )
+        obj.pk = key.pk
+        obj.prefix = key.prefix
+        obj.secret_hash = key.secret_hash
+        obj.created_at = key.created_at
+        messages.warning(
+            request,
+            f"API key for {key.application}: {plaintext}  (copy it now: it is not stored and "
+            "will not be shown again)",
+        )
+
+    @admin.action(description="Revoke the selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for key in queryset:
+            services.api_key_revoke(api_key=key)
+        messages.success(request, f"Revoked {queryset.count()} key(s).")
+
+
+class MessageEventInline(TabularInline):
+    model = MessageEvent
+    extra = 0
+    can_delete = False
+    fields = ("kind", "created_at", "smtp_code", "enhanced_status", "detail")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(TransactionalMessage)
+class TransactionalMessageAdmin(ModelAdmin):
+    list_display = (
+        "public_id",
+        "to_email",
+        "subject",
+        "status",
+        "category",
+        "source",
+        "attempts",
+        "created_at",
+        "sent_at",
+    )
+    list_filter = ("status", "category", "source")
+    search_fields = ("to_email", "public_id", "message_id", "idempotency_key")
+    exclude = ("raw",)
+    inlines = [MessageEventInline]
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None):
+        return [f.name for f in self.model._meta.fields if f.name != "raw"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

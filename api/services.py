@@ -1,0 +1,694 @@
+"""Writes of the API app: keys, accepting transactional messages, sending them, the sweeper."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import json
+import logging
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.parser import BytesHeaderParser
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import formatdate, parseaddr
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from api.errors import IdempotencyConflict, MessageRejected, ScopeError
+from api.models import (
+    ApiKey,
+    Category,
+    MessageEvent,
+    MessageEventKind,
+    MessageSource,
+    MessageStatus,
+    Scope,
+    TransactionalMessage,
+)
+from campaigns.models import Template
+from contacts.models import (
+    Contact,
+    ContactStatus,
+    Suppression,
+    SuppressionReason,
+    SuppressionScope,
+)
+from delivery import selectors as delivery_selectors
+from delivery.compose import Attachment, Composer, MessageSpec, make_message_id, needs_smtputf8
+from delivery.errors import DeliveryError, TemplateError
+from delivery.outcomes import Outcome, RetryPolicy, outcome_for_result
+from delivery.redis import get_redis
+from delivery.render import (
+    CompiledTemplates,
+    TemplateSource,
+    compile_templates,
+    contact_context,
+    render_content,
+)
+from delivery.runner import send_envelopes
+from delivery.smtp import Envelope
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "sky_"
+_KEY_FORMAT = re.compile(r"sky_([a-z0-9]{8})_([A-Za-z0-9_-]{20,100})")
+_RATE_PREFIX = "skylark:api-rate:"
+# Statuses that stop a message however it is asked for again.
+FINAL_STATUSES = (
+    MessageStatus.SENT,
+    MessageStatus.BOUNCED,
+    MessageStatus.FAILED,
+    MessageStatus.SUPPRESSED,
+)
+# Suppressions that stop transactional mail too: the address is dead or its owner complained.
+ALWAYS_SUPPRESSED = (SuppressionReason.HARD_BOUNCE, SuppressionReason.COMPLAINT)
+LEASE_SECONDS = 120
+
+
+# -- API keys --------------------------------------------------------------------------------
+
+
+def _hash_secret(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_key_create(
+    *, application: str, scopes: Sequence[str], rate_limit_per_minute: int | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; returns it with the full secret, which is never stored nor shown again."""
+    unknown = sorted(set(scopes) - set(Scope.values))
+    if unknown:
+        raise ScopeError(f"unknown scopes: {', '.join(unknown)} (known: {', '.join(Scope.values)})")
+    while True:
+        prefix = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
+        if not ApiKey.objects.filter(prefix=prefix).exists():
+            break
+    plaintext = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey.objects.create(
+        application=application,
+        prefix=prefix,
+        secret_hash=_hash_secret(plaintext),
+        scopes=sorted(set(scopes)),
+        rate_limit_per_minute=rate_limit_per_minute,
+    )
+    logger.info("API key %s created for %s", prefix, application)
+    return key, plaintext
+
+
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Revoke a key at once; it is kept (its messages refer to it) but never accepted again."""
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+        logger.info("API key %s revoked", api_key.prefix)
+    return api_key
+
+
+def api_key_authenticate(token: str) -> ApiKey | None:
+    """The active key this secret belongs to, or None; constant-time comparison of hashes."""
+    match = _KEY_FORMAT.fullmatch(token.strip())
+    if match is None:
+        return None
+    key = ApiKey.objects.filter(prefix=match.group(1), revoked_at__isnull=True).first()
+    if key is None or not secrets.compare_digest(key.secret_hash, _hash_secret(token.strip())):
+        return None
+    now = timezone.now()
+    # One write a minute at most, not one per request.
+    if key.last_used_at is None or now - key.last_used_at > timedelta(seconds=60):
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key
+
+
+def api_key_throttle(*, api_key: ApiKey, now: float | None = None) -> int:
+    """Count one request in the key's fixed one-minute window.
+
+    Returns 0 when allowed, else the seconds until the window ends. Without Redis, allow:
+    the limit protects capacity, it is not a security boundary.
+    """
+    import time
+
+    import redis
+
+    limit = api_key.rate_limit_per_minute or settings.EDM_API_RATE_PER_MINUTE
+    if limit <= 0:
+        return 0
+    now = time.time() if now is None else now
+    window = int(now // 60)
+    key = f"{_RATE_PREFIX}{api_key.pk}:{window}"
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        count = pipe.execute()[0]
+    except redis.RedisError as exc:
+        logger.warning("API rate limit not applied: redis: %s", exc)
+        return 0
+    if count > limit:
+        return max(1, int((window + 1) * 60 - now))
+    return 0
+
+
+# -- accepting messages ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttachmentIn:
+    filename: str
+    content_type: str
+    content_base64: str
+    content_id: str = ""
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """A transactional send as the API receives it (already schema-validated)."""
+
+    to_email: str
+    to_name: str = ""
+    from_email: str = ""
+    from_name: str = ""
+    reply_to: str = ""
+    template: str = ""  # a campaigns.Template id or name
+    subject: str = ""
+    html: str = ""
+    text: str = ""
+    data: Mapping[str, object] = field(default_factory=dict)
+    attachments: tuple[AttachmentIn, ...] = ()
+    tags: tuple[str, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    category: str = Category.TRANSACTIONAL
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the request, to tell a retry from a different request with the same key."""
+        payload = json.dumps(
+            {
+                **{k: v for k, v in self.__dict__.items() if k != "attachments"},
+                "attachments": [a.__dict__ for a in self.attachments],
+            },
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# Headers an application may not set: the envelope and identity of the message are Skylark's.
+_FORBIDDEN_HEADER = re.compile(
+    r"(from|to|cc|bcc|sender|reply-to|return-path|received|subject|date|message-id|"
+    r"mime-version|content-.*|resent-.*|dkim-signature|arc-.*|authentication-results|"
+    r"list-.*|x-skylark-.*)",
+    re.I,
+)
+_HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")
+_TAG = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _extra_headers(request: SendRequest) -> tuple[tuple[str, str], ...]:
+    headers: list[tuple[str, str]] = []
+    for name, value in request.headers.items():
+        if not _HEADER_NAME.fullmatch(name) or _FORBIDDEN_HEADER.fullmatch(name):
+            raise MessageRejected(f"header not allowed: {name!r}")
+        headers.append((name, str(value)))
+    if request.tags:
+        bad = [t for t in request.tags if not _TAG.fullmatch(t)]
+        if bad:
+            raise MessageRejected(f"invalid tags: {bad!r} (letters, digits, _ . : -)")
+        headers.append(("X-Skylark-Tags", ", ".join(request.tags)))
+    return tuple(headers)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_inline(subject: str, html: str, text: str) -> CompiledTemplates:
+    return compile_templates(TemplateSource(subject=subject, html=html, text=text))
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_template(template_id: int, updated_at: datetime) -> CompiledTemplates:
+    template = Template.objects.get(pk=template_id)
+    return compile_templates(
+        TemplateSource(subject=template.subject, html=template.html, text=template.text)
+    )
+
+
+def _resolve_template(request: SendRequest) -> tuple[Template | None, CompiledTemplates]:
+    if request.template:
+        lookup = Q(name=request.template)
+        if request.template.isdigit():
+            lookup |= Q(pk=int(request.template))
+        template = Template.objects.filter(lookup).only("id", "updated_at").first()
+        if template is None:
+            raise MessageRejected(f"no template {request.template!r}")
+        return template, _compiled_template(template.pk, template.updated_at)
+    if not request.subject or not (request.html or request.text):
+        raise MessageRejected("give a template, or a subject and html and/or text")
+    # A text-only message still gets an HTML part (the composer always sends both).
+    html = request.html or f"<pre>{request.text}</pre>"
+    return None, _compiled_inline(request.subject, html, request.text)
+
+
+def _attachments(request: SendRequest) -> list[Attachment]:
+    attachments, total = [], 0
+    for item in request.attachments:
+        try:
+            data = base64.b64decode(item.content_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise MessageRejected(f"attachment {item.filename!r} is not valid base64") from None
+        total += len(data)
+        attachments.append(
+            Attachment(
+                filename=item.filename,
+                content_type=item.content_type,
+                data=data,
+                content_id=item.content_id,
+            )
+        )
+    if total > settings.EDM_API_MAX_ATTACHMENT_BYTES:
+        raise MessageRejected(
+            f"attachments exceed {settings.EDM_API_MAX_ATTACHMENT_BYTES} bytes in total"
+        )
+    return attachments
+
+
+def _compose(request: SendRequest) -> tuple[Template | None, str, str, bytes]:
+    """(template, subject, Message-ID, MIME bytes); MessageRejected on any content problem."""
+    try:
+        template, compiled = _resolve_template(request)
+    except TemplateError as exc:
+        raise MessageRejected(f"template error: {exc}") from exc
+    from_email = request.from_email or settings.EDM_DEFAULT_FROM_EMAIL
+    try:
+        composer = Composer(
+            MessageSpec(
+                from_email=from_email,
+                from_name=request.from_name,
+                reply_to=request.reply_to,
+                extra_headers=_extra_headers(request),
+            )
+        )
+        context = contact_context(
+            email=request.to_email,
+            name=request.to_name,
+            attributes=dict(request.data),
+        )
+        content = render_content(compiled, context)
+        message_id = make_message_id(domain=composer.domain)
+        raw = composer.compose(
+            to_email=request.to_email,
+            to_name=request.to_name,
+            content=content,
+            message_id=message_id,
+            attachments=_attachments(request),
+        )
+    except (TemplateError, DeliveryError) as exc:
+        raise MessageRejected(str(exc)) from exc
+    return template, content.subject, message_id, raw
+
+
+def message_accept(
+    *, api_key: ApiKey, request: SendRequest, idempotency_key: str = ""
+) -> tuple[TransactionalMessage, bool]:
+    """Compose and store a message, enqueue it on the priority queue after commit.
+
+    Returns (message, created). A repeated Idempotency-Key returns the first message and
+    sends nothing (the unique constraint decides, so concurrent repeats are safe too); the
+    same key with a different request raises IdempotencyConflict.
+    """
+    fingerprint = request.fingerprint() if idempotency_key else ""
+    if idempotency_key:
+        existing = _idempotent_message(api_key, idempotency_key, fingerprint)
+        if existing is not None:
+            return existing, False
+    template, subject, message_id, raw = _compose(request)
+    message = TransactionalMessage(
+        api_key=api_key,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        source=MessageSource.API,
+        category=request.category,
+        template=template,
+        from_email=request.from_email or settings.EDM_DEFAULT_FROM_EMAIL,
+        to_email=request.to_email,
+        subject=subject[:998],
+        tags=list(request.tags),
+        message_id=message_id,
+        raw=raw,
+    )
+    try:
+        with transaction.atomic():
+            message.save()
+            _enqueue(message)
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        existing = _idempotent_message(api_key, idempotency_key, fingerprint)
+        if existing is None:
+            raise
+        return existing, False
+    return message, True
+
+
+def _idempotent_message(
+    api_key: ApiKey, idempotency_key: str, fingerprint: str
+) -> TransactionalMessage | None:
+    existing = TransactionalMessage.objects.filter(
+        api_key=api_key, idempotency_key=idempotency_key
+    ).first()
+    if existing is not None and existing.request_hash and existing.request_hash != fingerprint:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was used with a different request; use a new key"
+        )
+    return existing
+
+
+def _enqueue(message: TransactionalMessage) -> None:
+    from api.tasks import send_message
+
+    # No MessageEvent row for "accepted": created_at says it, and one INSERT less per call.
+    send_message.delay_on_commit(message.pk)
+
+
+_HEADER_PARSER = BytesHeaderParser(policy=SMTP_POLICY)
+
+
+def messages_accept_raw(
+    *, api_key: ApiKey, sender: str, recipients: Sequence[str], data: bytes
+) -> list[TransactionalMessage]:
+    """Accept a message submitted over SMTP: one message per envelope recipient.
+
+    The content is kept as sent (a Message-ID and Date are added when missing, as RFC 6409
+    section 8 lets a submission server do); the envelope recipients are used as given,
+    never derived from To/Cc/Bcc.
+    """
+    headers = _HEADER_PARSER.parsebytes(data)
+    from_email = parseaddr(str(headers.get("From", "")))[1] or sender
+    domain = (from_email.rpartition("@")[2] or "localhost").lower()
+    prefix = b""
+    message_id = str(headers.get("Message-ID", "")).strip()
+    if not message_id:
+        message_id = make_message_id(domain=domain)
+        prefix += f"Message-ID: {message_id}\r\n".encode()
+    if headers.get("Date") is None:
+        prefix += f"Date: {formatdate(usegmt=True)}\r\n".encode()
+    # Bcc must never travel with the message (RFC 5322 3.6.3).
+    raw = prefix + _strip_header(data, b"bcc")
+    subject = str(headers.get("Subject", ""))[:998]
+    messages = [
+        TransactionalMessage(
+            api_key=api_key,
+            source=MessageSource.RELAY,
+            category=Category.TRANSACTIONAL,
+            from_email=from_email,
+            to_email=recipient,
+            subject=subject,
+            message_id=message_id[:255],
+            raw=raw,
+        )
+        for recipient in recipients
+    ]
+    with transaction.atomic():
+        for message in messages:
+            message.save()
+            _enqueue(message)
+    return messages
+
+
+def _strip_header(data: bytes, name: bytes) -> bytes:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, body = data.partition(b"\n\n")
+    lines = head.splitlines(keepends=True)
+    kept, skipping = [], False
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.split(b":", 1)[0].strip().lower() == name
+        if not skipping:
+            kept.append(line)
+    return b"".join(kept) + sep + body
+
+
+# -- sending ----------------------------------------------------------------------------------
+
+
+def _retry_policy() -> RetryPolicy:
+    return RetryPolicy(
+        base_seconds=settings.EDM_RETRY_BASE_SECONDS,
+        factor=settings.EDM_RETRY_FACTOR,
+        max_seconds=settings.EDM_RETRY_MAX_SECONDS,
+        lifetime_seconds=settings.EDM_RETRY_LIFETIME_SECONDS,
+    )
+
+
+def _claim(message_id: int, now: datetime) -> TransactionalMessage | None:
+    """Compare-and-set pending (or due deferred) -> sending with a lease; None if not ours."""
+    due = Q(status=MessageStatus.PENDING) | Q(
+        status=MessageStatus.DEFERRED, next_attempt_at__lte=now
+    )
+    claimed = TransactionalMessage.objects.filter(due, pk=message_id).update(
+        status=MessageStatus.SENDING,
+        lease_expires_at=now + timedelta(seconds=LEASE_SECONDS),
+        updated_at=now,
+    )
+    if not claimed:
+        return None
+    return TransactionalMessage.objects.select_related("api_key").get(pk=message_id)
+
+
+def suppression_reason(*, email: str, category: str) -> str:
+    """Why this address must not get a message of this category now ("" when it may)."""
+    email = email.lower()
+    domain = email.rpartition("@")[2]
+    suppressions = Suppression.objects.filter(
+        Q(scope=SuppressionScope.ADDRESS, value=email)
+        | Q(scope=SuppressionScope.DOMAIN, value=domain)
+    )
+    contact_status = (
+        Contact.objects.filter(email__iexact=email).values_list("status", flat=True).first()
+    )
+    if category == Category.MARKETING:
+        reason = suppressions.values_list("reason", flat=True).first()
+        if reason:
+            return str(reason)
+        if contact_status and contact_status != ContactStatus.ACTIVE:
+            return str(contact_status)
+        return ""
+    reason = suppressions.filter(reason__in=ALWAYS_SUPPRESSED).values_list("reason", flat=True)
+    reason = reason.first()
+    if reason:
+        return str(reason)
+    if contact_status in (ContactStatus.BOUNCED, ContactStatus.COMPLAINED):
+        return str(contact_status)
+    return ""
+
+
+def message_send(*, message_id: int) -> str:
+    """Claim, check suppression, sign and send one message, record the outcome; the status."""
+    now = timezone.now()
+    message = _claim(message_id, now)
+    if message is None:
+        return ""
+    reason = suppression_reason(email=message.to_email, category=message.category)
+    if reason:
+        _record_suppressed(message, reason, now)
+        return MessageStatus.SUPPRESSED
+    data = bytes(message.raw)
+    domain = message.from_email.rpartition("@")[2].lower()
+    signer = delivery_selectors.dkim_signer_for(domain)
+    if signer is not None:
+        data = signer.sign(data)
+    envelope = Envelope(
+        sender=f"bounces@{settings.EDM_BOUNCE_DOMAIN}",
+        recipients=(message.to_email,),
+        data=data,
+        tag=message.pk,
+        smtputf8=needs_smtputf8(message.to_email, message.from_email),
+        dsn_envid=f"tx-{message.public_id}",
+        dsn_notify="FAILURE,DELAY",
+        dsn_ret="HDRS",
+    )
+    smtp = delivery_selectors.smtp_config_for(None)
+    result = next(iter(send_envelopes(smtp, [envelope])))
+    outcome = outcome_for_result(
+        result,
+        delivery_id=message.pk,
+        attempts=message.attempts + 1,
+        first_attempt_at=message.first_attempt_at,
+        now=timezone.now(),
+        policy=_retry_policy(),
+        message_id=message.message_id,
+    )
+    _record(message, outcome)
+    return outcome.status
+
+
+def _record_suppressed(message: TransactionalMessage, reason: str, now: datetime) -> None:
+    with transaction.atomic():
+        TransactionalMessage.objects.filter(pk=message.pk).update(
+            status=MessageStatus.SUPPRESSED, reason=reason, lease_expires_at=None, updated_at=now
+        )
+        MessageEvent.objects.create(
+            message=message, kind=MessageEventKind.SUPPRESSED, created_at=now, detail=reason
+        )
+
+
+def _record(message: TransactionalMessage, outcome: Outcome) -> None:
+    now = outcome.attempted_at
+    fields = {
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "attempts": message.attempts + 1,
+        "smtp_code": outcome.smtp_code,
+        "enhanced_status": outcome.enhanced_status,
+        "smtp_reply": outcome.reply,
+        "next_attempt_at": outcome.next_attempt_at,
+        "lease_expires_at": None,
+        "first_attempt_at": message.first_attempt_at or now,
+        "updated_at": now,
+    }
+    if outcome.status == MessageStatus.SENT:
+        fields["sent_at"] = now
+    with transaction.atomic():
+        TransactionalMessage.objects.filter(pk=message.pk, status=MessageStatus.SENDING).update(
+            **fields
+        )
+        MessageEvent.objects.create(
+            message=message,
+            kind=outcome.status,
+            created_at=now,
+            smtp_code=outcome.smtp_code,
+            enhanced_status=outcome.enhanced_status,
+            detail=outcome.reply,
+        )
+        if outcome.suppress:
+            Suppression.objects.get_or_create(
+                value=message.to_email.lower(),
+                scope=SuppressionScope.ADDRESS,
+                defaults={"reason": SuppressionReason.HARD_BOUNCE, "source": "smtp (api)"},
+            )
+            Contact.objects.filter(
+                email__iexact=message.to_email, status=ContactStatus.ACTIVE
+            ).update(status=ContactStatus.BOUNCED)
+
+
+def messages_sweep(*, now: datetime | None = None, stale_seconds: int = 60) -> dict[str, int]:
+    """Take back expired leases, re-enqueue due deferrals and pending rows the broker lost."""
+    from api.tasks import send_message
+
+    now = now or timezone.now()
+    reclaimed = list(
+        TransactionalMessage.objects.filter(
+            status=MessageStatus.SENDING, lease_expires_at__lt=now
+        ).values_list("pk", flat=True)[:1000]
+    )
+    if reclaimed:
+        with transaction.atomic():
+            TransactionalMessage.objects.filter(
+                pk__in=reclaimed, status=MessageStatus.SENDING
+            ).update(status=MessageStatus.DEFERRED, next_attempt_at=now, lease_expires_at=None)
+            MessageEvent.objects.bulk_create(
+                MessageEvent(message_id=pk, kind=MessageEventKind.RECLAIMED, created_at=now)
+                for pk in reclaimed
+            )
+    due = list(
+        TransactionalMessage.objects.filter(
+            Q(status=MessageStatus.DEFERRED, next_attempt_at__lte=now)
+            | Q(
+                status=MessageStatus.PENDING,
+                created_at__lt=now - timedelta(seconds=stale_seconds),
+            )
+        ).values_list("pk", flat=True)[:5000]
+    )
+    for pk in due:
+        send_message.delay(pk)
+    return {"reclaimed": len(reclaimed), "enqueued": len(due)}
+
+
+# -- contacts ----------------------------------------------------------------------------------
+# The contacts app has no single-contact write service yet (imports are set-based), so the
+# API's are here; they only write through the contacts models' own constraints.
+
+
+def contact_upsert(
+    *,
+    email: str,
+    name: str | None = None,
+    attributes: Mapping[str, object] | None = None,
+    lists: Sequence[str] = (),
+    source: str = "api",
+) -> tuple[Contact, bool]:
+    """Create or update a contact by address and subscribe it to ``lists`` (created if new).
+
+    Attributes are merged; a contact that unsubscribed, bounced or complained stays so: a
+    subscription through the API never resurrects it.
+    """
+    from contacts.models import ContactList, Subscription, SubscriptionStatus
+    from contacts.normalize import InvalidEmail, normalize_email
+
+    try:
+        normalized = normalize_email(email)
+    except InvalidEmail as exc:
+        raise MessageRejected(f"invalid email: {exc.detail}") from None
+    with transaction.atomic():
+        contact = Contact.objects.select_for_update().filter(email__iexact=normalized).first()
+        created = contact is None
+        if contact is None:
+            contact = Contact.objects.create(
+                email=normalized, name=name or "", attributes=dict(attributes or {})
+            )
+        else:
+            changed = []
+            if name is not None and name != contact.name:
+                contact.name = name
+                changed.append("name")
+            if attributes:
+                contact.attributes = {**contact.attributes, **attributes}
+                changed.append("attributes")
+            if changed:
+                contact.save(update_fields=[*changed, "updated_at"])
+        for list_name in lists:
+            contact_list, _ = ContactList.objects.get_or_create(name=list_name)
+            subscription, new = Subscription.objects.get_or_create(
+                contact=contact,
+                contact_list=contact_list,
+                defaults={"status": SubscriptionStatus.SUBSCRIBED, "source": source[:100]},
+            )
+            if not new and subscription.status == SubscriptionStatus.UNCONFIRMED:
+                subscription.status = SubscriptionStatus.SUBSCRIBED
+                subscription.save(update_fields=["status", "updated_at"])
+    return contact, created
+
+
+def contact_unsubscribe(*, email: str, lists: Sequence[str] = (), source: str = "api") -> int:
+    """Unsubscribe from ``lists``, or from everything (contact status + suppression) when
+    none is named; returns how many subscriptions changed. Idempotent."""
+    from contacts.models import Subscription, SubscriptionStatus
+
+    contact = Contact.objects.filter(email__iexact=email.strip()).first()
+    if contact is None:
+        raise MessageRejected("no such contact")
+    with transaction.atomic():
+        subscriptions = Subscription.objects.filter(contact=contact).exclude(
+            status=SubscriptionStatus.UNSUBSCRIBED
+        )
+        if lists:
+            subscriptions = subscriptions.filter(contact_list__name__in=list(lists))
+        changed = subscriptions.update(status=SubscriptionStatus.UNSUBSCRIBED)
+        if not lists:
+            Contact.objects.filter(pk=contact.pk, status=ContactStatus.ACTIVE).update(
+                status=ContactStatus.UNSUBSCRIBED
+            )
+            Suppression.objects.get_or_create(
+                value=contact.email.lower(),
+                scope=SuppressionScope.ADDRESS,
+                defaults={"reason": SuppressionReason.UNSUBSCRIBE, "source": source[:200]},
+            )
+    return changed
