@@ -69,6 +69,12 @@ class ProcessGroup:
         ]
         argv += ["--without-mingle", "-n", f"skylark-{os.getpid()}@%h"]
         self.start("worker", argv)
+        # Transactional messages (API, relay) have their own queue and their own worker, so a
+        # running campaign never delays them.
+        priority = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO"]
+        priority += ["--concurrency=2", "-Q", settings.EDM_PRIORITY_QUEUE, "--without-gossip"]
+        priority += ["--without-mingle", "-n", f"skylark-priority-{os.getpid()}@%h"]
+        self.start("priority-worker", priority)
         if beat:
             schedule = settings.VAR_DIR / "celerybeat-schedule"
             self.start(

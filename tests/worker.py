@@ -36,11 +36,14 @@ class WorkerProcess:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self, *, concurrency: int = 2) -> WorkerProcess:
-        queue = self.env["EDM_CELERY_QUEUE"]
-        argv = [sys.executable, "-m", "celery", "-A", "config", "worker", "-B"]
+    def start(self, *, concurrency: int = 2, queues: str = "", beat: bool = True) -> WorkerProcess:
+        """``queues``: comma-separated queues to serve (default: the session's queue)."""
+        queue = queues or self.env["EDM_CELERY_QUEUE"]
+        argv = [sys.executable, "-m", "celery", "-A", "config", "worker"]
+        argv += ["-B"] if beat else []
         argv += [f"--concurrency={concurrency}", "-Q", queue, "--loglevel=INFO"]
-        argv += ["--without-gossip", "--without-mingle", "-n", f"{queue}@%h"]
+        name = f"{queue.replace(',', '+')}-{id(self):x}@%h"
+        argv += ["--without-gossip", "--without-mingle", "-n", name]
         argv += [f"--schedule={self.log_path.parent / 'beat-schedule'}"]
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -93,9 +96,11 @@ def worker_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
 def celery_worker_factory(worker_env: dict[str, str], tmp_path: Path) -> Iterator:
     workers: list[WorkerProcess] = []
 
-    def start(**env: str) -> WorkerProcess:
+    def start(
+        *, queues: str = "", concurrency: int = 2, beat: bool = True, **env: str
+    ) -> WorkerProcess:
         worker = WorkerProcess({**worker_env, **env}, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(worker.start())
+        workers.append(worker.start(queues=queues, concurrency=concurrency, beat=beat))
         return worker
 
     yield start
