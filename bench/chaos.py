@@ -65,6 +65,7 @@ class Run:
     mode: str
     recipients: int = 0
     disruptions: int = 0
+    crashes: list[str] = field(default_factory=list)  # unexpected exits, restarted by the bench
     elapsed: float = 0.0
     finished: bool = False
     in_flight: list[int] = field(default_factory=list)  # kill mode: per kill
@@ -160,6 +161,18 @@ def run_mode(
             if campaign_status(campaign.pk) == "sent":
                 run.finished = True
                 break
+            # A supervisor's job (systemd Restart=always): restart what exited on its own.
+            if worker.poll() is not None:
+                run.crashes.append(
+                    f"worker exit {worker.returncode} at {time.monotonic() - started:.0f} s"
+                )
+                kill_group(worker, signal.SIGKILL)
+                worker = start_worker(env, args.processes, log)
+            if beat.poll() is not None:
+                run.crashes.append(
+                    f"beat exit {beat.returncode} at {time.monotonic() - started:.0f} s"
+                )
+                beat = start_beat(env, var_dir, var_dir / f"beat-{mode}.log")
             if time.monotonic() - last < args.interval:
                 continue
             if mode == "kill":
@@ -230,6 +243,7 @@ def report(run: Run, flush_seconds: float) -> None:
     print(f"  recipients            {run.recipients}")
     print(f"  finished              {'yes (campaign sent)' if run.finished else 'NO (timeout)'}")
     print(f"  disruptions           {run.disruptions}")
+    print(f"  unexpected exits      {len(run.crashes)}  {run.crashes[:10]}")
     print(f"  time to finish        {run.elapsed:.1f} s ({rate:.0f} messages/s)")
     print(f"  statuses              {dict(run.statuses)}")
     print(f"  attempts              {dict(sorted(run.attempts.items()))}")
