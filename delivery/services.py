@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -202,25 +203,36 @@ def deliveries_record(outcomes: Iterable[Outcome]) -> int:
     outcomes = list(outcomes)
     if not outcomes:
         return 0
-    events = [
-        DeliveryEvent(
-            delivery_id=o.delivery_id,
-            kind=_EVENT_FOR_STATUS.get(o.status, EventKind.ATTEMPT),
-            created_at=o.attempted_at,
-            smtp_code=o.smtp_code,
-            enhanced_status=o.enhanced_status,
-            detail=o.reply,
-            data={"reason": o.reason} if o.reason else {},
-        )
-        for o in outcomes
-    ]
     suppress = [o.delivery_id for o in outcomes if o.suppress]
     with transaction.atomic():
         _update_from_values(outcomes)
-        DeliveryEvent.objects.bulk_create(events, batch_size=1000)
+        _insert_events(outcomes)
         if suppress:
             _suppress_deliveries(suppress)
     return len(outcomes)
+
+
+def _insert_events(outcomes: list[Outcome]) -> None:
+    """One multi-row INSERT of the outcomes' events (bulk_create builds a model per row)."""
+    table = DeliveryEvent._meta.db_table
+    adapt = connection.ops.adapt_datetimefield_value
+    columns = "delivery_id, kind, created_at, smtp_code, enhanced_status, detail, data"
+    for start in range(0, len(outcomes), 500):
+        part = outcomes[start : start + 500]
+        rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(part))
+        params: list = []
+        for o in part:
+            params += [
+                o.delivery_id,
+                _EVENT_FOR_STATUS.get(o.status, EventKind.ATTEMPT),
+                adapt(o.attempted_at),
+                o.smtp_code,
+                o.enhanced_status,
+                o.reply,
+                json.dumps({"reason": o.reason} if o.reason else {}),
+            ]
+        with connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {rows}", params)  # noqa: S608
 
 
 # Columns set from each outcome, with their PostgreSQL types (VALUES rows arrive untyped).
@@ -251,9 +263,7 @@ def _update_from_values(outcomes: list[Outcome], *, chunk: int = 500) -> None:
 
     value = {name: column(i + 2, pg_type) for i, (name, pg_type) in enumerate(_OUTCOME_COLUMNS)}
     assignments = ", ".join(
-        f"{name} = {value[name]}"
-        for name, _ in _OUTCOME_COLUMNS
-        if name != "attempted_at"
+        f"{name} = {value[name]}" for name, _ in _OUTCOME_COLUMNS if name != "attempted_at"
     )
     id_column = column(1, "bigint")
     width = len(_OUTCOME_COLUMNS) + 1
