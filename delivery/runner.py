@@ -44,6 +44,35 @@ class _LoopThread:
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
+    def submit_many(
+        self, coroutines: list[Coroutine[Any, Any, T]]
+    ) -> list[concurrent.futures.Future[T]]:
+        """Start several coroutines with one wake-up of the loop (each wake-up is a write to
+        the loop's self-pipe and a GIL hand-over: per message, they cost more than the send).
+        """
+        futures: list[concurrent.futures.Future[T]] = [
+            concurrent.futures.Future() for _ in coroutines
+        ]
+
+        def chain(task: asyncio.Task, future: concurrent.futures.Future) -> None:
+            if task.cancelled():
+                future.cancel()
+            elif task.exception() is not None:
+                future.set_exception(task.exception())
+            else:
+                future.set_result(task.result())
+
+        def start() -> None:
+            for coroutine, future in zip(coroutines, futures, strict=True):
+                if future.set_running_or_notify_cancel():
+                    task = self.loop.create_task(coroutine)
+                    task.add_done_callback(lambda t, f=future: chain(t, f))
+                else:
+                    coroutine.close()
+
+        self.loop.call_soon_threadsafe(start)
+        return futures
+
     def pool(self, config: SmtpConfig) -> SmtpPool:
         """The pool for ``config``; only called on the loop thread, so no lock is needed."""
         pool = self.pools.get(config)
@@ -127,13 +156,16 @@ def send_envelopes(
     exhausted = False
     try:
         while True:
-            while not exhausted and len(pending) < limit:
+            batch = []
+            while not exhausted and len(pending) + len(batch) < limit:
                 try:
                     envelope = next(source)
                 except StopIteration:
                     exhausted = True
                     break
-                pending.add(runner.submit(_send_one(runner, config, envelope, before_send)))
+                batch.append(_send_one(runner, config, envelope, before_send))
+            if batch:
+                pending.update(runner.submit_many(batch))
             if not pending:
                 return
             done, pending = concurrent.futures.wait(
