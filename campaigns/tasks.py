@@ -20,3 +20,6 @@ def campaign_send_batch(campaign_id: int, id_from: int | None, id_to: int | None
 @shared_task(name="campaigns.sweep")
 def campaigns_sweep() -> None:
     services.campaigns_sweep()
+
+
+import campaigns.tracking_tasks  # noqa: E402,F401  (registers the tracking tasks)

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from campaigns.views import unsubscribe_view
+from campaigns.views import click_view, open_pixel_view, unsubscribe_view, webview_view
 from delivery.admin import mailbox_message_view, mailbox_view
 
 urlpatterns = [
@@ -15,6 +15,9 @@ urlpatterns = [
     ),
     path("admin/", admin.site.urls),
     path("u/<str:token>/", unsubscribe_view, name="unsubscribe"),
+    path("o/<str:token>.gif", open_pixel_view, name="track_open"),
+    path("c/<str:token>/<str:link>/", click_view, name="track_click"),
+    path("v/<str:token>/", webview_view, name="webview"),
     path("hooks/", include("delivery.bounce_urls")),
     path("api/", include("api.urls")),
 ]
