@@ -23,3 +23,7 @@ current_app.add_periodic_task(
     signature("api.sweep", options={"expires": settings.EDM_SWEEP_SECONDS}),
     name="transactional message sweeper",
 )
+
+# The SMTP monitor's tasks live in the delivery app but are not part of its send path
+# (delivery/tasks.py); Celery's autodiscovery finds them through this import.
+import delivery.monitor_tasks  # noqa: E402,F401

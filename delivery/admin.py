@@ -211,3 +211,4 @@ def mailbox_message_view(request: HttpRequest, name: str) -> HttpResponse:
 
 
 import delivery.bounce_admin  # noqa: E402,F401
+import delivery.monitor_admin  # noqa: E402,F401

@@ -212,3 +212,4 @@ class DomainRateLimit(models.Model):
 
 
 from delivery.bounce_models import *  # noqa: E402,F401,F403
+from delivery.monitor_models import *  # noqa: E402,F401,F403

@@ -1,0 +1,395 @@
+"""One SMTP server health check: latency, EHLO extensions, TLS and certificate, AUTH.
+
+Pure module: asyncio streams, ssl and cryptography, no Django. ``check_smtp`` never raises
+for a network or protocol problem: the result says what was found (``up`` False, ``error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import ipaddress
+import ssl
+import time
+from dataclasses import asdict, dataclass, field
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+__all__ = ["CheckResult", "CheckTarget", "Finding", "check_smtp", "findings_for"]
+
+
+@dataclass(frozen=True)
+class CheckTarget:
+    host: str
+    port: int = 587
+    security: str = "starttls"  # none | starttls | tls
+    username: str = ""
+    password: str = ""
+    timeout: float = 10.0
+    ca_file: str = ""
+    local_hostname: str = "skylark-monitor.localhost"
+
+
+@dataclass
+class CheckResult:
+    host: str
+    port: int
+    security: str
+    up: bool = False
+    error: str = ""
+    stage: str = "connect"
+    connect_ms: float | None = None
+    greeting_ms: float | None = None
+    ehlo_ms: float | None = None
+    total_ms: float | None = None
+    banner: str = ""
+    extensions: dict[str, str] = field(default_factory=dict)  # before TLS
+    tls_extensions: dict[str, str] = field(default_factory=dict)  # after STARTTLS
+    size_limit: int | None = None
+    pipelining: bool = False
+    eightbitmime: bool = False
+    smtputf8: bool = False
+    dsn: bool = False
+    starttls_offered: bool = False
+    auth_mechanisms: list[str] = field(default_factory=list)
+    plaintext_auth_offered: bool = False  # AUTH advertised on an unencrypted session
+    tls: bool = False
+    tls_version: str = ""
+    tls_cipher: str = ""
+    cert_subject: str = ""
+    cert_issuer: str = ""
+    cert_names: list[str] = field(default_factory=list)
+    cert_not_after: str = ""
+    cert_days_left: float | None = None
+    cert_hostname_match: bool | None = None
+    cert_verified: bool | None = None  # chain verified against the CA store
+    cert_error: str = ""
+    auth_ok: bool | None = None  # None: not attempted
+    auth_error: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # "down" | "warning" | "info"
+    code: str
+    message: str
+
+
+class _SmtpError(Exception):
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+class _Session:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float):
+        self.reader, self.writer, self.timeout = reader, writer, timeout
+
+    async def reply(self, stage: str) -> tuple[int, list[str]]:
+        lines: list[str] = []
+        while True:
+            raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
+            if not raw:
+                raise _SmtpError(stage, "connection closed by the server")
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if len(line) < 3 or not line[:3].isdigit():
+                raise _SmtpError(stage, f"malformed reply {line[:80]!r}")
+            lines.append(line[4:])
+            if line[3:4] != "-":
+                return int(line[:3]), lines
+
+    async def command(self, stage: str, line: str) -> tuple[int, list[str]]:
+        self.writer.write(line.encode() + b"\r\n")
+        await self.writer.drain()
+        return await self.reply(stage)
+
+
+def _extensions(lines: list[str]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for line in lines[1:]:  # the first line is the greeting of EHLO
+        keyword, _, params = line.strip().partition(" ")
+        if keyword:
+            result[keyword.upper()] = params.strip()
+    return result
+
+
+def _name_text(name: x509.Name) -> str:
+    common = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(common[0].value) if common else name.rfc4514_string()
+
+
+def _hostname_matches(host: str, names: list[str]) -> bool:
+    """RFC 6125: a SAN dNSName (one leftmost wildcard label) or an iPAddress equal to host."""
+    host = host.lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    for name in names:
+        name = name.lower().rstrip(".")
+        if ip is not None:
+            if name == str(ip):
+                return True
+            continue
+        if name == host:
+            return True
+        if name.startswith("*.") and "." in host:
+            if host.split(".", 1)[1] == name[2:]:
+                return True
+    return False
+
+
+def _describe_certificate(result: CheckResult, der: bytes, now: dt.datetime) -> None:
+    cert = x509.load_der_x509_certificate(der)
+    result.cert_subject = _name_text(cert.subject)
+    result.cert_issuer = _name_text(cert.issuer)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(n) for n in san.get_values_for_type(x509.DNSName)]
+        names += [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    except x509.ExtensionNotFound:
+        names = []
+    result.cert_names = names
+    not_after = cert.not_valid_after_utc
+    result.cert_not_after = not_after.isoformat()
+    result.cert_days_left = round((not_after - now).total_seconds() / 86400, 2)
+    result.cert_hostname_match = _hostname_matches(result.host, names)
+
+
+def _client_context(target: CheckTarget, *, verify: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=target.ca_file or None)
+    # The host name is compared separately (cert_hostname_match), so that a name mismatch
+    # and an untrusted chain are reported as two findings, not one handshake error.
+    context.check_hostname = False
+    if not verify:
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _start_tls(session: _Session, target: CheckTarget, result: CheckResult) -> None:
+    """Upgrade the stream; verify first, and on a verification failure say why and go on."""
+    now = dt.datetime.now(dt.UTC)
+    try:
+        await asyncio.wait_for(
+            session.writer.start_tls(
+                _client_context(target, verify=True), server_hostname=target.host
+            ),
+            target.timeout,
+        )
+        result.cert_verified = True
+    except ssl.SSLCertVerificationError as exc:
+        result.cert_verified = False
+        result.cert_error = exc.verify_message or str(exc)
+        raise _RetryUnverified from None
+    ssl_object = session.writer.get_extra_info("ssl_object")
+    _record_tls(result, ssl_object, now)
+
+
+class _RetryUnverified(Exception):
+    pass
+
+
+def _record_tls(result: CheckResult, ssl_object: ssl.SSLObject | None, now: dt.datetime) -> None:
+    if ssl_object is None:
+        return
+    result.tls = True
+    result.tls_version = ssl_object.version() or ""
+    cipher = ssl_object.cipher()
+    result.tls_cipher = cipher[0] if cipher else ""
+    der = ssl_object.getpeercert(binary_form=True)
+    if der:
+        _describe_certificate(result, der, now)
+
+
+async def check_smtp(target: CheckTarget) -> CheckResult:
+    """Connect, read the greeting, EHLO, STARTTLS, EHLO again, try AUTH, QUIT."""
+    result = CheckResult(host=target.host, port=target.port, security=target.security)
+    try:
+        await _check(target, result, verify=True)
+    except _RetryUnverified:
+        # The chain did not verify: look again without verifying, to describe the certificate.
+        verified, error = result.cert_verified, result.cert_error
+        result = CheckResult(host=target.host, port=target.port, security=target.security)
+        try:
+            await _check(target, result, verify=False)
+        except _RetryUnverified:  # pragma: no cover - cannot happen without verification
+            pass
+        result.cert_verified, result.cert_error = verified, error
+    return result
+
+
+async def _check(target: CheckTarget, result: CheckResult, *, verify: bool) -> None:
+    started = time.perf_counter()
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(target.host, target.port), target.timeout
+        )
+        result.connect_ms = round((time.perf_counter() - started) * 1000, 2)
+        session = _Session(reader, writer, target.timeout)
+        if target.security == "tls":
+            result.stage = "tls"
+            await _upgrade(session, target, result, verify=verify)
+        result.stage = "greeting"
+        greeting_started = time.perf_counter()
+        code, lines = await session.reply("greeting")
+        result.greeting_ms = round((time.perf_counter() - greeting_started) * 1000, 2)
+        result.banner = " ".join(lines)[:300]
+        if code != 220:
+            raise _SmtpError("greeting", f"{code} {result.banner}")
+        result.stage = "ehlo"
+        ehlo_started = time.perf_counter()
+        code, lines = await session.command("ehlo", f"EHLO {target.local_hostname}")
+        result.ehlo_ms = round((time.perf_counter() - ehlo_started) * 1000, 2)
+        if code != 250:
+            raise _SmtpError("ehlo", f"{code} {' '.join(lines)}")
+        extensions = _extensions(lines)
+        result.extensions = extensions
+        result.starttls_offered = "STARTTLS" in extensions
+        if not result.tls and "AUTH" in extensions:
+            result.plaintext_auth_offered = True
+        if not result.tls and result.starttls_offered:
+            result.stage = "starttls"
+            code, lines = await session.command("starttls", "STARTTLS")
+            if code != 220:
+                raise _SmtpError("starttls", f"{code} {' '.join(lines)}")
+            await _upgrade(session, target, result, verify=verify)
+            result.stage = "ehlo"
+            code, lines = await session.command("ehlo", f"EHLO {target.local_hostname}")
+            if code != 250:
+                raise _SmtpError("ehlo", f"{code} after STARTTLS")
+            result.tls_extensions = _extensions(lines)
+            extensions = result.tls_extensions
+        _read_extensions(result, extensions)
+        if target.username:
+            result.stage = "auth"
+            await _try_auth(session, target, result)
+        result.up = True
+        result.stage = "quit"
+        try:
+            await session.command("quit", "QUIT")
+        except (TimeoutError, _SmtpError, OSError):
+            pass
+    except _RetryUnverified:
+        raise
+    except _SmtpError as exc:
+        result.error = f"{exc.stage}: {exc}"
+    except TimeoutError:
+        result.error = f"{result.stage}: timed out after {target.timeout}s"
+    except ssl.SSLError as exc:
+        result.error = f"{result.stage}: TLS error: {exc.reason or exc}"
+    except OSError as exc:
+        result.error = f"{result.stage}: {exc.strerror or exc}"
+    finally:
+        result.total_ms = round((time.perf_counter() - started) * 1000, 2)
+        if writer is not None:
+            writer.close()
+
+
+async def _upgrade(session: _Session, target: CheckTarget, result: CheckResult, *, verify: bool):
+    if verify:
+        await _start_tls(session, target, result)
+        return
+    now = dt.datetime.now(dt.UTC)
+    await asyncio.wait_for(
+        session.writer.start_tls(
+            _client_context(target, verify=False), server_hostname=target.host
+        ),
+        target.timeout,
+    )
+    _record_tls(result, session.writer.get_extra_info("ssl_object"), now)
+
+
+def _read_extensions(result: CheckResult, extensions: dict[str, str]) -> None:
+    size = extensions.get("SIZE", None)
+    if size is not None:
+        result.size_limit = int(size) if size.isdigit() else 0
+    result.pipelining = "PIPELINING" in extensions
+    result.eightbitmime = "8BITMIME" in extensions
+    result.smtputf8 = "SMTPUTF8" in extensions
+    result.dsn = "DSN" in extensions
+    result.auth_mechanisms = sorted(extensions.get("AUTH", "").upper().split())
+
+
+async def _try_auth(session: _Session, target: CheckTarget, result: CheckResult) -> None:
+    if not result.tls:
+        # Never send a password in the clear just to test it.
+        result.auth_error = "not attempted: no TLS"
+        return
+    mechanisms = result.auth_mechanisms
+    user, password = target.username, target.password
+    if "PLAIN" in mechanisms:
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        code, lines = await session.command("auth", f"AUTH PLAIN {token}")
+    elif "LOGIN" in mechanisms:
+        code, lines = await session.command("auth", "AUTH LOGIN")
+        if code == 334:
+            code, lines = await session.command("auth", base64.b64encode(user.encode()).decode())
+        if code == 334:
+            code, lines = await session.command(
+                "auth", base64.b64encode(password.encode()).decode()
+            )
+    else:
+        result.auth_ok = False
+        result.auth_error = "no PLAIN or LOGIN mechanism offered"
+        return
+    result.auth_ok = code == 235
+    if not result.auth_ok:
+        result.auth_error = f"{code} {' '.join(lines)}"[:300]
+
+
+def findings_for(
+    result: CheckResult,
+    *,
+    warn_days: int = 14,
+    credentials: bool = False,
+    median_ms: float | None = None,
+    had_tls: bool = False,
+) -> list[Finding]:
+    """What an operator should hear about this check (pure; the alerts are built on it)."""
+    if not result.up:
+        return [Finding("down", "down", f"{result.host}:{result.port} is down: {result.error}")]
+    found: list[Finding] = []
+    if not result.tls:
+        # A warning where TLS is expected (credentials, configured security, or it was there).
+        expected = credentials or result.security != "none" or had_tls
+        message = "TLS disappeared" if had_tls else "no TLS: STARTTLS is not offered"
+        found.append(Finding("warning" if expected else "info", "no_tls", message))
+    if result.cert_days_left is not None:
+        if result.cert_days_left <= 0:
+            found.append(Finding("warning", "cert_expired", "the certificate has expired"))
+        elif result.cert_days_left < warn_days:
+            days = int(result.cert_days_left)
+            found.append(
+                Finding("warning", "cert_expiring", f"the certificate expires in {days} days")
+            )
+    if result.cert_hostname_match is False:
+        names = ", ".join(result.cert_names) or "none"
+        found.append(
+            Finding(
+                "warning", "cert_hostname", f"the certificate is not for {result.host} ({names})"
+            )
+        )
+    if result.cert_verified is False:
+        found.append(Finding("warning", "cert_untrusted", f"untrusted chain: {result.cert_error}"))
+    if result.plaintext_auth_offered:
+        found.append(
+            Finding("warning", "plaintext_auth", "AUTH is offered before STARTTLS (in the clear)")
+        )
+    if result.auth_ok is False:
+        found.append(Finding("warning", "auth_failed", f"AUTH failed: {result.auth_error}"))
+    latency = result.greeting_ms
+    if median_ms and latency is not None and latency > 2 * median_ms and latency > 50:
+        found.append(
+            Finding(
+                "warning",
+                "latency",
+                f"greeting latency {latency:.0f} ms is over twice the 24 h median ({median_ms:.0f} ms)",
+            )
+        )
+    return found
