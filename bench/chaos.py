@@ -12,6 +12,8 @@ contacts with short leases (EDM_LEASE_SECONDS=10, EDM_SWEEP_SECONDS=2) and a sep
          process and pool children), restarted at once;
 - term:  every --interval seconds of worker life, SIGTERM to the worker's main process (Celery
          warm shutdown: running tasks finish), restarted once it has exited;
+- termgroup (not in "all"): SIGTERM to every process of the worker at once, as systemd's
+         default KillMode=control-group does; pool children do not do a warm shutdown;
 - redis: every --interval seconds, the Redis server is killed and started again, empty.
 
 At the end (campaign `sent`, or --timeout) it prints per mode: recipients, lost (deliveries
@@ -182,8 +184,11 @@ def run_mode(
                 run.in_flight.append(gap - previous_gap)
                 previous_gap = gap
                 worker = start_worker(env, args.processes, log)
-            elif mode == "term":
-                worker.send_signal(signal.SIGTERM)  # the main process: warm shutdown
+            elif mode in ("term", "termgroup"):
+                if mode == "term":
+                    worker.send_signal(signal.SIGTERM)  # the main process: warm shutdown
+                else:  # every process, as systemd's default KillMode=control-group does
+                    os.killpg(worker.pid, signal.SIGTERM)
                 try:
                     worker.wait(args.timeout)
                 finally:
@@ -271,7 +276,9 @@ def report(run: Run, flush_seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipients", type=int, default=50000)
-    parser.add_argument("--mode", choices=["kill", "term", "redis", "all"], default="all")
+    parser.add_argument(
+        "--mode", choices=["kill", "term", "termgroup", "redis", "all"], default="all"
+    )
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--processes", type=int, default=2, help="worker pool processes")
