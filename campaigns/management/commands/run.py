@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 
 from django.conf import settings
@@ -18,6 +19,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-sink", action="store_true")
 
     def handle(self, *args, **options) -> None:
+        # Ctrl-C and SIGTERM both stop everything (SIGINT may arrive ignored from a shell).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         ensure_admin(self.stdout)
         with ProcessGroup(log_dir=None) as group:
             group.start_redis()
