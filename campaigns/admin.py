@@ -188,6 +188,7 @@ class CampaignAdmin(ModelAdmin):
         "preflight",
         "open_preview",
         "open_send_test",
+        "open_report",
     )
     change_form_before_template = "admin/campaigns/preflight_box.html"
 
@@ -305,8 +306,35 @@ class CampaignAdmin(ModelAdmin):
     def open_send_test(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return redirect(reverse("admin:campaigns_campaign_send_test", args=[object_id]))
 
+    # --- report (campaigns.report_views) ---
+    @action(description="Report", url_path="report-redirect", icon="monitoring")
+    def open_report(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return redirect(reverse("admin:campaigns_campaign_report", args=[object_id]))
+
+    def _report_urls(self):
+        from campaigns.report_views import campaign_report_csv_view, campaign_report_view
+
+        def wrap(view):
+            return self.admin_site.admin_view(
+                lambda request, object_id: view(request, object_id, model_admin=self)
+            )
+
+        return [
+            path(
+                "<int:object_id>/report/",
+                wrap(campaign_report_view),
+                name="campaigns_campaign_report",
+            ),
+            path(
+                "<int:object_id>/report.csv",
+                wrap(campaign_report_csv_view),
+                name="campaigns_campaign_report_csv",
+            ),
+        ]
+
     def get_urls(self):
         return [
+            *self._report_urls(),
             path(
                 "<int:object_id>/send-test/",
                 self.admin_site.admin_view(self.send_test_view),
@@ -443,3 +471,6 @@ def _shown(remembered: dict | None) -> dict | None:
         "recipients": remembered["recipients"],
         "sampled": remembered["sampled"],
     }
+
+
+import campaigns.tracking_admin  # noqa: E402,F401  (webhooks admin, owned by the tracking work)

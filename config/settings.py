@@ -259,6 +259,7 @@ UNFOLD = {
     "SITE_SUBHEADER": "Email campaigns",
     "SITE_SYMBOL": "send",
     "SHOW_HISTORY": True,
+    "DASHBOARD_CALLBACK": "campaigns.reports.dashboard_callback",
     "SIDEBAR": {
         "show_search": True,
         "show_all_applications": True,
@@ -286,6 +287,7 @@ UNFOLD = {
                 "items": [
                     _nav("SMTP servers", "dns", "admin:delivery_smtpserver_changelist"),
                     _nav("DKIM keys", "key", "admin:delivery_dkimkey_changelist"),
+                    _nav("Webhooks", "webhook", "admin:campaigns_webhook_changelist"),
                     _nav(
                         "Provider rate limits", "speed", "admin:delivery_domainratelimit_changelist"
                     ),

@@ -241,8 +241,9 @@ def classify_hits(
     sent_at: Mapping[int, float | None],
     rules: MachineRules = MachineRules(),
 ) -> list[str]:
-    """A machine reason per hit ("" = human), bursts included: many distinct links of one
-    delivery clicked within `burst_seconds` are all machine (a scanner follows every link)."""
+    """A machine reason per hit ("" = human), bursts included: `burst_links` clicks or more of
+    one delivery within `burst_seconds`, on more than one link, are all machine (a scanner
+    follows every link; a person does not click three times a second)."""
     reasons = [machine_reason(h, sent_at=sent_at.get(h.delivery_id), rules=rules) for h in hits]
     clicks: dict[int, list[int]] = {}
     for index, hit in enumerate(hits):
@@ -257,7 +258,7 @@ def classify_hits(
             while hits[ordered[end]].at - hits[ordered[start]].at > rules.burst_seconds:
                 start += 1
             window = ordered[start : end + 1]
-            if len({hits[i].link_id for i in window}) >= rules.burst_links:
+            if len(window) >= rules.burst_links and len({hits[i].link_id for i in window}) > 1:
                 for i in window:
                     reasons[i] = reasons[i] or "many links within a second"
     return reasons
