@@ -107,6 +107,14 @@ def start_beat(env: dict[str, str], var_dir: Path, log: Path) -> subprocess.Pope
     )  # fmt: skip
 
 
+def wait_ready(app, worker: subprocess.Popen, log: Path) -> None:
+    """Until the worker answers a ping: the interval counts worker life, not its boot."""
+    deadline = time.monotonic() + 120
+    while not app.control.ping(timeout=0.5):
+        if time.monotonic() > deadline or worker.poll() is not None:
+            sys.exit(f"worker did not start; see {log}")
+
+
 def sent_count(campaign_id: int) -> int:
     from delivery.models import Delivery
 
@@ -149,10 +157,7 @@ def run_mode(
     worker = start_worker(env, args.processes, log)
     beat = start_beat(env, var_dir, var_dir / f"beat-{mode}.log")
     try:
-        deadline = time.monotonic() + 60
-        while not app.control.ping(timeout=0.5):
-            if time.monotonic() > deadline or worker.poll() is not None:
-                sys.exit(f"worker did not start; see {log}")
+        wait_ready(app, worker, log)
         started = time.monotonic()
         campaign_send(campaign_id=campaign.pk)
         connection.close()
@@ -184,6 +189,7 @@ def run_mode(
                 run.in_flight.append(gap - previous_gap)
                 previous_gap = gap
                 worker = start_worker(env, args.processes, log)
+                wait_ready(app, worker, log)
             elif mode in ("term", "termgroup"):
                 if mode == "term":
                     worker.send_signal(signal.SIGTERM)  # the main process: warm shutdown
@@ -194,6 +200,7 @@ def run_mode(
                 finally:
                     kill_group(worker, signal.SIGKILL)  # stray children, if any
                 worker = start_worker(env, args.processes, log)
+                wait_ready(app, worker, log)
             elif mode == "redis":
                 process = redis["process"]
                 process.kill()
