@@ -350,7 +350,7 @@ def report(args: argparse.Namespace) -> None:
     user, _ = get_user_model().objects.get_or_create(
         username="bench", defaults={"is_staff": True, "is_superuser": True}
     )
-    client = Client()
+    client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(user)
     url = f"/admin/campaigns/campaign/{campaign.pk}/report/"
     timings = []

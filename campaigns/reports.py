@@ -309,7 +309,28 @@ def svg_chart(
     return "".join(parts)
 
 
+_CHART_FIELDS = ("sent", "bounced", "opens", "machine_opens", "clicks", "machine_clicks")
+
+
+def _time_buckets(minutes: list[CampaignMinute], *, points: int = 180) -> list[CampaignMinute]:
+    """Quiet minutes filled with zeros, then grouped so a chart has at most `points` points."""
+    if not minutes:
+        return []
+    first, last = minutes[0].minute, minutes[-1].minute
+    span = int((last - first).total_seconds() // 60) + 1
+    size = max(1, -(-span // points))  # minutes per point, rounded up
+    buckets = [
+        CampaignMinute(minute=first + timedelta(minutes=i * size)) for i in range(-(-span // size))
+    ]
+    for row in minutes:
+        bucket = buckets[int((row.minute - first).total_seconds() // 60) // size]
+        for name in _CHART_FIELDS:
+            setattr(bucket, name, getattr(bucket, name) + getattr(row, name))
+    return buckets
+
+
 def campaign_charts(*, minutes: list[CampaignMinute]) -> dict[str, str]:
+    minutes = _time_buckets(minutes)
     labels = [timezone.localtime(m.minute).strftime("%H:%M") for m in minutes]
     return {
         "sends": svg_chart(
