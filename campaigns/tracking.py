@@ -46,7 +46,7 @@ from delivery.tracking import Hit, TrackedLink, classify_hits, find_links, url_h
 logger = logging.getLogger(__name__)
 
 # Read once here (the settings module does not define them yet; defaults are the documented ones).
-TOKEN_MAX_AGE_SECONDS = getattr(settings, "EDM_TRACKING_TOKEN_DAYS", 400) * 86400
+TOKEN_MAX_AGE_SECONDS = settings.EDM_TRACKING_TOKEN_DAYS * 86400
 BUFFER_KEY = "skylark:tracking:hits"
 PROCESSING_KEY = "skylark:tracking:processing"
 FLUSH_LOCK_KEY = "skylark:tracking:flush-lock"

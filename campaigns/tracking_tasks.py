@@ -22,12 +22,12 @@ def webhooks_deliver() -> None:
 # Registered here so the schedule lives with the tasks; add_periodic_task defers itself
 # until the app is configured, whichever comes first.
 app.add_periodic_task(
-    getattr(settings, "EDM_TRACKING_FLUSH_SECONDS", 2.0),
+    settings.EDM_TRACKING_FLUSH_SECONDS,
     app.signature("campaigns.tracking_flush"),
     name="tracking flush",
 )
 app.add_periodic_task(
-    getattr(settings, "EDM_WEBHOOK_SECONDS", 10.0),
+    settings.EDM_WEBHOOK_SECONDS,
     app.signature("campaigns.webhooks_deliver"),
     name="outgoing webhooks",
 )

@@ -209,6 +209,12 @@ EDM_SMTP_RATE = env_float("EDM_SMTP_RATE", 0)
 EDM_SMTP_MAX_MESSAGES_PER_CONNECTION = env_int("EDM_SMTP_MAX_MESSAGES_PER_CONNECTION", 1000)
 EDM_SMTP_MAX_CONNECTION_AGE_SECONDS = env_int("EDM_SMTP_MAX_CONNECTION_AGE_SECONDS", 300)
 EDM_SMTP_TLS_CA_FILE = os.environ.get("EDM_SMTP_TLS_CA_FILE", "")
+# Tracking: open, click and web-view links stay valid this long (unsubscribe links forever);
+# buffered hits are written every EDM_TRACKING_FLUSH_SECONDS; outgoing webhooks are sent
+# every EDM_WEBHOOK_SECONDS.
+EDM_TRACKING_TOKEN_DAYS = env_int("EDM_TRACKING_TOKEN_DAYS", 400)
+EDM_TRACKING_FLUSH_SECONDS = env_float("EDM_TRACKING_FLUSH_SECONDS", 2.0)
+EDM_WEBHOOK_SECONDS = env_float("EDM_WEBHOOK_SECONDS", 10.0)
 EDM_IMPORT_BATCH_SIZE = env_int("EDM_IMPORT_BATCH_SIZE", 5000)
 # Bounce intake (docs/bounces.md, "Intake and policy").
 # Inbound bounce SMTP server (`manage.py bounce_server`): listen address, port, message size cap.
