@@ -66,6 +66,7 @@ class CampaignForm(TemplateCheckMixin, forms.ModelForm):
         fields = (
             "name",
             "lists",
+            "segments",
             "template",
             "smtp_servers",
             "scheduled_at",
@@ -148,7 +149,7 @@ class CampaignAdmin(ModelAdmin):
     list_display = ("name", "status_badge", "total_recipients", "progress", "created_at")
     list_filter = ("status",)
     search_fields = ("name", "subject")
-    filter_horizontal = ("lists", "smtp_servers")
+    filter_horizontal = ("lists", "segments", "smtp_servers")
     readonly_fields = (
         "status",
         "status_reason",
@@ -160,7 +161,10 @@ class CampaignAdmin(ModelAdmin):
         "deliveries_link",
     )
     fieldsets = (
-        (None, {"fields": ("name", "lists", "template", "smtp_servers", "scheduled_at")}),
+        (
+            None,
+            {"fields": ("name", "lists", "segments", "template", "smtp_servers", "scheduled_at")},
+        ),
         ("Sender", {"fields": ("from_email", "from_name", "reply_to")}),
         ("Content", {"fields": ("subject", "html", "text")}),
         (

@@ -50,6 +50,12 @@ class Campaign(models.Model):
     from_name = models.CharField(max_length=200, blank=True)
     reply_to = models.CharField(max_length=320, blank=True)
     lists = models.ManyToManyField("contacts.ContactList", related_name="campaigns", blank=True)
+    segments = models.ManyToManyField(
+        "contacts.Segment",
+        related_name="campaigns",
+        blank=True,
+        help_text="Also send to the contacts of these segments (each address once).",
+    )
     smtp_servers = models.ManyToManyField(
         "delivery.SmtpServer",
         blank=True,

@@ -107,28 +107,50 @@ class SampleContact:
     attributes: dict = field(default_factory=dict)
 
 
+def _recipients(campaign: Campaign):
+    """Active contacts that are subscribed to a target list or match a target segment."""
+    from django.db.models import Q
+
+    targets = Q()
+    if campaign.pk and campaign.lists.exists():
+        targets |= Q(
+            id__in=Subscription.objects.filter(
+                contact_list__in=campaign.lists.all(), status=SubscriptionStatus.SUBSCRIBED
+            ).values("contact_id")
+        )
+    for segment in campaign.segments.all() if campaign.pk else ():
+        targets |= Q(id__in=segment.contacts().values("id"))
+    if not targets:
+        return Contact.objects.none()
+    return Contact.objects.filter(targets, status=ContactStatus.ACTIVE)
+
+
 def sample_contacts(campaign: Campaign, *, size: int) -> list[SampleContact]:
-    """A uniformly random sample of the campaign's active, subscribed recipients.
+    """A uniformly random sample of the campaign's active recipients (lists and segments).
 
     ORDER BY RANDOM() scans the target once (a top-N sort, no full sort): fine for a check a
     person starts, not for the send path.
     """
-    subscribed = Subscription.objects.filter(
-        contact_list__in=campaign.lists.all(), status=SubscriptionStatus.SUBSCRIBED
-    ).values("contact_id")
     rows = (
-        Contact.objects.filter(id__in=subscribed, status=ContactStatus.ACTIVE)
-        .order_by("?")
-        .values_list("id", "email", "name", "attributes")[:size]
+        _recipients(campaign).order_by("?").values_list("id", "email", "name", "attributes")[:size]
     )
     return [SampleContact(cid, email, name or "", attrs or {}) for cid, email, name, attrs in rows]
 
 
 def _recipient_count(campaign: Campaign) -> int:
-    subscribed = Subscription.objects.filter(
-        contact_list__in=campaign.lists.all(), status=SubscriptionStatus.SUBSCRIBED
-    ).values("contact_id")
-    return Contact.objects.filter(id__in=subscribed, status=ContactStatus.ACTIVE).count()
+    return _recipients(campaign).count()
+
+
+def _segment_problems(campaign: Campaign) -> list[str]:
+    from contacts.segments import SegmentRuleError, rules_validate
+
+    problems = []
+    for segment in campaign.segments.all() if campaign.pk else ():
+        try:
+            rules_validate(segment.rules, match=segment.match)
+        except SegmentRuleError as exc:
+            problems.append(f"Segment {segment.name!r} has invalid rules: {exc}")
+    return problems
 
 
 def preview_context(campaign_name: str, contact: SampleContact, *, unsubscribe_url: str) -> dict:
@@ -192,15 +214,19 @@ def campaign_preflight(campaign: Campaign, *, sample_size: int = 50) -> Prefligh
             add(Level.ERROR, "reply_to_invalid", f"The Reply-To address is invalid ({exc}).")
     # Recipients
     recipients = 0
-    if not campaign.pk or not campaign.lists.exists():
-        add(Level.ERROR, "no_lists", "The campaign targets no list.")
-    else:
+    segment_problems = _segment_problems(campaign)
+    for problem in segment_problems:
+        add(Level.ERROR, "segment_invalid", problem)
+    if not campaign.pk or not (campaign.lists.exists() or campaign.segments.exists()):
+        add(Level.ERROR, "no_lists", "The campaign targets no list and no segment.")
+    elif not segment_problems:
         recipients = _recipient_count(campaign)
         if not recipients:
             add(
                 Level.ERROR,
                 "no_recipients",
-                "The target lists have no active, subscribed contact: nobody would receive it.",
+                "The target lists and segments have no active, subscribed contact: nobody "
+                "would receive it.",
             )
     # DKIM
     if from_domain:

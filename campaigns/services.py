@@ -16,6 +16,7 @@ from campaigns.errors import CampaignStateError, CampaignValidationError
 from campaigns.models import Campaign, CampaignStatus
 from campaigns.tracking import campaign_links_register
 from contacts.models import ContactList, SubscriptionStatus
+from contacts.segments import SegmentRuleError
 from delivery import selectors as delivery_selectors
 from delivery import services as delivery_services
 from delivery import tokens, tracking
@@ -276,7 +277,21 @@ def campaign_dispatch(*, campaign_id: int) -> int:
     if campaign is None or campaign.status != CampaignStatus.SENDING:
         return 0
     list_ids = list(campaign.lists.values_list("id", flat=True))
-    created = delivery_services.deliveries_materialize(campaign_id=campaign_id, list_ids=list_ids)
+    # A segment's rules are read now: contacts that match at dispatch time are the recipients.
+    try:
+        segment_querysets = [segment.contacts() for segment in campaign.segments.all()]
+    except SegmentRuleError as exc:
+        # Validated at send time; a list deleted since then can still break a rule.
+        Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.SENDING).update(
+            status=CampaignStatus.FAILED,
+            status_reason=f"A target segment has invalid rules: {exc}",
+            updated_at=timezone.now(),
+        )
+        logger.warning("campaign %s: segment rules invalid at dispatch", campaign_id)
+        return 0
+    created = delivery_services.deliveries_materialize(
+        campaign_id=campaign_id, list_ids=list_ids, segment_querysets=segment_querysets
+    )
     total = campaign.deliveries.count()
     Campaign.objects.filter(pk=campaign_id).update(
         total_recipients=total, dispatched_at=timezone.now()

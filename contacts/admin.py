@@ -315,3 +315,6 @@ def _progress(job: ImportJob) -> dict:
         "finished": done,
         "mode": ImportMode(job.mode).label,
     }
+
+
+from contacts.segment_admin import *  # noqa: E402,F401,F403

@@ -165,3 +165,7 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"Import #{self.pk} {self.original_name}"
+
+
+from contacts.segment_models import *  # noqa: E402,F401,F403
+from contacts.signup_models import *  # noqa: E402,F401,F403

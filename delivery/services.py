@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from contacts.models import (
@@ -47,14 +47,19 @@ class ClaimedDelivery:
     first_attempt_at: datetime | None
 
 
-def deliveries_materialize(*, campaign_id: int, list_ids: Sequence[int]) -> int:
-    """Create one pending delivery per eligible recipient of the lists; re-runnable.
+def deliveries_materialize(
+    *, campaign_id: int, list_ids: Sequence[int], segment_querysets: Sequence[QuerySet] = ()
+) -> int:
+    """Create one pending delivery per eligible recipient of the lists and segments; re-runnable.
 
-    Set-based (one INSERT ... SELECT): each address once even when on several lists,
-    unsubscribed, bounced and suppressed (address or domain) contacts excluded, and rows
-    that already exist left alone (ON CONFLICT DO NOTHING), so a re-run adds only the missing.
+    Set-based (one INSERT ... SELECT): the recipients are the union of the lists' subscribed
+    members and the segments' contacts (a segment's own rules decide on list membership), each
+    address once; unsubscribed, bounced and suppressed (address or domain) contacts are
+    excluded, and rows that already exist are left alone (ON CONFLICT DO NOTHING), so a re-run
+    adds only the missing. ``segment_querysets`` are querysets of contacts, compiled into
+    ``c.id IN (<subquery>)``.
     """
-    if not list_ids:
+    if not list_ids and not segment_querysets:
         return 0
     delivery = Delivery._meta.db_table
     contact = Contact._meta.db_table
@@ -65,16 +70,27 @@ def deliveries_materialize(*, campaign_id: int, list_ids: Sequence[int]) -> int:
         if connection.vendor == "postgresql"
         else "substr(c.email, instr(c.email, '@') + 1)"
     )
-    placeholders = ", ".join(["%s"] * len(list_ids))
+    targets: list[str] = []
+    target_params: list = []
+    if list_ids:
+        placeholders = ", ".join(["%s"] * len(list_ids))
+        targets.append(
+            f"""EXISTS (SELECT 1 FROM {subscription} s
+                        WHERE s.contact_id = c.id AND s.status = %s
+                          AND s.contact_list_id IN ({placeholders}))"""
+        )
+        target_params += [SubscriptionStatus.SUBSCRIBED, *list_ids]
+    for queryset in segment_querysets:
+        sub_sql, sub_params = queryset.values("id").query.sql_with_params()
+        targets.append(f"c.id IN ({sub_sql})")
+        target_params += list(sub_params)
     sql = f"""
         INSERT INTO {delivery} (campaign_id, contact_id, email, status, attempts, message_id,
                                 smtp_code, enhanced_status, smtp_reply, reason, updated_at)
         SELECT %s, c.id, c.email, %s, 0, '', NULL, '', '', '', %s
         FROM {contact} c
         WHERE c.status = %s
-          AND EXISTS (SELECT 1 FROM {subscription} s
-                      WHERE s.contact_id = c.id AND s.status = %s
-                        AND s.contact_list_id IN ({placeholders}))
+          AND ({" OR ".join(targets)})
           AND NOT EXISTS (SELECT 1 FROM {suppression} x
                           WHERE (x.scope = %s AND x.value = lower(c.email))
                              OR (x.scope = %s AND x.value = lower({domain_of})))
@@ -86,8 +102,7 @@ def deliveries_materialize(*, campaign_id: int, list_ids: Sequence[int]) -> int:
         DeliveryStatus.PENDING,
         timezone.now(),
         ContactStatus.ACTIVE,
-        SubscriptionStatus.SUBSCRIBED,
-        *list_ids,
+        *target_params,
         SuppressionScope.ADDRESS,
         SuppressionScope.DOMAIN,
     ]

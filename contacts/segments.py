@@ -1,0 +1,469 @@
+"""Segment rules: validation, and compilation into a Django ``Q`` over ``Contact``.
+
+A segment is a list of rules joined by ``all`` (AND) or ``any`` (OR). A rule is a dict::
+
+    {"field": "email", "op": "ends_with", "value": "@example.com"}
+    {"field": "attributes.city", "op": "eq", "value": "Paris"}
+    {"field": "attributes.age", "op": "gte", "value": 18}
+    {"field": "attributes.renewal", "op": "within_days", "value": 30}
+    {"field": "list", "op": "in", "value": 3, "status": "subscribed"}
+    {"field": "subscribed_at", "op": "after", "value": "2024-01-01", "list": 3}
+
+Fields: ``email``, ``name`` (text), ``status`` (contact status), ``created_at`` (date),
+``attributes.<key>`` (any attribute), ``list`` (membership) and ``subscribed_at`` (the date a
+subscription was created, optionally on one list).
+
+Semantics worth knowing (docs/contacts.md, "Segments"):
+
+- Text comparisons are on the attribute's text form. ``eq``/``neq`` are exact (case-sensitive,
+  except on ``email`` where addresses compare case-insensitively); ``contains``,
+  ``starts_with`` and ``ends_with`` ignore case. ``neq`` and ``not_contains`` also match
+  contacts that do not have the attribute at all.
+- An attribute is *set* when present, not null and not the empty string.
+- Number comparisons read the attribute as a number (``"42"`` and ``42`` both count); a value
+  that is not a number never matches (it is not an error).
+- Dates in attributes are compared as ISO 8601 strings (``2024-05-01`` or
+  ``2024-05-01T10:00:00``): ``before D`` is ``< D``, ``after D`` is ``>= D + 1 day`` (strictly
+  after that day), ``within_days N`` is ``>= today - N days``. Any other date format compares
+  as plain text, so store ISO dates.
+
+The compiled ``Q`` works on SQLite and PostgreSQL; on PostgreSQL equality on an attribute uses
+JSON containment (``attributes @> '{"city": "Paris"}'``), which the GIN index on ``attributes``
+answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+from django.db.models import Exists, FloatField, Func, OuterRef, Q, TextField, Value
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
+from django.db.models.lookups import (
+    Exact,
+    GreaterThan,
+    GreaterThanOrEqual,
+    IsNull,
+    LessThan,
+    LessThanOrEqual,
+)
+from django.utils import timezone
+
+from contacts.errors import ContactsError
+
+MATCH_ALL = "all"
+MATCH_ANY = "any"
+MAX_RULES = 50
+MAX_WITHIN_DAYS = 36600
+
+TEXT_OPS = ("eq", "neq", "contains", "not_contains", "starts_with", "ends_with")
+SET_OPS = ("is_set", "is_not_set")
+NUMBER_OPS = ("gt", "gte", "lt", "lte")
+DATE_OPS = ("before", "after", "within_days")
+LIST_OPS = ("in", "not_in")
+
+# Which operators each field accepts; "attributes.<key>" takes ATTRIBUTE_OPS.
+FIELD_OPS: dict[str, tuple[str, ...]] = {
+    "email": (*TEXT_OPS,),
+    "name": (*TEXT_OPS, *SET_OPS),
+    "status": ("eq", "neq"),
+    "created_at": DATE_OPS,
+    "list": LIST_OPS,
+    "subscribed_at": DATE_OPS,
+}
+ATTRIBUTE_OPS = (*TEXT_OPS, *SET_OPS, *NUMBER_OPS, *DATE_OPS)
+OP_LABELS = {
+    "eq": "equals",
+    "neq": "does not equal",
+    "contains": "contains",
+    "not_contains": "does not contain",
+    "starts_with": "starts with",
+    "ends_with": "ends with",
+    "is_set": "is set",
+    "is_not_set": "is not set",
+    "gt": ">",
+    "gte": ">=",
+    "lt": "<",
+    "lte": "<=",
+    "before": "before",
+    "after": "after",
+    "within_days": "within the last N days",
+    "in": "is in list",
+    "not_in": "is not in list",
+}
+SUBSCRIPTION_STATUSES = ("subscribed", "unconfirmed", "unsubscribed", "any")
+CONTACT_STATUSES = ("active", "unsubscribed", "bounced", "complained")
+_ATTRIBUTE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\- ]{0,99}")
+# A number as text: what the numeric comparisons accept (anything else never matches).
+_NUMBER_RE = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
+
+
+class SegmentRuleError(ContactsError):
+    """Segment rules that cannot be compiled; ``errors`` holds one message per problem."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(self.errors))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One validated rule."""
+
+    field: str
+    op: str
+    value: Any = None
+    status: str = "subscribed"  # list / subscribed_at rules: the subscription status
+    list_id: int | None = None  # subscribed_at rules: one list, or any
+
+    @property
+    def attribute(self) -> str | None:
+        return self.field.partition(".")[2] if self.field.startswith("attributes.") else None
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def _parse_date(value: Any) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value).strip()[:10])
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return float(value)
+
+
+def _validate_rule(index: int, raw: Any, *, list_ids: set[int] | None) -> tuple[Rule | None, list]:
+    where = f"Rule {index + 1}"
+    if not isinstance(raw, Mapping):
+        return None, [f"{where}: must be an object with field, op and value."]
+    field = str(raw.get("field") or "").strip()
+    op = str(raw.get("op") or "").strip()
+    value = raw.get("value")
+    if field.startswith("attributes."):
+        key = field.partition(".")[2]
+        if not _ATTRIBUTE_KEY.fullmatch(key):
+            return None, [
+                f"{where}: attribute name {key!r} must be 1-100 letters, digits, _, - or spaces."
+            ]
+        allowed = ATTRIBUTE_OPS
+    elif field in FIELD_OPS:
+        allowed = FIELD_OPS[field]
+    else:
+        return None, [
+            f"{where}: unknown field {field!r}; use one of "
+            f"{', '.join(FIELD_OPS)} or attributes.<name>."
+        ]
+    if op not in allowed:
+        return None, [f"{where}: {field} cannot use {op!r}; use one of {', '.join(allowed)}."]
+    errors: list[str] = []
+    status = str(raw.get("status") or "subscribed")
+    list_id = raw.get("list")
+    if op in SET_OPS:
+        value = None
+    elif op in NUMBER_OPS:
+        try:
+            value = _number(value)
+        except (TypeError, ValueError):
+            errors.append(f"{where}: {op} needs a number, not {value!r}.")
+    elif op == "within_days":
+        try:
+            value = int(value)
+            if not 0 <= value <= MAX_WITHIN_DAYS:
+                raise ValueError
+        except (TypeError, ValueError):
+            errors.append(
+                f"{where}: within_days needs a whole number of days (0-{MAX_WITHIN_DAYS})."
+            )
+    elif op in ("before", "after"):
+        try:
+            value = _parse_date(value).isoformat()
+        except (TypeError, ValueError):
+            errors.append(f"{where}: {op} needs a date as YYYY-MM-DD, not {value!r}.")
+    elif op in LIST_OPS:
+        try:
+            value = int(value)
+        except (TypeError, ValueError):
+            errors.append(f"{where}: choose a list (a list id), not {value!r}.")
+        else:
+            if list_ids is not None and value not in list_ids:
+                errors.append(f"{where}: no contact list with id {value}.")
+    elif field == "status":
+        if value not in CONTACT_STATUSES:
+            errors.append(f"{where}: status must be one of {', '.join(CONTACT_STATUSES)}.")
+    else:  # text operators
+        if value is None or isinstance(value, (dict, list)):
+            errors.append(f"{where}: {op} needs a text value.")
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        else:
+            value = (
+                str(value)
+                if not isinstance(value, float) or not value.is_integer()
+                else (str(int(value)))
+            )
+            if op in ("contains", "not_contains", "starts_with", "ends_with") and not value:
+                errors.append(f"{where}: {op} needs a non-empty value.")
+    if field in ("list", "subscribed_at"):
+        if status not in SUBSCRIPTION_STATUSES:
+            errors.append(
+                f"{where}: subscription status must be one of {', '.join(SUBSCRIPTION_STATUSES)}."
+            )
+    if field == "subscribed_at" and list_id not in (None, ""):
+        try:
+            list_id = int(list_id)
+        except (TypeError, ValueError):
+            errors.append(f"{where}: list must be a list id, not {list_id!r}.")
+        else:
+            if list_ids is not None and list_id not in list_ids:
+                errors.append(f"{where}: no contact list with id {list_id}.")
+    else:
+        list_id = None
+    if errors:
+        return None, errors
+    return Rule(field=field, op=op, value=value, status=status, list_id=list_id), []
+
+
+def rules_validate(
+    rules: Any, *, match: str = MATCH_ALL, check_lists: bool = True
+) -> tuple[Rule, ...]:
+    """The rules, checked and normalized; SegmentRuleError lists every problem at once."""
+    if match not in (MATCH_ALL, MATCH_ANY):
+        raise SegmentRuleError([f"match must be {MATCH_ALL!r} or {MATCH_ANY!r}."])
+    if not isinstance(rules, list):
+        raise SegmentRuleError(["Rules must be a JSON list of rule objects."])
+    if not rules:
+        raise SegmentRuleError(["Add at least one rule."])
+    if len(rules) > MAX_RULES:
+        raise SegmentRuleError([f"At most {MAX_RULES} rules."])
+    list_ids = None
+    if check_lists:
+        from contacts.models import ContactList
+
+        list_ids = set(ContactList.objects.values_list("id", flat=True))
+    validated: list[Rule] = []
+    errors: list[str] = []
+    for index, raw in enumerate(rules):
+        rule, problems = _validate_rule(index, raw, list_ids=list_ids)
+        errors += problems
+        if rule is not None:
+            validated.append(rule)
+    if errors:
+        raise SegmentRuleError(errors)
+    return tuple(validated)
+
+
+# --- compilation ---------------------------------------------------------------------------
+
+
+class _NumberOrNull(Func):
+    """The text as a double, or NULL when it is not a number (never a cast error).
+
+    PostgreSQL raises on ``'abc'::double precision`` and SQLite quietly makes it 0, so both
+    test the text first; CASE evaluates the cast only for numbers.
+    """
+
+    output_field = FloatField()
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        sql, params = compiler.compile(self.source_expressions[0])
+        return (
+            f"(CASE WHEN ({sql}) ~ %s THEN ({sql})::double precision END)",
+            (*params, _NUMBER_RE, *params),
+        )
+
+    def as_sqlite(self, compiler, connection, **extra_context):
+        sql, params = compiler.compile(self.source_expressions[0])
+        # A number stored as JSON comes out of json_extract as integer/real; text is tested.
+        return (
+            f"(CASE WHEN typeof({sql}) IN ('integer', 'real') THEN ({sql}) "
+            f"WHEN ({sql}) REGEXP %s THEN CAST(({sql}) AS REAL) END)",
+            (*params, *params, *params, _NUMBER_RE, *params),
+        )
+
+    def as_sql(self, compiler, connection, **extra_context):  # other backends: plain cast
+        return compiler.compile(Cast(self.source_expressions[0], FloatField()))
+
+
+def _attribute_text(key: str) -> Cast:
+    # Cast to text: SQLite's json_extract returns numbers as numbers; '42' must equal 42.
+    return Cast(KeyTextTransform(key, "attributes"), TextField())
+
+
+def _is_set(expression) -> Q:
+    return Q(IsNull(expression, False)) & ~Q(Exact(expression, Value("")))
+
+
+_TEXT_LOOKUPS = {
+    "contains": "icontains",
+    "not_contains": "icontains",
+    "starts_with": "istartswith",
+    "ends_with": "iendswith",
+}
+
+
+def _text_q(expression, op: str, value: str) -> Q:
+    """Text operators on an expression that may be NULL (an attribute's text)."""
+    if op in ("eq", "neq"):
+        equal = Q(Exact(expression, Value(value)))
+        return equal if op == "eq" else Q(IsNull(expression, True)) | ~equal
+    lookup_class = expression.output_field.get_lookup(_TEXT_LOOKUPS[op])
+    matched = Q(lookup_class(expression, Value(value)))
+    if op == "not_contains":
+        return Q(IsNull(expression, True)) | ~matched
+    return matched
+
+
+def _column_text_q(column: str, op: str, value: str, *, case_insensitive_eq: bool) -> Q:
+    """Text operators on a NOT NULL column of Contact."""
+    if op in ("eq", "neq"):
+        equal = Q(**{f"{column}__iexact" if case_insensitive_eq else column: value})
+        return equal if op == "eq" else ~equal
+    matched = Q(**{f"{column}__{_TEXT_LOOKUPS[op]}": value})
+    return ~matched if op == "not_contains" else matched
+
+
+def _day_start(day: dt.date) -> dt.datetime:
+    return timezone.make_aware(dt.datetime.combine(day, dt.time.min))
+
+
+def _datetime_q(field: str, op: str, value: Any) -> Q:
+    if op == "before":
+        return Q(**{f"{field}__lt": _day_start(_parse_date(value))})
+    if op == "after":
+        return Q(**{f"{field}__gte": _day_start(_parse_date(value) + dt.timedelta(days=1))})
+    return Q(**{f"{field}__gte": timezone.now() - dt.timedelta(days=int(value))})
+
+
+def _attribute_q(rule: Rule) -> Q:
+    key = rule.attribute or ""
+    text = _attribute_text(key)
+    op = rule.op
+    if op in SET_OPS:
+        present = _is_set(text)
+        return present if op == "is_set" else ~present
+    if op in NUMBER_OPS:
+        number = _NumberOrNull(KeyTextTransform(key, "attributes"))
+        lookup = {
+            "gt": GreaterThan,
+            "gte": GreaterThanOrEqual,
+            "lt": LessThan,
+            "lte": LessThanOrEqual,
+        }[op]
+        return Q(lookup(number, Value(rule.value)))
+    if op in DATE_OPS:
+        # ISO 8601 strings sort like the dates they spell (see the module docstring).
+        if op == "before":
+            return Q(LessThan(text, Value(rule.value)))
+        if op == "after":
+            next_day = (_parse_date(rule.value) + dt.timedelta(days=1)).isoformat()
+            return Q(GreaterThanOrEqual(text, Value(next_day)))
+        since = (timezone.localdate() - dt.timedelta(days=int(rule.value))).isoformat()
+        return Q(GreaterThanOrEqual(text, Value(since)))
+    if op in ("eq", "neq") and connection.vendor == "postgresql":
+        # Containment lets the GIN (jsonb_path_ops) index answer; a number typed as text in
+        # the rule also matches the number stored as JSON, like the text comparison does.
+        equal = Q(attributes__contains={key: rule.value})
+        number = _as_json_number(rule.value)
+        if number is not None:
+            equal |= Q(attributes__contains={key: number})
+        return equal if op == "eq" else ~equal
+    return _text_q(text, op, rule.value)
+
+
+def _as_json_number(value: str) -> int | float | None:
+    if not re.fullmatch(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?", value):
+        return None
+    number = float(value)
+    return int(number) if "." not in value else number
+
+
+def _subscriptions(rule: Rule):
+    from contacts.models import Subscription
+
+    subscriptions = Subscription.objects.filter(contact_id=OuterRef("pk"))
+    if rule.status != "any":
+        subscriptions = subscriptions.filter(status=rule.status)
+    return subscriptions
+
+
+def _rule_q(rule: Rule) -> Q:
+    if rule.attribute is not None:
+        return _attribute_q(rule)
+    if rule.field == "email":
+        return _column_text_q("email", rule.op, rule.value, case_insensitive_eq=True)
+    if rule.field == "name":
+        if rule.op in SET_OPS:
+            present = ~Q(name="")
+            return present if rule.op == "is_set" else ~present
+        return _column_text_q("name", rule.op, rule.value, case_insensitive_eq=False)
+    if rule.field == "status":
+        return Q(status=rule.value) if rule.op == "eq" else ~Q(status=rule.value)
+    if rule.field == "created_at":
+        return _datetime_q("created_at", rule.op, rule.value)
+    if rule.field == "list":
+        member = Exists(_subscriptions(rule).filter(contact_list_id=rule.value))
+        return Q(member) if rule.op == "in" else ~Q(member)
+    if rule.field == "subscribed_at":
+        subscriptions = _subscriptions(rule).filter(_datetime_q("created_at", rule.op, rule.value))
+        if rule.list_id is not None:
+            subscriptions = subscriptions.filter(contact_list_id=rule.list_id)
+        return Q(Exists(subscriptions))
+    raise SegmentRuleError([f"unknown field {rule.field!r}"])  # validated before: unreachable
+
+
+def rules_to_q(rules: Sequence[Rule], *, match: str = MATCH_ALL) -> Q:
+    """One ``Q`` over ``Contact`` for validated rules (rules_validate)."""
+    combined = Q()
+    for rule in rules:
+        rule_q = _rule_q(rule)
+        if not combined:
+            combined = rule_q
+        elif match == MATCH_ANY:
+            combined |= rule_q
+        else:
+            combined &= rule_q
+    return combined
+
+
+def segment_contacts(*, rules: Any, match: str = MATCH_ALL, check_lists: bool = True):
+    """The contacts matching raw rules (validated first): a lazy ``QuerySet[Contact]``."""
+    from contacts.models import Contact
+
+    validated = rules_validate(rules, match=match, check_lists=check_lists)
+    return Contact.objects.filter(rules_to_q(validated, match=match))
+
+
+def rules_describe(rules: Sequence[Rule], *, match: str = MATCH_ALL) -> str:
+    """A one-line human description ("city equals Paris and age > 30")."""
+    parts = []
+    for rule in rules:
+        label = OP_LABELS.get(rule.op, rule.op)
+        value = "" if rule.op in SET_OPS else f" {rule.value}"
+        parts.append(f"{rule.attribute or rule.field} {label}{value}")
+    return f" {'and' if match == MATCH_ALL else 'or'} ".join(parts)
+
+
+def segment_preview(*, rules: Any, match: str = MATCH_ALL, sample_size: int = 10) -> dict:
+    """Count (all and active) and a few matching contacts, for the editor's live preview.
+
+    One aggregate query counts both, so the preview scans the contacts once.
+    """
+    from django.db.models import Count
+
+    contacts = segment_contacts(rules=rules, match=match)
+    counts = contacts.aggregate(count=Count("id"), active=Count("id", filter=Q(status="active")))
+    sample = list(
+        contacts.order_by("-id").values("id", "email", "name", "status")[: max(0, sample_size)]
+    )
+    return {"count": counts["count"], "active": counts["active"], "sample": sample}

@@ -1,0 +1,116 @@
+"""Public sign-up forms and consent records (services in contacts.signup)."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.db import models
+
+__all__ = ["ConsentAction", "ConsentRecord", "SignupForm"]
+
+DEFAULT_CONFIRMATION_SUBJECT = "Please confirm your subscription to {{ list_name }}"
+DEFAULT_CONFIRMATION_BODY = (
+    "<p>Hello{% if name %} {{ name }}{% endif %},</p>\n"
+    "<p>Please confirm that you want to receive {{ list_name }}:</p>\n"
+    '<p><a href="{{ confirm_url }}">Yes, subscribe me</a></p>\n'
+    "<p>If you did not ask for this, ignore this message: you will not be subscribed.</p>"
+)
+
+
+def new_public_token() -> str:
+    return secrets.token_urlsafe(12)
+
+
+class SignupForm(models.Model):
+    """A hosted (and embeddable) subscribe form for one list."""
+
+    contact_list = models.ForeignKey(
+        "contacts.ContactList", on_delete=models.CASCADE, related_name="signup_forms"
+    )
+    public_token = models.CharField(
+        max_length=40,
+        unique=True,
+        default=new_public_token,
+        help_text="The form's address: /subscribe/<token>/. Change it to retire old embeds.",
+    )
+    title = models.CharField(max_length=200)
+    intro = models.TextField(blank=True, help_text="Shown above the fields.")
+    consent_text = models.TextField(
+        blank=True,
+        help_text="Shown above the button and kept with every consent record, e.g. "
+        '"You can unsubscribe at any time from any of our emails."',
+    )
+    ask_name = models.BooleanField(default=True)
+    attribute_fields = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Extra text fields stored as contact attributes: [{"key": "city", '
+        '"label": "City", "required": false}].',
+    )
+    double_opt_in = models.BooleanField(
+        default=True,
+        help_text="Send a confirmation link; the subscription stays unconfirmed until clicked.",
+    )
+    from_email = models.CharField(
+        max_length=320,
+        blank=True,
+        help_text="Confirmation sender; EDM_DEFAULT_FROM_EMAIL if empty.",
+    )
+    from_name = models.CharField(max_length=200, blank=True)
+    confirmation_subject = models.CharField(max_length=998, default=DEFAULT_CONFIRMATION_SUBJECT)
+    confirmation_body = models.TextField(
+        default=DEFAULT_CONFIRMATION_BODY,
+        help_text="Jinja2 HTML. Variables: confirm_url (required), name, email, list_name.",
+    )
+    success_url = models.URLField(
+        blank=True, help_text="Where to send people after they submit; our own page if empty."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["title"]
+
+    def __str__(self) -> str:
+        return self.title
+
+    def shown_text(self) -> str:
+        """What the person saw, as kept in the consent record."""
+        labels = ["Email"] + (["Name"] if self.ask_name else [])
+        labels += [str(f.get("label") or f.get("key")) for f in self.attribute_fields or []]
+        parts = [self.title, self.intro, "Fields: " + ", ".join(labels), self.consent_text]
+        return "\n".join(p for p in parts if p)
+
+
+class ConsentAction(models.TextChoices):
+    SUBSCRIBED = "subscribed", "Subscribed"
+    CONFIRMED = "confirmed", "Confirmed"
+    UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+
+
+class ConsentRecord(models.Model):
+    """Append-only evidence of consent for one subscription."""
+
+    subscription = models.ForeignKey(
+        "contacts.Subscription", on_delete=models.CASCADE, related_name="consent_records"
+    )
+    # Denormalized from the subscription so the contact page can show the history inline.
+    contact = models.ForeignKey(
+        "contacts.Contact", on_delete=models.CASCADE, related_name="consent_records"
+    )
+    action = models.CharField(max_length=20, choices=ConsentAction.choices)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=500, blank=True)
+    source = models.CharField(max_length=100, help_text='"form:<id>", "import", "api", ...')
+    form = models.ForeignKey(
+        SignupForm, null=True, blank=True, on_delete=models.SET_NULL, related_name="consents"
+    )
+    form_text = models.TextField(blank=True, help_text="The form text shown at the time.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} {self.subscription_id} ({self.source})"
