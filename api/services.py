@@ -20,6 +20,7 @@ from email.utils import formatdate, parseaddr
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from api.errors import IdempotencyConflict, MessageRejected, ScopeError
@@ -463,6 +464,15 @@ def _claim(message_id: int, now: datetime) -> TransactionalMessage | None:
     return TransactionalMessage.objects.select_related("api_key").get(pk=message_id)
 
 
+def _contacts_by_address(email: str):
+    """Contacts with this address in any case, through the lower(email) unique index.
+
+    (``email__iexact`` compiles to UPPER(...) on PostgreSQL, which that index cannot serve:
+    a sequential scan of every contact, ~70 ms at 100,000 contacts.)
+    """
+    return Contact.objects.annotate(email_lower=Lower("email")).filter(email_lower=email.lower())
+
+
 def suppression_reason(*, email: str, category: str) -> str:
     """Why this address must not get a message of this category now ("" when it may)."""
     email = email.lower()
@@ -471,9 +481,7 @@ def suppression_reason(*, email: str, category: str) -> str:
         Q(scope=SuppressionScope.ADDRESS, value=email)
         | Q(scope=SuppressionScope.DOMAIN, value=domain)
     )
-    contact_status = (
-        Contact.objects.filter(email__iexact=email).values_list("status", flat=True).first()
-    )
+    contact_status = _contacts_by_address(email).values_list("status", flat=True).first()
     if category == Category.MARKETING:
         reason = suppressions.values_list("reason", flat=True).first()
         if reason:
@@ -574,9 +582,9 @@ def _record(message: TransactionalMessage, outcome: Outcome) -> None:
                 scope=SuppressionScope.ADDRESS,
                 defaults={"reason": SuppressionReason.HARD_BOUNCE, "source": "smtp (api)"},
             )
-            Contact.objects.filter(
-                email__iexact=message.to_email, status=ContactStatus.ACTIVE
-            ).update(status=ContactStatus.BOUNCED)
+            _contacts_by_address(message.to_email).filter(status=ContactStatus.ACTIVE).update(
+                status=ContactStatus.BOUNCED
+            )
 
 
 def messages_sweep(*, now: datetime | None = None, stale_seconds: int = 60) -> dict[str, int]:
@@ -638,7 +646,7 @@ def contact_upsert(
     except InvalidEmail as exc:
         raise MessageRejected(f"invalid email: {exc.detail}") from None
     with transaction.atomic():
-        contact = Contact.objects.select_for_update().filter(email__iexact=normalized).first()
+        contact = _contacts_by_address(normalized).select_for_update().first()
         created = contact is None
         if contact is None:
             contact = Contact.objects.create(
@@ -672,7 +680,7 @@ def contact_unsubscribe(*, email: str, lists: Sequence[str] = (), source: str = 
     none is named; returns how many subscriptions changed. Idempotent."""
     from contacts.models import Subscription, SubscriptionStatus
 
-    contact = Contact.objects.filter(email__iexact=email.strip()).first()
+    contact = _contacts_by_address(email.strip()).first()
     if contact is None:
         raise MessageRejected("no such contact")
     with transaction.atomic():
