@@ -20,4 +20,5 @@ urlpatterns = [
     path("v/<str:token>/", webview_view, name="webview"),
     path("hooks/", include("delivery.bounce_urls")),
     path("api/", include("api.urls")),
+    path("", include("contacts.urls")),
 ]

@@ -318,3 +318,4 @@ def _progress(job: ImportJob) -> dict:
 
 
 from contacts.segment_admin import *  # noqa: E402,F401,F403
+from contacts.signup_admin import *  # noqa: E402,F401,F403
