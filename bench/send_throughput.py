@@ -94,7 +94,8 @@ def prepare_database(args: argparse.Namespace) -> None:
 
 def start_worker(env: dict[str, str], processes: int, log: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=WARNING"]
-    argv += [f"--concurrency={processes}", "-Q", env["EDM_CELERY_QUEUE"], "--without-gossip"]
+    queues = f"{env['EDM_CELERY_QUEUE']},{env['EDM_CELERY_QUEUE']}-control"
+    argv += [f"--concurrency={processes}", "-Q", queues, "--without-gossip"]
     argv += ["--without-mingle", "-n", f"{env['EDM_CELERY_QUEUE']}-{processes}@%h"]
     return subprocess.Popen(
         argv, cwd=REPO, env={**os.environ, **env}, stdout=log.open("ab"),

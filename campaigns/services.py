@@ -27,7 +27,7 @@ from delivery.health import quota_take, record_result
 from delivery.models import Delivery, DeliveryStatus
 from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
 from delivery.ratelimit import RateLimiter, is_slow_down, slow_down
-from delivery.redis import claim_once, get_redis
+from delivery.redis import claim_once, get_redis, release
 from delivery.render import (
     CompiledTemplates,
     TemplateSource,
@@ -465,12 +465,28 @@ def campaigns_sweep() -> dict[str, int]:
     """The periodic safety net: reclaim dead leases, resume due work, start schedules, finish."""
     from campaigns.tasks import campaign_dispatch, campaign_send_batch
 
+    # One sweep at a time (two beats, or a sweep still running when the next is due).
+    lock = _sweep_key("running")
+    if not claim_once(lock, seconds=60):
+        return {"reclaimed": 0, "resumed": 0, "started": 0, "finished": 0}
+    try:
+        return _sweep(campaign_dispatch, campaign_send_batch)
+    finally:
+        release(lock)
+
+
+def _sweep_key(suffix: str) -> str:
+    # Namespaced by queue: installations (and test runs) sharing one Redis keep apart.
+    return f"skylark:{settings.CELERY_TASK_DEFAULT_QUEUE}:sweep:{suffix}"
+
+
+def _sweep(campaign_dispatch, campaign_send_batch) -> dict[str, int]:
     now = timezone.now()
     # A dispatch the broker lost: dispatching again is harmless (materializing is re-runnable).
     for campaign_id in Campaign.objects.filter(
         status=CampaignStatus.SENDING, dispatched_at__isnull=True
     ).values_list("id", flat=True):
-        if claim_once(f"skylark:sweep:dispatch:{campaign_id}", seconds=60):
+        if claim_once(_sweep_key(f"dispatch:{campaign_id}"), seconds=60):
             campaign_dispatch.delay(campaign_id)
     reclaimed = delivery_services.deliveries_reclaim_expired(now=now)
     resumed = 0
@@ -479,7 +495,7 @@ def campaigns_sweep() -> dict[str, int]:
     )
     for campaign_id in delivery_selectors.campaigns_with_due_deliveries(now=now):
         if campaign_id in sending and claim_once(
-            f"skylark:sweep:campaign:{campaign_id}", seconds=int(settings.EDM_SWEEP_SECONDS * 2)
+            _sweep_key(f"campaign:{campaign_id}"), seconds=int(settings.EDM_SWEEP_SECONDS * 2)
         ):
             campaign_send_batch.delay(campaign_id, None, None)
             resumed += 1

@@ -27,6 +27,7 @@ class ProcessGroup:
     def __init__(self, *, log_dir: Path | None = None) -> None:
         self.log_dir = log_dir
         self.children: list[tuple[str, subprocess.Popen]] = []
+        self.argvs: dict[str, list[str]] = {}
         self.redis: subprocess.Popen | None = None
 
     def __enter__(self) -> ProcessGroup:
@@ -53,6 +54,7 @@ class ProcessGroup:
             start_new_session=True,
         )
         self.children.append((name, process))
+        self.argvs[name] = argv
         return process
 
     def start_manage(self, name: str, *args: str) -> subprocess.Popen:
@@ -64,7 +66,7 @@ class ProcessGroup:
         argv += [
             f"--concurrency={concurrency}",
             "-Q",
-            settings.CELERY_TASK_DEFAULT_QUEUE,
+            settings.EDM_WORKER_QUEUES,
             "--without-gossip",
         ]
         argv += ["--without-mingle", "-n", f"skylark-{os.getpid()}@%h"]
@@ -101,16 +103,41 @@ class ProcessGroup:
             if process.poll() is not None:
                 raise RuntimeError(f"{name} exited with code {process.returncode}")
 
-    def stop(self) -> None:
-        for _, process in reversed(self.children):
+    def restart_dead(self, stdout=None) -> None:
+        """Start again any process that exited (a worker can die when Redis restarts)."""
+        for index, (name, process) in enumerate(self.children):
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
+                continue
+            if stdout is not None:
+                stdout.write(f"{name} exited with code {process.returncode}: restarting it")
+            self.children.pop(index)
+            self.start(name, self.argvs[name])
+            return  # one at a time; the next call looks again
+
+    def stop(self) -> None:
+        """Stop gracefully: workers get SIGTERM on their main process only.
+
+        Celery's warm shutdown then lets each pool process finish and record its chunk; a
+        SIGTERM to the whole group would kill the pool processes mid-chunk (and the messages
+        they had sent but not recorded would be sent again).
+        """
+        for name, process in reversed(self.children):
+            if process.poll() is None:
+                if "worker" in name:
+                    process.send_signal(signal.SIGTERM)
+                else:
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + settings.EDM_TASK_SECONDS + 30
         for _, process in reversed(self.children):
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+            else:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)  # anything it left behind
+                except ProcessLookupError:
+                    pass
         self.children.clear()
         embedded_redis.stop(self.redis)
         self.redis = None

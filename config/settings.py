@@ -235,7 +235,19 @@ EDM_SENDGRID_VERIFICATION_KEY = os.environ.get("EDM_SENDGRID_VERIFICATION_KEY", 
 # Transactional messages have a Celery queue of their own, served by their own workers
 # (`celery -A config worker -Q skylark-priority`), so a running campaign never delays them.
 EDM_PRIORITY_QUEUE = os.environ.get("EDM_PRIORITY_QUEUE") or f"{CELERY_TASK_DEFAULT_QUEUE}-priority"
-CELERY_TASK_ROUTES = {"api.*": {"queue": EDM_PRIORITY_QUEUE}}
+# Short control tasks (dispatch, the sweeper, tracking flushes, imports, monitors, mailbox
+# polls) have a queue of their own that every campaign worker also serves, so they never
+# wait behind a long campaign's batches.
+EDM_CONTROL_QUEUE = os.environ.get("EDM_CONTROL_QUEUE") or f"{CELERY_TASK_DEFAULT_QUEUE}-control"
+CELERY_TASK_ROUTES = {
+    "api.*": {"queue": EDM_PRIORITY_QUEUE},
+    "campaigns.send_batch": {"queue": CELERY_TASK_DEFAULT_QUEUE},
+    "campaigns.*": {"queue": EDM_CONTROL_QUEUE},
+    "contacts.*": {"queue": EDM_CONTROL_QUEUE},
+    "delivery.*": {"queue": EDM_CONTROL_QUEUE},
+}
+# The queues a campaign worker serves: `celery -A config worker -Q <this>`.
+EDM_WORKER_QUEUES = f"{CELERY_TASK_DEFAULT_QUEUE},{EDM_CONTROL_QUEUE}"
 # Requests per minute per API key unless the key sets its own limit (fixed window in Redis).
 EDM_API_RATE_PER_MINUTE = env_int("EDM_API_RATE_PER_MINUTE", 6000)
 EDM_API_MAX_ATTACHMENT_BYTES = env_int("EDM_API_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024)

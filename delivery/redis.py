@@ -22,3 +22,11 @@ def claim_once(key: str, *, seconds: int) -> bool:
         return bool(get_redis().set(key, "1", nx=True, ex=max(1, seconds)))
     except redis.RedisError:
         return True
+
+
+def release(key: str) -> None:
+    """Let go of a key taken with claim_once before it expires."""
+    try:
+        get_redis().delete(key)
+    except redis.RedisError:
+        pass  # it expires by itself

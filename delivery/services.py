@@ -334,24 +334,31 @@ def deliveries_reclaim_expired(*, now: datetime | None = None) -> int:
     """Return deliveries whose lease expired (their worker died) to the due queue.
 
     At-least-once: such a message may have left before the worker died, so it may repeat.
+    Rows are locked (skipped when another sweeper holds them) and the update re-checks the
+    lease, so a row claimed again in the meantime is never taken from its new worker.
     """
     now = now or timezone.now()
+    expired = Delivery.objects.filter(status=DeliveryStatus.SENDING, lease_expires_at__lt=now)
     with transaction.atomic():
-        ids = list(
-            Delivery.objects.filter(
-                status=DeliveryStatus.SENDING, lease_expires_at__lt=now
-            ).values_list("id", flat=True)[:10000]
-        )
+        locking = expired.order_by("id")
+        if connection.features.has_select_for_update_skip_locked:
+            locking = locking.select_for_update(skip_locked=True)
+        ids = list(locking.values_list("id", flat=True)[:10000])
         if not ids:
             return 0
-        Delivery.objects.filter(id__in=ids, status=DeliveryStatus.SENDING).update(
+        reclaimed = list(
+            expired.filter(id__in=ids).values_list("id", flat=True)
+        )  # still expired: the ones this transaction owns
+        Delivery.objects.filter(id__in=reclaimed).update(
             status=DeliveryStatus.DEFERRED, next_attempt_at=now, lease_expires_at=None
         )
         DeliveryEvent.objects.bulk_create(
-            DeliveryEvent(delivery_id=i, kind=EventKind.RECLAIMED, created_at=now) for i in ids
+            DeliveryEvent(delivery_id=i, kind=EventKind.RECLAIMED, created_at=now)
+            for i in reclaimed
         )
-    logger.warning("reclaimed %d deliveries with expired leases", len(ids))
-    return len(ids)
+    if reclaimed:
+        logger.warning("reclaimed %d deliveries with expired leases", len(reclaimed))
+    return len(reclaimed)
 
 
 def deliveries_release(delivery_ids: list[int]) -> int:

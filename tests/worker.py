@@ -38,7 +38,7 @@ class WorkerProcess:
 
     def start(self, *, concurrency: int = 2, queues: str = "", beat: bool = True) -> WorkerProcess:
         """``queues``: comma-separated queues to serve (default: the session's queue)."""
-        queue = queues or self.env["EDM_CELERY_QUEUE"]
+        queue = queues or f"{self.env['EDM_CELERY_QUEUE']},{self.env['EDM_CONTROL_QUEUE']}"
         argv = [sys.executable, "-m", "celery", "-A", "config", "worker"]
         argv += ["-B"] if beat else []
         argv += [f"--concurrency={concurrency}", "-Q", queue, "--loglevel=INFO"]
@@ -82,6 +82,7 @@ def worker_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
             "SECRET_KEY": settings.SECRET_KEY,
             "EDM_VAR_DIR": str(settings.VAR_DIR),
             "EDM_CELERY_QUEUE": settings.CELERY_TASK_DEFAULT_QUEUE,
+            "EDM_CONTROL_QUEUE": settings.EDM_CONTROL_QUEUE,
             "EDM_SWEEP_SECONDS": "1",
             "EDM_RETRY_BASE_SECONDS": "1",
             "EDM_RETRY_MAX_SECONDS": "2",

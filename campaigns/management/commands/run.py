@@ -37,7 +37,7 @@ class Command(BaseCommand):
             )
             try:
                 while True:
-                    group.check_alive()
+                    group.restart_dead(self.stdout)
                     time.sleep(1)
             except KeyboardInterrupt:
                 self.stdout.write("Stopping...")
