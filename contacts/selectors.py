@@ -17,7 +17,8 @@ from contacts.models import (
 )
 
 
-def _parent_domains(domain: str) -> list[str]:
+def parent_domains(domain: str) -> list[str]:
+    """The domain and its parents, without the top-level label (a.b.example -> b.example)."""
     labels = domain.split(".")
     return [".".join(labels[i:]) for i in range(len(labels) - 1)] or [domain]
 
@@ -32,7 +33,7 @@ def suppression_check(emails: Iterable[str]) -> set[str]:
     for email in emails:
         key = email.lower()
         by_key.setdefault(key, []).append(email)
-        domains.update(_parent_domains(key.rpartition("@")[2]))
+        domains.update(parent_domains(key.rpartition("@")[2]))
     if not by_key:
         return set()
     hits = Suppression.objects.filter(
@@ -47,7 +48,7 @@ def suppression_check(emails: Iterable[str]) -> set[str]:
     for key, originals in by_key.items():
         domain = key.rpartition("@")[2]
         if key in suppressed_keys or (
-            suppressed_domains and any(d in suppressed_domains for d in _parent_domains(domain))
+            suppressed_domains and any(d in suppressed_domains for d in parent_domains(domain))
         ):
             result.update(originals)
     return result
