@@ -12,6 +12,7 @@ from contacts.csvparse import (
     ContactFileReader,
     ContactRow,
     Record,
+    SeenAddresses,
     contact_rows,
     detect_encoding,
     guess_mapping,
@@ -316,3 +317,36 @@ def test_preview_reports_detection_and_first_rows():
     assert preview.mapping == {"邮箱": "email", "姓名": "name", "城市": "city"}
     assert len(preview.rows) == 10
     assert preview.rows[0].fields == ("zhang.wei@example.com", "张伟", "北京")
+
+
+def test_seen_addresses_keeps_the_first_line_of_each_key_across_growth():
+    seen = SeenAddresses(capacity=16)
+    for key in range(1, 5001):
+        assert seen.setdefault(key * 7919, key) == key
+    assert len(seen) == 5000
+    assert seen.setdefault(7919 * 42, 99_999) == 42
+    assert seen.setdefault(-1, 5) == 5  # negative hashes are keys like any other
+    assert seen.setdefault(0, 6) == 6  # 0 (the empty-slot marker) is stored as 1
+    assert seen.setdefault(1, 7) == 6  # ... so it collides with 1, the documented price
+    assert seen.setdefault((1 << 70) + 3, 8) == 8  # wider than 64 bits: folded, not an error
+
+
+def test_seen_addresses_is_several_times_smaller_than_a_dict():
+    keys = [hash(f"user{i}@example.com") for i in range(100_000)]
+    tracemalloc.start()
+    seen = SeenAddresses()
+    for line, key in enumerate(keys, start=2):
+        seen.setdefault(key, line)
+    table_bytes = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    # 2^18 slots of 16 bytes (4 MB); a dict of int objects is about 10 MB for 10^5 keys.
+    assert table_bytes < 5_000_000
+
+
+def test_duplicates_are_found_after_the_table_grows():
+    rows = "".join(f"u{i}@example.com\n" for i in range(40_000)) + "U7@EXAMPLE.COM\n"
+    _, items = read_all(("email\n" + rows).encode())
+    rejected = [item for item in items if isinstance(item, Record)]
+    assert [(r.line, r.reason, r.detail) for r in rejected] == [
+        (40_002, RejectReason.DUPLICATE_IN_FILE, "same address as line 9")
+    ]

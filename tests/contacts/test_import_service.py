@@ -266,3 +266,81 @@ def test_gb18030_file_with_chinese_headers_imports(write_file):
     assert (summary.created, summary.rejected, summary.encoding) == (12, 0, "gb18030")
     assert Contact.objects.get(email="zhang@example.com").attributes == {"phone": "13800000000"}
     assert Contact.objects.get(email="li@example.com").name == "李娜"
+
+
+def _reader_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "contacts-import-reader"]
+
+
+def test_suppressed_rows_are_reported_with_their_lines_across_chunks(write_file):
+    suppression_add(value="blocked@example.com", reason=SuppressionReason.MANUAL)
+    suppression_add(value="spam.example", reason=SuppressionReason.MANUAL)
+    rows = [f"u{i}@example.com" for i in range(12)]
+    rows[3] = "Blocked@Example.com"  # line 5
+    rows[7] = "x@deep.mail.spam.example"  # line 9
+    rows[10] = "BLOCKED@example.com"  # line 12: in-file duplicate of line 5 comes first
+    summary = run(
+        write_file("email\n" + "\n".join(rows) + "\n"),
+        ContactListFactory(),
+        ImportMode.ADD_NEW,
+        batch_size=5,
+    )
+    assert (summary.created, summary.rejected, summary.total) == (9, 3, 12)
+    assert summary.rejected_rows == [
+        (5, "suppressed", "address or domain suppressed"),
+        (9, "suppressed", "address or domain suppressed"),
+        (12, "duplicate_in_file", "same address as line 5"),
+    ]
+    assert not Contact.objects.filter(email__icontains="blocked").exists()
+
+
+def test_mixed_chunk_of_new_existing_and_changed_contacts_is_counted_exactly(write_file):
+    contact_list = ContactListFactory()
+    ContactFactory(email="Same@example.com", name="Same", attributes={"plan": "pro"})
+    ContactFactory(email="old@example.com", name="Old", attributes={})
+    already = ContactFactory(email="listed@example.com", name="Listed", attributes={})
+    SubscriptionFactory(contact=already, contact_list=contact_list)
+    summary = run(
+        write_file(
+            "email,name,plan\n"
+            "same@EXAMPLE.com,Same,pro\n"
+            "old@example.com,Older,\n"
+            "new@example.com,New,free\n"
+            "listed@example.com,,\n"
+        ),
+        contact_list,
+        ImportMode.UPSERT,
+    )
+    assert (summary.created, summary.updated, summary.unchanged) == (1, 1, 2)
+    assert Contact.objects.get(email="old@example.com").name == "Older"
+    assert Contact.objects.get(email="Same@example.com").attributes == {"plan": "pro"}
+    assert Contact.objects.count() == 4
+    assert Subscription.objects.filter(contact_list=contact_list).count() == 4
+
+
+def test_interrupted_import_stops_its_reader_thread(write_file):
+    rows = "".join(f"user{i}@example.com\n" for i in range(50))
+    path = write_file("email\n" + rows)
+
+    def interrupt(progress):
+        if progress.processed_rows:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(path, ContactListFactory(), ImportMode.UPSERT, batch_size=5, on_progress=interrupt)
+    assert _reader_threads() == []
+
+
+def test_a_reader_error_reaches_the_caller_and_stops_the_thread(write_file, monkeypatch):
+    import contacts.services as services
+
+    def broken_rows(records, plan, **kwargs):
+        yield from []
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(services, "contact_rows", broken_rows)
+    with pytest.raises(RuntimeError, match="disk went away"):
+        run(write_file("email\na@example.com\n"), ContactListFactory(), ImportMode.UPSERT)
+    assert _reader_threads() == []
