@@ -556,13 +556,19 @@ def campaign_send_test(
     return [results[email] for email in emails if email in results]
 
 
-def delivery_unsubscribe(*, delivery_id: int, source: str) -> bool:
+def delivery_unsubscribe(
+    *, delivery_id: int, source: str, ip: str = "", user_agent: str = ""
+) -> bool:
     """Unsubscribe a recipient from the lists its campaign was sent to; idempotent.
 
-    Returns True when something changed.
+    A recipient reached through a segment and no list of the campaign opts out of all
+    campaign mail (the contact becomes unsubscribed): an unsubscribe link must always work.
+    Each subscription changed gets a consent record. Returns True when something changed.
     """
     from campaigns.tracking import tracking_record_unsubscribe
-    from contacts.models import Subscription
+    from contacts.models import Contact, ContactStatus, Subscription
+    from contacts.signup import consent_record_add
+    from contacts.signup_models import ConsentAction
     from delivery.models import Delivery, DeliveryEvent, EventKind
 
     delivery = Delivery.objects.select_related("campaign").filter(pk=delivery_id).first()
@@ -570,14 +576,32 @@ def delivery_unsubscribe(*, delivery_id: int, source: str) -> bool:
         return False
     now = timezone.now()
     with transaction.atomic():
-        changed = (
-            Subscription.objects.filter(
+        subscriptions = list(
+            Subscription.objects.select_for_update()
+            .filter(
                 contact_id=delivery.contact_id,
                 contact_list__in=delivery.campaign.lists.all(),
             )
             .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
-            .update(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)
         )
+        for subscription in subscriptions:
+            subscription.status = SubscriptionStatus.UNSUBSCRIBED
+            subscription.save(update_fields=["status", "updated_at"])
+            consent_record_add(
+                subscription=subscription,
+                action=ConsentAction.UNSUBSCRIBED,
+                source=f"campaign {delivery.campaign_id}: {source}",
+                ip=ip,
+                user_agent=user_agent,
+            )
+        changed = len(subscriptions)
+        member = Subscription.objects.filter(
+            contact_id=delivery.contact_id, contact_list__in=delivery.campaign.lists.all()
+        ).exists()
+        if not member:
+            changed += Contact.objects.filter(
+                pk=delivery.contact_id, status=ContactStatus.ACTIVE
+            ).update(status=ContactStatus.UNSUBSCRIBED, updated_at=now)
         if changed:
             DeliveryEvent.objects.create(
                 delivery=delivery, kind=EventKind.UNSUBSCRIBE, created_at=now, detail=source

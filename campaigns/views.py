@@ -143,7 +143,10 @@ def unsubscribe_view(request: HttpRequest, token: str) -> HttpResponse:
     if request.method == "POST":
         # RFC 8058 section 3.1: body "List-Unsubscribe=One-Click", urlencoded or multipart.
         if request.POST.get("List-Unsubscribe") == "One-Click":
-            delivery_unsubscribe(delivery_id=delivery_id, source="one-click")
+            user_agent, ip = _client(request)
+            delivery_unsubscribe(
+                delivery_id=delivery_id, source="one-click", ip=ip, user_agent=user_agent
+            )
             return HttpResponse("Unsubscribed.\n", content_type="text/plain")
         if request.POST.get("action") == "preferences":
             keep = [int(v) for v in request.POST.getlist("lists") if v.isdigit()]
@@ -154,7 +157,10 @@ def unsubscribe_view(request: HttpRequest, token: str) -> HttpResponse:
             return render(
                 request, "public/preferences_saved.html", {"lists": lists, "token": token}
             )
-        delivery_unsubscribe(delivery_id=delivery_id, source="unsubscribe page")
+        user_agent, ip = _client(request)
+        delivery_unsubscribe(
+            delivery_id=delivery_id, source="unsubscribe page", ip=ip, user_agent=user_agent
+        )
         return render(request, "public/unsubscribed.html", {"token": token})
     # A GET or HEAD never unsubscribes: link scanners follow every URL in a message.
     lists = tracking_services.contact_preferences(delivery_id=delivery_id)

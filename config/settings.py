@@ -215,6 +215,8 @@ EDM_SMTP_TLS_CA_FILE = os.environ.get("EDM_SMTP_TLS_CA_FILE", "")
 EDM_TRACKING_TOKEN_DAYS = env_int("EDM_TRACKING_TOKEN_DAYS", 400)
 EDM_TRACKING_FLUSH_SECONDS = env_float("EDM_TRACKING_FLUSH_SECONDS", 2.0)
 EDM_WEBHOOK_SECONDS = env_float("EDM_WEBHOOK_SECONDS", 10.0)
+# Public sign-up form submissions per minute per client IP.
+EDM_SIGNUP_RATE_PER_MINUTE = env_int("EDM_SIGNUP_RATE_PER_MINUTE", 10)
 EDM_IMPORT_BATCH_SIZE = env_int("EDM_IMPORT_BATCH_SIZE", 5000)
 # Bounce intake (docs/bounces.md, "Intake and policy").
 # Inbound bounce SMTP server (`manage.py bounce_server`): listen address, port, message size cap.

@@ -41,3 +41,12 @@ def redis_client(redis_url):
     client.flushdb()
     yield client
     client.flushdb()
+
+
+@pytest.fixture
+def celery_eager(monkeypatch):
+    """Run tasks in the test process as they are enqueued (no broker, no worker)."""
+    from config.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)
+    monkeypatch.setitem(app.conf, "task_eager_propagates", True)

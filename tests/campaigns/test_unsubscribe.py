@@ -115,3 +115,42 @@ def test_preference_center_keeps_the_chosen_lists(delivery):
     )
     assert _status(delivery) == SubscriptionStatus.SUBSCRIBED
     assert CampaignStats.objects.get(campaign=delivery.campaign).unsubscribes == 1
+
+
+def test_one_click_writes_a_consent_record_with_the_client(delivery):
+    from contacts.signup_models import ConsentRecord
+
+    _client().post(
+        _url(delivery),
+        {"List-Unsubscribe": "One-Click"},
+        REMOTE_ADDR="203.0.113.9",
+        HTTP_USER_AGENT="Mailbox/1.0",
+    )
+    record = ConsentRecord.objects.get(contact_id=delivery.contact_id)
+    assert record.action == "unsubscribed"
+    assert record.ip == "203.0.113.9"
+    assert record.user_agent == "Mailbox/1.0"
+    assert record.source.endswith("one-click")
+
+
+@pytest.mark.django_db
+def test_a_recipient_reached_through_a_segment_only_is_opted_out_of_everything():
+    from contacts.models import Contact, ContactStatus
+    from contacts.segment_models import Segment
+
+    contact_list = audience(1, name="Elsewhere")
+    contact = contact_list.contacts.get()
+    segment = Segment.objects.create(
+        name="Everyone", match="all", rules=[{"field": "status", "op": "eq", "value": "active"}]
+    )
+    campaign = CampaignFactory()
+    campaign.segments.set([segment])
+    delivery = Delivery.objects.create(campaign=campaign, contact=contact, email=contact.email)
+    response = _client().post(_url(delivery), {"List-Unsubscribe": "One-Click"})
+    assert response.status_code == 200
+    contact.refresh_from_db()
+    assert contact.status == ContactStatus.UNSUBSCRIBED
+    # Still subscribed to the list it was never mailed for; but an unsubscribed contact
+    # receives no campaign at all.
+    assert Subscription.objects.get(contact=contact).status == SubscriptionStatus.SUBSCRIBED
+    assert Contact.objects.filter(status=ContactStatus.ACTIVE).count() == 0

@@ -30,7 +30,7 @@ AGENT = "Mozilla/5.0 (signup test)"
 
 
 @pytest.fixture
-def smtp_settings(settings, smtp_server):
+def smtp_settings(settings, smtp_server, celery_eager):
     settings.EDM_SMTP_URL = smtp_server.url
     settings.EDM_SMTP_TLS_CA_FILE = smtp_server.ca_file
     settings.EDM_SMTP_TIMEOUT_SECONDS = 5
