@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 
 from contacts.errors import ImportConfigError
 from contacts.models import (
@@ -344,3 +345,47 @@ def test_a_reader_error_reaches_the_caller_and_stops_the_thread(write_file, monk
     with pytest.raises(RuntimeError, match="disk went away"):
         run(write_file("email\na@example.com\n"), ContactListFactory(), ImportMode.UPSERT)
     assert _reader_threads() == []
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL fast path")
+def test_unique_violation_on_the_fast_path_falls_back_to_on_conflict(write_file, monkeypatch):
+    import contacts.services as services
+
+    real_merge = services._pg_merge_chunk
+    attempts = []
+
+    def merge_losing_a_race(cursor, *args, on_conflict):
+        attempts.append(on_conflict)
+        if not on_conflict:
+            # A unique violation inside the fast path's savepoint, as when a concurrent
+            # import commits one of the same addresses first.
+            cursor.execute(
+                "INSERT INTO contacts_contact (email, name, attributes, status, created_at,"
+                " updated_at) VALUES ('a@example.com', '', '{}', 'active', now(), now()),"
+                " ('A@example.com', '', '{}', 'active', now(), now())"
+            )
+        return real_merge(cursor, *args, on_conflict=on_conflict)
+
+    monkeypatch.setattr(services, "_pg_merge_chunk", merge_losing_a_race)
+    contact_list = ContactListFactory()
+    summary = run(
+        write_file("email\na@example.com\nb@example.com\n"), contact_list, ImportMode.UPSERT
+    )
+    assert attempts == ["", "ON CONFLICT DO NOTHING"]
+    assert (summary.created, summary.unchanged) == (2, 0)
+    assert sorted(Contact.objects.values_list("email", flat=True)) == [
+        "a@example.com",
+        "b@example.com",
+    ]
+    assert Subscription.objects.filter(contact_list=contact_list).count() == 2
+
+
+def test_names_and_attributes_with_tabs_backslashes_and_line_breaks_round_trip(write_file):
+    path = write_file(
+        'email,name,note\nann@example.com,"Ann\tthe \\\\N first","line one\nline two \\\\ end"\n'
+    )
+    summary = run(path, ContactListFactory(), ImportMode.UPSERT)
+    assert (summary.created, summary.rejected) == (1, 0)
+    contact = Contact.objects.get()
+    assert contact.name == "Ann\tthe \\\\N first"
+    assert contact.attributes == {"note": "line one\nline two \\\\ end"}
