@@ -649,6 +649,7 @@ def _pg_merge_chunk(
             SELECT s.email, s.name, s.attributes, 'active', now(), now()
             FROM {_PG_STAGE} AS s
             WHERE NOT EXISTS (SELECT FROM matched AS m WHERE m.email = s.email)
+            ORDER BY lower(s.email)
             {on_conflict}
             RETURNING id
         ),
