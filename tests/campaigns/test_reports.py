@@ -22,13 +22,13 @@ from tests.factories import CampaignFactory, audience
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
 
 
-
 @pytest.fixture(autouse=True)
 def _fresh_link_cache():
     # Row ids are reused after a test's rollback; production ids never are.
     from campaigns import tracking as tracking_services
 
     tracking_services._LINKS.clear()
+
 
 @pytest.fixture
 def campaign(db):

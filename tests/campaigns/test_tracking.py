@@ -110,13 +110,13 @@ def test_many_links_within_a_second_are_all_machine():
 # --- endpoints ---------------------------------------------------------------------------------
 
 
-
 @pytest.fixture(autouse=True)
 def _fresh_link_cache():
     # Row ids are reused after a test's rollback; production ids never are.
     from campaigns import tracking as tracking_services
 
     tracking_services._LINKS.clear()
+
 
 @pytest.fixture
 def sent_campaign(db, redis_client):
