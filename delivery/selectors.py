@@ -48,6 +48,7 @@ class Route:
     limiter: RateLimiter | None
     weight: int = 1
     daily_quota: int = 0  # messages per UTC day, 0 = unlimited
+    server_id: int | None = None  # None: EDM_SMTP_URL
 
 
 def routes_for(servers: list[SmtpServer]) -> list[Route]:
@@ -69,16 +70,27 @@ def routes_for(servers: list[SmtpServer]) -> list[Route]:
             limiter=rate_limiter_for(server),
             weight=max(server.weight, 1),
             daily_quota=server.daily_quota,
+            server_id=server.pk,
         )
         for server in servers
     ]
 
 
 def choose_route(routes: list[Route]) -> Route:
-    """A route by weight among the servers that are not resting (all resting: any)."""
+    """A route by weight among the servers that are neither resting (they kept failing) nor
+    down by the SMTP monitor's latest check; when none is left, any of them."""
     from delivery.health import is_rested
+    from delivery.monitor_services import server_health
 
-    healthy = [route for route in routes if not is_rested(route.key)] or routes
+    def usable(route: Route) -> bool:
+        if is_rested(route.key):
+            return False
+        if len(routes) > 1 and route.server_id is not None:
+            server = SmtpServer(pk=route.server_id)
+            return server_health(server) != "down"
+        return True
+
+    healthy = [route for route in routes if usable(route)] or routes
     return random.choices(healthy, weights=[route.weight for route in healthy])[0]
 
 

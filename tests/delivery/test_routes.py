@@ -110,3 +110,17 @@ def test_a_campaign_stops_at_the_servers_daily_quota(smtp_server, settings, redi
     statuses = sorted(Delivery.objects.filter(campaign=campaign).values_list("status", flat=True))
     assert statuses == ["pending"] * 3 + ["sent"] * 3
     assert len(smtp_server.messages) == 3
+
+
+def test_a_server_the_monitor_finds_down_gets_no_traffic(redis_client):
+    from django.utils import timezone
+
+    from delivery.monitor_models import SmtpCheck
+
+    down, up = server("down"), server("up")
+    SmtpCheck.objects.create(
+        server=down, target="127.0.0.1:2525 (none)", checked_at=timezone.now(), health="down",
+        up=False, error="connection refused",
+    )  # fmt: skip
+    routes = routes_for([down, up])
+    assert {choose_route(routes).key for _ in range(30)} == {f"server:{up.pk}"}
