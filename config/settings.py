@@ -299,6 +299,8 @@ UNFOLD = {
                     _nav("Contacts", "person", "admin:contacts_contact_changelist"),
                     _nav("Lists", "list", "admin:contacts_contactlist_changelist"),
                     _nav("Imports", "upload_file", "admin:contacts_importjob_changelist"),
+                    _nav("Segments", "filter_alt", "admin:contacts_segment_changelist"),
+                    _nav("Sign-up forms", "how_to_reg", "admin:contacts_signupform_changelist"),
                     _nav("Suppressions", "block", "admin:contacts_suppression_changelist"),
                 ],
             },
@@ -311,6 +313,23 @@ UNFOLD = {
                     _nav(
                         "Provider rate limits", "speed", "admin:delivery_domainratelimit_changelist"
                     ),
+                    _nav("SMTP monitor", "monitor_heart", "admin:delivery_smtpcheck_status"),
+                ],
+            },
+            {
+                "title": "Bounces",
+                "items": [
+                    _nav("Bounce reports", "report", "admin:delivery_bouncemessage_changelist"),
+                    _nav("Bounce rates", "trending_down", "admin:delivery_bounce_rates"),
+                    _nav("Bounce policies", "policy", "admin:delivery_bouncepolicy_changelist"),
+                    _nav("Bounce mailboxes", "mail", "admin:delivery_mailbox_changelist"),
+                ],
+            },
+            {
+                "title": "Transactional",
+                "items": [
+                    _nav("Messages", "bolt", "admin:api_transactionalmessage_changelist"),
+                    _nav("API keys", "vpn_key", "admin:api_apikey_changelist"),
                 ],
             },
         ],
