@@ -389,3 +389,36 @@ def test_names_and_attributes_with_tabs_backslashes_and_line_breaks_round_trip(w
     contact = Contact.objects.get()
     assert contact.name == "Ann\tthe \\\\N first"
     assert contact.attributes == {"note": "line one\nline two \\\\ end"}
+
+
+def test_read_ahead_yields_in_order_and_raises_the_producer_error():
+    from contacts.services import _read_ahead
+
+    def produce():
+        yield 1
+        yield 2
+        raise ValueError("bad byte")
+
+    received = []
+    with pytest.raises(ValueError, match="bad byte"):
+        for item in _read_ahead(produce()):
+            received.append(item)
+    assert received == [1, 2]
+    assert _reader_threads() == []
+
+
+def test_closing_read_ahead_early_stops_the_producer():
+    from contacts.services import _read_ahead
+
+    produced = []
+
+    def produce():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    ahead = _read_ahead(produce(), depth=1)
+    assert next(ahead) == 0
+    ahead.close()
+    assert _reader_threads() == []
+    assert len(produced) <= 3  # one handed over, one queued, one waiting to be queued
