@@ -104,8 +104,8 @@ class _BatchResult:
     suppressed_lines: tuple[int, ...] = ()
 
 
-# COPY pays off with big chunks: 50,000 rows cost one round trip per statement and a few tens
-# of MB of client memory. Used on PostgreSQL when no batch size is given.
+# COPY pays off with big chunks: 50,000 rows cost one round trip per statement and a few MB of
+# client memory. Used for add/upsert on PostgreSQL when no batch size is given.
 POSTGRESQL_BATCH_SIZE = 50_000
 
 
@@ -137,7 +137,7 @@ def contacts_import(
             raise ImportConfigError(f"mode {mode} needs a contact list")
     if not batch_size:
         batch_size = settings.EDM_IMPORT_BATCH_SIZE
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" and mode in (ImportMode.ADD_NEW, ImportMode.UPSERT):
             batch_size = max(batch_size, POSTGRESQL_BATCH_SIZE)
     policy = EmailPolicy(reject_role=reject_role, reject_disposable=reject_disposable)
     if job is not None and not source_label:
