@@ -118,7 +118,7 @@ def start_gunicorn(env: dict[str, str], port: int, log: Path) -> subprocess.Pope
 def start_worker(env: dict[str, str], queue: str, concurrency: int, log: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=WARNING"]
     argv += [f"--concurrency={concurrency}", "-Q", queue, "--without-gossip", "--without-mingle"]
-    argv += ["-n", f"{queue}@%h"]
+    argv += ["-n", f"{queue.replace(',', '+')}@%h"]
     return start(argv, env, log)
 
 
@@ -223,7 +223,12 @@ def phase_priority(args, env, secret, logs) -> None:
     port = free_port()
     processes = [
         start_gunicorn(env, port, logs / "gunicorn.log"),
-        start_worker(env, env["EDM_CELERY_QUEUE"], 2, logs / "campaign-worker.log"),
+        start_worker(
+            env,
+            f"{env['EDM_CELERY_QUEUE']},{env['EDM_CELERY_QUEUE']}-control",
+            2,
+            logs / "campaign-worker.log",
+        ),
         start_worker(priority_env, env["EDM_PRIORITY_QUEUE"], 1, logs / "priority-worker.log"),
         priority_sink,
     ]
