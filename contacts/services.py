@@ -562,6 +562,9 @@ def _add_batch_postgresql(
             " email text NOT NULL, email_key text NOT NULL, name text NOT NULL,"
             " attributes jsonb NOT NULL) ON COMMIT DELETE ROWS"
         )
+        # Empty already after a commit; not when the import runs inside an outer transaction
+        # (the previous chunk would otherwise be processed again with every later one).
+        cursor.execute(f"TRUNCATE {_PG_STAGE}")
         with cursor.cursor.copy(
             f"COPY {_PG_STAGE} (line, email, email_key, name, attributes) FROM STDIN"
         ) as copy:

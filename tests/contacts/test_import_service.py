@@ -422,3 +422,17 @@ def test_closing_read_ahead_early_stops_the_producer():
     ahead.close()
     assert _reader_threads() == []
     assert len(produced) <= 3  # one handed over, one queued, one waiting to be queued
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL staging table")
+def test_inside_an_outer_transaction_each_chunk_stages_only_its_own_rows(write_file):
+    rows = "".join(f"user{i}@example.com\n" for i in range(7))
+    # The test itself runs in a transaction, so the chunks' commits are savepoints and the
+    # staging table's ON COMMIT DELETE ROWS never fires.
+    summary = run(
+        write_file("email\n" + rows), ContactListFactory(), ImportMode.UPSERT, batch_size=3
+    )
+    assert (summary.created, summary.unchanged) == (7, 0)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM skylark_import_chunk")
+        assert cursor.fetchone() == (1,)  # the last chunk only
