@@ -14,6 +14,7 @@ import argparse
 import csv
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -38,7 +39,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args()
 
-    scratch = Path(tempfile.mkdtemp(prefix="skylark-bench-"))
+    scratch = Path(tempfile.mkdtemp(prefix="skylark-import-bench-"))
+    try:
+        run(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # a 1M-row run leaves ~0.5 GB otherwise
+
+
+def run(args: argparse.Namespace, scratch: Path) -> None:
     if not os.environ.get("DATABASE_URL"):
         os.environ["EDM_SQLITE_PATH"] = str(scratch / "bench.sqlite3")
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings"
