@@ -74,6 +74,9 @@ class Campaign(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     # Set once the deliveries are materialized; a campaign is never finished before that.
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    # Set once the first messages' failure rate was judged (EDM_PAUSE_SAMPLE): a campaign is
+    # auto-paused at most once, and a resume by a person is final.
+    error_rate_judged = models.BooleanField(default=False, editable=False)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

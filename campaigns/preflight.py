@@ -276,7 +276,9 @@ def campaign_preflight(campaign: Campaign, *, sample_size: int = 50) -> Prefligh
     if from_domain:
         try:
             # The same headers campaign_prepare writes, so a bad List-Id shows up here too.
-            list_id = f"{campaign.name} <campaign-{campaign.pk}.{from_domain}>"
+            from campaigns.services import campaign_list_id
+
+            list_id = campaign_list_id(campaign, from_domain)
             composer = Composer(
                 MessageSpec(
                     from_email=campaign.from_email,

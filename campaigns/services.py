@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -20,13 +21,13 @@ from contacts.segments import SegmentRuleError
 from delivery import selectors as delivery_selectors
 from delivery import services as delivery_services
 from delivery import tokens, tracking
-from delivery.compose import Composer, MessageSpec, make_message_id
+from delivery.compose import Composer, MessageSpec, make_message_id, validate_address
 from delivery.dkim import DkimSigner
 from delivery.errors import DeliveryError, TemplateError
-from delivery.health import quota_take, record_result
+from delivery.health import quota_refund, quota_take, record_result
 from delivery.models import Delivery, DeliveryStatus
 from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
-from delivery.ratelimit import RateLimiter, is_slow_down, slow_down
+from delivery.ratelimit import RateLimiter, is_slow_down, slow_down, slow_down_keys
 from delivery.redis import claim_once, get_redis, release
 from delivery.render import (
     CompiledTemplates,
@@ -105,12 +106,15 @@ class PreparedCampaign:
         sender = verp_address(
             delivery_id=row.id, domain=settings.EDM_BOUNCE_DOMAIN, secret=settings.SECRET_KEY
         )
+        # RFC 6531: only a non-ASCII local part needs SMTPUTF8; an internationalized domain
+        # travels as its A-label (xn--...), which any server accepts.
+        recipient = validate_address(row.email)
         return Envelope(
             sender=sender,
-            recipients=(row.email,),
+            recipients=(recipient,),
             data=data,
             tag=(row.id, message_id),
-            smtputf8=not row.email.isascii(),
+            smtputf8=not recipient.isascii(),
             dsn_envid=str(row.id),
             dsn_notify="FAILURE,DELAY",
             dsn_ret="HDRS",
@@ -119,6 +123,16 @@ class PreparedCampaign:
 
 # Prepared campaigns per worker process, keyed by id and last change.
 _PREPARED: dict[int, tuple[datetime, PreparedCampaign]] = {}
+
+
+def campaign_list_id(campaign: Campaign, from_domain: str) -> str:
+    """The List-Id header (RFC 2919): the id is ASCII; the campaign's name is kept as the
+    phrase only when it needs no quoting or encoding."""
+    if not campaign.lists.exists():
+        return ""
+    name = campaign.name
+    plain = name.isascii() and not set('<>"\\()[]:;@,') & set(name)
+    return f"{name if plain else ''} <campaign-{campaign.pk}.{from_domain}>".strip()
 
 
 def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
@@ -134,8 +148,7 @@ def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
     )
     compiled = compile_templates(TemplateSource(subject=subject, html=html, text=text))
     from_domain = campaign.from_email.rpartition("@")[2].lower()
-    list_names = list(campaign.lists.values_list("name", flat=True))
-    list_id = f"{campaign.name} <campaign-{campaign.pk}.{from_domain}>" if list_names else ""
+    list_id = campaign_list_id(campaign, from_domain)
     composer = Composer(
         MessageSpec(
             from_email=campaign.from_email,
@@ -309,101 +322,100 @@ def campaign_dispatch(*, campaign_id: int) -> int:
     return batches
 
 
-@dataclass
-class _Flusher:
-    """Collects outcomes and writes them at least every `every` seconds."""
+class _BatchRun:
+    """One batch task's sending: claims, hand-over to the SMTP pool, outcomes, leases.
 
-    every: float
-    pending: list[Outcome]
-    last: float
-    campaign_id: int | None = None
-
-    def add(self, outcome: Outcome) -> None:
-        self.pending.append(outcome)
-        if time.monotonic() - self.last >= self.every:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            delivery_services.deliveries_record(self.pending)
-            self.pending = []
-            if self.campaign_id is not None:
-                campaign_check_error_rate(campaign_id=self.campaign_id)
-        self.last = time.monotonic()
-
-
-def campaign_send_batch(
-    *, campaign_id: int, id_from: int | None = None, id_to: int | None = None
-) -> int:
-    """Claim, render, send and record the due deliveries of a campaign (in an id range).
-
-    Claims are taken lazily, a chunk at a time, while earlier messages are still on the
-    wire, so the SMTP pipeline never drains between chunks. Outcomes are written at least
-    every EDM_FLUSH_SECONDS. The task stops claiming after EDM_TASK_SECONDS and hands the
-    rest of its range to a new task, so that a graceful worker stop is never long.
+    Rows move from `held` (claimed, not yet handed to the pool) to `in_flight` (handed, result
+    pending) to an outcome. Outcomes are written, held and in-flight leases renewed, and the
+    campaign's status looked at, at least every EDM_FLUSH_SECONDS, also while the server is
+    slow or a rate limit holds messages back. On pause, cancel, the task's time budget or an
+    error, held rows are given back (no attempt counted) so a stop waits only for the few
+    messages already on the wire.
     """
-    from campaigns.tasks import campaign_send_batch as batch_task
 
-    campaign = Campaign.objects.filter(pk=campaign_id).first()
-    if campaign is None or campaign.status != CampaignStatus.SENDING:
-        return 0
-    prepared = campaign_prepare(campaign)
-    policy = RetryPolicy(
-        base_seconds=settings.EDM_RETRY_BASE_SECONDS,
-        factor=settings.EDM_RETRY_FACTOR,
-        max_seconds=settings.EDM_RETRY_MAX_SECONDS,
-        lifetime_seconds=settings.EDM_RETRY_LIFETIME_SECONDS,
-    )
-    flusher = _Flusher(
-        every=settings.EDM_FLUSH_SECONDS,
-        pending=[],
-        last=time.monotonic(),
-        campaign_id=campaign_id,
-    )
-    claimed_by_id: dict[int, ClaimedDelivery] = {}
-    render_failures: collections.deque[Outcome] = collections.deque()
-    deadline = time.monotonic() + settings.EDM_TASK_SECONDS
-    state = {"handled": 0, "more": False, "failing": False}
+    def __init__(
+        self,
+        campaign: Campaign,
+        prepared: PreparedCampaign,
+        *,
+        id_from: int | None,
+        id_to: int | None,
+    ) -> None:
+        self.campaign = campaign
+        self.campaign_id = campaign.pk
+        self.prepared = prepared
+        self.id_from, self.id_to = id_from, id_to
+        # One route (server) per task: tasks spread over the servers by weight, and a server
+        # that keeps failing or is down is left to rest while the others carry the traffic.
+        self.route = delivery_selectors.choose_route(list(prepared.routes))
+        self.policy = RetryPolicy(
+            base_seconds=settings.EDM_RETRY_BASE_SECONDS,
+            factor=settings.EDM_RETRY_FACTOR,
+            max_seconds=settings.EDM_RETRY_MAX_SECONDS,
+            lifetime_seconds=settings.EDM_RETRY_LIFETIME_SECONDS,
+        )
+        self.held: dict[int, ClaimedDelivery] = {}
+        self.in_flight: dict[int, ClaimedDelivery] = {}
+        self.outcomes: list[Outcome] = []
+        self.render_failures: collections.deque[Outcome] = collections.deque()
+        self.deadline = time.monotonic() + settings.EDM_TASK_SECONDS
+        self.last_tick = time.monotonic()
+        self.stopping = False
+        self.more = False  # stopped by the time budget with work left in the range
+        self.failing = False
+        self.claimed = 0
 
-    # One route (server) per task: tasks spread over the servers by weight, and a server
-    # that keeps failing is rested while the others carry the traffic.
-    route = delivery_selectors.choose_route(list(prepared.routes)) if prepared.routes else None
+    # --- claiming ------------------------------------------------------------------------
 
-    def claimed_rows():
-        while True:
-            if time.monotonic() > deadline:
-                state["more"] = True
+    def _claim(self) -> bool:
+        """Claim the next chunk into `held`; False when there is nothing (more) to do."""
+        if time.monotonic() > self.deadline:
+            self.more = True
+            return False
+        if self._status() != CampaignStatus.SENDING:
+            return False
+        route = self.route
+        limit = settings.EDM_BATCH_SIZE
+        if route.daily_quota:
+            limit = quota_take(route.key, wanted=limit, daily_quota=route.daily_quota)
+            if not limit:
+                logger.warning(
+                    "campaign %s waits: %s used its daily quota", self.campaign_id, route.key
+                )
+                return False
+        claimed = delivery_services.deliveries_claim(
+            campaign_id=self.campaign_id, limit=limit, id_from=self.id_from, id_to=self.id_to
+        )
+        self.claimed += len(claimed)
+        kept = delivery_services.deliveries_drop_suppressed(
+            claimed, targeted=_still_targeted(self.campaign, [row.contact_id for row in claimed])
+        )
+        quota_refund(route.key, limit - len(kept), daily_quota=route.daily_quota)
+        self.held.update((row.id, row) for row in kept)
+        return bool(claimed)
+
+    def _status(self) -> str | None:
+        return Campaign.objects.filter(pk=self.campaign_id).values_list("status", flat=True).first()
+
+    def rows(self):
+        """Claimed rows, one at a time, as the pool has room for them."""
+        while not self.stopping:
+            if not self.held and not self._claim():
                 return
-            status = (
-                Campaign.objects.filter(pk=campaign_id).values_list("status", flat=True).first()
-            )
-            if status != CampaignStatus.SENDING:
-                return
-            limit = settings.EDM_BATCH_SIZE
-            if route is not None and route.daily_quota:
-                limit = quota_take(route.key, wanted=limit, daily_quota=route.daily_quota)
-                if not limit:
-                    logger.warning(
-                        "campaign %s waits: %s used its daily quota", campaign_id, route.key
-                    )
-                    return
-            claimed = delivery_services.deliveries_claim(
-                campaign_id=campaign_id, limit=limit, id_from=id_from, id_to=id_to
-            )
-            if not claimed:
-                return
-            state["handled"] += len(claimed)
-            for row in delivery_services.deliveries_drop_suppressed(claimed):
-                claimed_by_id[row.id] = row
-                yield row
+            if not self.held:
+                continue  # the whole chunk was dropped (suppressed, unsubscribed)
+            row_id = next(iter(self.held))
+            row = self.held.pop(row_id)
+            self.in_flight[row_id] = row
+            yield row
 
-    def envelopes():
-        for row in claimed_rows():
+    def envelopes(self):
+        for row in self.rows():
             try:
-                yield prepared.envelope(row)
+                yield self.prepared.envelope(row)
             except (TemplateError, DeliveryError) as exc:
-                claimed_by_id.pop(row.id, None)
-                render_failures.append(
+                self.in_flight.pop(row.id, None)
+                self.render_failures.append(
                     failed_outcome(
                         delivery_id=row.id,
                         reason="template_error",
@@ -412,42 +424,132 @@ def campaign_send_batch(
                     )
                 )
 
-    smtp = route.config if route else prepared.smtp
-    limiter = route.limiter if route else prepared.limiter
-    before_send = limiter.wait if limiter is not None else None
-    for result in send_envelopes(smtp, envelopes(), before_send=before_send):
+    # --- results -------------------------------------------------------------------------
+
+    def record(self, result: SendResult) -> None:
         delivery_id, message_id = result.tag
-        row = claimed_by_id.pop(delivery_id)
-        if route is not None and (result.status != SendStatus.SENT or state["failing"]):
+        row = self.in_flight.pop(delivery_id)
+        route = self.route
+        if result.status != SendStatus.SENT or self.failing:
             # Redis is asked only around failures: a healthy send path pays nothing.
             record_result(route.key, result)
-            state["failing"] = result.status != SendStatus.SENT
-        if limiter is not None and is_slow_down(result.code, result.text):
-            for limit in limiter.limits_for(row.email):
-                slow_down(get_redis(), limit.key)
-        flusher.add(
+            self.failing = result.status != SendStatus.SENT
+        if route.limiter is not None and is_slow_down(result.code, result.text):
+            for key in slow_down_keys(
+                route.limiter, row.email, stage=result.stage, code=result.code
+            ):
+                slow_down(get_redis(), key)
+        self.outcomes.append(
             outcome_for_result(
                 result,
                 delivery_id=delivery_id,
                 attempts=row.attempts + 1,
                 first_attempt_at=row.first_attempt_at,
                 now=timezone.now(),
-                policy=policy,
+                policy=self.policy,
                 message_id=message_id,
             )
         )
-        while render_failures:
-            flusher.add(render_failures.popleft())
-    while render_failures:
-        flusher.add(render_failures.popleft())
-    flusher.flush()
-    if state["more"] and (id_from is not None or id_to is not None):
+
+    def tick(self, *, force: bool = False) -> None:
+        """Every EDM_FLUSH_SECONDS: write outcomes, renew leases, look at the campaign."""
+        while self.render_failures:
+            self.outcomes.append(self.render_failures.popleft())
+        now = time.monotonic()
+        if not force and now - self.last_tick < settings.EDM_FLUSH_SECONDS:
+            return
+        self.last_tick = now
+        if self.outcomes:
+            delivery_services.deliveries_record(self.outcomes)
+            self.outcomes = []
+            campaign_check_error_rate(campaign_id=self.campaign_id)
+        delivery_services.deliveries_renew_lease([*self.held, *self.in_flight])
+        if now > self.deadline and self.held:
+            self.more = True
+            self.stopping = True
+        if self._status() != CampaignStatus.SENDING:
+            self.stopping = True
+
+    def finish(self) -> None:
+        """Write what is left and give back what was claimed but never handed over."""
+        try:
+            self.tick(force=True)
+        finally:
+            delivery_services.deliveries_release(list(self.held))
+            quota_refund(self.route.key, len(self.held), daily_quota=self.route.daily_quota)
+            self.held.clear()
+        if self._status() == CampaignStatus.CANCELLED:
+            # Rows that came back deferred after the cancel: nothing more will be tried.
+            delivery_services.deliveries_cancel(campaign_id=self.campaign_id)
+
+
+def _still_targeted(campaign: Campaign, contact_ids: list[int]) -> set[int]:
+    """The contacts among `contact_ids` the campaign still targets: subscribed to one of its
+    lists, or matching one of its segments (checked again at send time: a late opt-out)."""
+    from contacts.models import Subscription
+
+    if not contact_ids:
+        return set()
+    targeted = set(
+        Subscription.objects.filter(
+            contact_id__in=contact_ids,
+            contact_list__in=campaign.lists.all(),
+            status=SubscriptionStatus.SUBSCRIBED,
+        ).values_list("contact_id", flat=True)
+    )
+    missing = [c for c in contact_ids if c not in targeted]
+    for segment in campaign.segments.all() if missing else ():
+        try:
+            targeted.update(segment.contacts().filter(id__in=missing).values_list("id", flat=True))
+        except SegmentRuleError:
+            continue
+    return targeted
+
+
+def campaign_send_batch(
+    *, campaign_id: int, id_from: int | None = None, id_to: int | None = None
+) -> int:
+    """Claim, render, send and record the due deliveries of a campaign (in an id range).
+
+    Claims are taken lazily, a chunk at a time, while earlier messages are still on the
+    wire, so the SMTP pipeline never drains between chunks (see _BatchRun). The task stops
+    after EDM_TASK_SECONDS and hands the rest of its range to a new task, so that a graceful
+    worker stop is never long.
+    """
+    from campaigns.tasks import campaign_send_batch as batch_task
+
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None or campaign.status != CampaignStatus.SENDING:
+        return 0
+    try:
+        prepared = campaign_prepare(campaign)
+    except (TemplateError, DeliveryError, ValueError) as exc:
+        # A campaign that cannot be prepared any more (a key or password that no longer
+        # decrypts, a header made invalid by an edit) waits for a person, with the reason.
+        with contextlib.suppress(CampaignStateError):
+            campaign_pause(campaign_id=campaign_id, reason=f"Cannot prepare the messages: {exc}")
+        return 0
+    run = _BatchRun(campaign, prepared, id_from=id_from, id_to=id_to)
+    limiter = run.route.limiter
+    try:
+        for result in send_envelopes(
+            run.route.config,
+            run.envelopes(),
+            before_send=limiter.wait if limiter is not None else None,
+            heartbeat=settings.EDM_FLUSH_SECONDS,
+        ):
+            if result is not None:
+                run.record(result)
+            run.tick()
+    finally:
+        run.finish()
+    if run.more and (id_from is not None or id_to is not None):
         # A ranged task hands the rest of its range on; the sweeper's open-ended tasks
         # just stop (the sweeper sends another while work remains).
         batch_task.delay(campaign_id, id_from, id_to)
     else:
         campaign_finish_if_done(campaign_id=campaign_id)
-    return state["handled"]
+    return run.claimed
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:
@@ -493,8 +595,21 @@ def _sweep(campaign_dispatch, campaign_send_batch) -> dict[str, int]:
     sending = set(
         Campaign.objects.filter(status=CampaignStatus.SENDING).values_list("id", flat=True)
     )
-    for campaign_id in delivery_selectors.campaigns_with_due_deliveries(now=now):
-        if campaign_id in sending and claim_once(
+    # Rows that came back deferred (or were reclaimed) after their campaign was cancelled.
+    delivery_services.deliveries_cancel_for(
+        campaign_ids=list(
+            Campaign.objects.filter(
+                status=CampaignStatus.CANCELLED,
+                deliveries__status__in=[DeliveryStatus.PENDING, DeliveryStatus.DEFERRED],
+            )
+            .values_list("id", flat=True)
+            .distinct()[:100]
+        )
+    )
+    for campaign_id in delivery_selectors.campaigns_with_due_deliveries(
+        now=now, campaign_ids=sending
+    ):
+        if claim_once(
             _sweep_key(f"campaign:{campaign_id}"), seconds=int(settings.EDM_SWEEP_SECONDS * 2)
         ):
             campaign_send_batch.delay(campaign_id, None, None)
@@ -561,8 +676,8 @@ def delivery_unsubscribe(
 ) -> bool:
     """Unsubscribe a recipient from the lists its campaign was sent to; idempotent.
 
-    A recipient reached through a segment and no list of the campaign opts out of all
-    campaign mail (the contact becomes unsubscribed): an unsubscribe link must always work.
+    A recipient of a campaign that targets segments opts out of all campaign mail (the
+    contact becomes unsubscribed): an unsubscribe link must always work.
     Each subscription changed gets a consent record. Returns True when something changed.
     """
     from campaigns.tracking import tracking_record_unsubscribe
@@ -598,7 +713,9 @@ def delivery_unsubscribe(
         member = Subscription.objects.filter(
             contact_id=delivery.contact_id, contact_list__in=delivery.campaign.lists.all()
         ).exists()
-        if not member:
+        if not member or delivery.campaign.segments.exists():
+            # Reached through a segment: the person cannot leave a segment, so the opt-out
+            # covers all campaign mail.
             changed += Contact.objects.filter(
                 pk=delivery.contact_id, status=ContactStatus.ACTIVE
             ).update(status=ContactStatus.UNSUBSCRIBED, updated_at=now)
@@ -650,18 +767,27 @@ def campaign_resume(*, campaign_id: int) -> Campaign:
             action="resume",
             status_reason="",
         )
-        transaction.on_commit(lambda: _resume_after_commit(campaign_id))
+        from campaigns.tasks import campaign_resume as resume_task
+
+        resume_task.delay_on_commit(campaign_id)
     return campaign
 
 
-def _resume_after_commit(campaign_id: int) -> None:
+def campaign_enqueue_open(*, campaign_id: int) -> int:
+    """Send what is left of a resumed campaign: batch tasks for its open deliveries (or the
+    dispatch, if it never ran). Runs as a task: a large campaign has many ranges."""
     from campaigns.tasks import campaign_dispatch
 
-    campaign = Campaign.objects.get(pk=campaign_id)
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None or campaign.status != CampaignStatus.SENDING:
+        return 0
     if campaign.dispatched_at is None:
         campaign_dispatch.delay(campaign_id)
-    elif not _enqueue_batches(campaign_id):
+        return 0
+    batches = _enqueue_batches(campaign_id)
+    if not batches:
         campaign_finish_if_done(campaign_id=campaign_id)
+    return batches
 
 
 def campaign_cancel(*, campaign_id: int) -> Campaign:
@@ -712,20 +838,19 @@ def campaign_unschedule(*, campaign_id: int) -> Campaign:
     )
 
 
-# Campaigns whose error rate this process has already judged (the check runs once).
-_ERROR_RATE_JUDGED: set[int] = set()
-
-
 def campaign_check_error_rate(*, campaign_id: int) -> bool:
     """Pause a campaign whose first messages mostly bounce or fail; True if paused.
 
-    Judged once, when EDM_PAUSE_SAMPLE messages have a final outcome: a bad list or a
-    blocked sender shows in the first messages, and stopping then protects the sender's
-    reputation. Deferrals (transient errors) never count.
+    Judged once per campaign, by whichever worker first sees EDM_PAUSE_SAMPLE final
+    outcomes (a compare-and-set on the campaign): a bad list or a blocked sender shows in the
+    first messages, and stopping then protects the sender's reputation. A person who resumes
+    the campaign has the last word. Deferrals (transient errors) never count.
     """
     sample = settings.EDM_PAUSE_SAMPLE
     threshold = settings.EDM_PAUSE_ERROR_RATE
-    if campaign_id in _ERROR_RATE_JUDGED or sample <= 0 or threshold <= 0:
+    if sample <= 0 or threshold <= 0:
+        return False
+    if Campaign.objects.filter(pk=campaign_id, error_rate_judged=True).exists():
         return False
     done = Delivery.objects.filter(
         campaign_id=campaign_id,
@@ -733,7 +858,10 @@ def campaign_check_error_rate(*, campaign_id: int) -> bool:
     )
     if done[:sample].count() < sample:
         return False
-    _ERROR_RATE_JUDGED.add(campaign_id)
+    if not Campaign.objects.filter(pk=campaign_id, error_rate_judged=False).update(
+        error_rate_judged=True
+    ):
+        return False  # judged already, by another worker or before a resume
     first = done.order_by("id").values_list("id", flat=True)[:sample]
     bad = Delivery.objects.filter(
         id__in=list(first), status__in=[DeliveryStatus.BOUNCED, DeliveryStatus.FAILED]

@@ -17,6 +17,11 @@ def campaign_send_batch(campaign_id: int, id_from: int | None, id_to: int | None
     services.campaign_send_batch(campaign_id=campaign_id, id_from=id_from, id_to=id_to)
 
 
+@shared_task(name="campaigns.resume")
+def campaign_resume(campaign_id: int) -> None:
+    services.campaign_enqueue_open(campaign_id=campaign_id)
+
+
 @shared_task(name="campaigns.sweep")
 def campaigns_sweep() -> None:
     services.campaigns_sweep()

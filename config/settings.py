@@ -188,6 +188,9 @@ EDM_FLUSH_SECONDS = env_float("EDM_FLUSH_SECONDS", 1.0)
 # A batch task stops claiming after this long and hands the rest of its range on, so a
 # graceful worker stop (SIGTERM) waits for at most one chunk.
 EDM_TASK_SECONDS = env_float("EDM_TASK_SECONDS", 30.0)
+# A delivery whose worker was lost this many times (a recipient that crashes its worker every
+# time) fails instead of being retried forever.
+EDM_MAX_RECLAIMS = env_int("EDM_MAX_RECLAIMS", 10)
 EDM_SWEEP_SECONDS = env_float("EDM_SWEEP_SECONDS", 15.0)
 # Retry schedule (RFC 5321 4.5.4.1): first retry after RETRY_BASE seconds, multiplied by
 # RETRY_FACTOR each time, capped at RETRY_MAX; give up after RETRY_LIFETIME seconds.

@@ -61,6 +61,22 @@ def is_rested(route_key: str) -> bool:
         return False
 
 
+def _quota_key(route_key: str) -> str:
+    import datetime
+
+    return f"skylark:quota:{route_key}:{datetime.datetime.now(datetime.UTC):%Y%m%d}"
+
+
+def quota_refund(route_key: str, count: int, *, daily_quota: int) -> None:
+    """Give back quota taken for sends that did not happen (nothing to claim, dropped rows)."""
+    if daily_quota <= 0 or count <= 0:
+        return
+    try:
+        get_redis().decrby(_quota_key(route_key), count)
+    except redis.RedisError as exc:
+        logger.warning("daily quota not refunded: %s", exc)
+
+
 def quota_take(route_key: str, *, wanted: int, daily_quota: int) -> int:
     """Take up to `wanted` sends from a server's daily quota (UTC day); how many were granted.
 
@@ -69,9 +85,7 @@ def quota_take(route_key: str, *, wanted: int, daily_quota: int) -> int:
     """
     if daily_quota <= 0 or wanted <= 0:
         return wanted
-    import datetime
-
-    key = f"skylark:quota:{route_key}:{datetime.datetime.now(datetime.UTC):%Y%m%d}"
+    key = _quota_key(route_key)
     try:
         client = get_redis()
         used = client.incrby(key, wanted)

@@ -24,7 +24,8 @@ class RetryPolicy:
 
     def delay(self, attempts: int) -> timedelta:
         """The wait before the next attempt, after `attempts` attempts (1-based)."""
-        seconds = self.base_seconds * self.factor ** max(attempts - 1, 0)
+        # The exponent is capped: factor ** 1024 overflows a float long before any lifetime.
+        seconds = self.base_seconds * self.factor ** min(max(attempts - 1, 0), 64)
         return timedelta(seconds=min(seconds, self.max_seconds))
 
 

@@ -70,6 +70,7 @@ class RateLimiter:
     _client: aioredis.Redis | None = None
     _script: object = None
     _loop: asyncio.AbstractEventLoop | None = None
+    _redis_retry_at: float = 0.0
     _local: dict[str, float] = field(default_factory=dict)
 
     def limits_for(self, recipient: str) -> list[Limit]:
@@ -88,13 +89,18 @@ class RateLimiter:
         """
         limits = self.limits_for(envelope.recipients[0]) if envelope.recipients else []
         for limit in reversed(limits):
-            try:
-                delay_us = await self._reserve(limit)
-            except (redis.RedisError, OSError, RuntimeError) as exc:
-                # RuntimeError: a client bound to an event loop that is gone (a new runner).
-                logger.warning("rate limits fall back to this process: redis: %s", exc)
-                self._client = None
+            if time.monotonic() < self._redis_retry_at:
                 delay_us = self._reserve_locally(limit)
+            else:
+                try:
+                    delay_us = await self._reserve(limit)
+                except (redis.RedisError, OSError, RuntimeError) as exc:
+                    # RuntimeError: a client bound to an event loop that is gone (a runner
+                    # restart). Redis is tried again after a pause, not on every message.
+                    logger.warning("rate limits fall back to this process for 30 s: %s", exc)
+                    self._client = None
+                    self._redis_retry_at = time.monotonic() + 30
+                    delay_us = self._reserve_locally(limit)
             if delay_us > 0:
                 await asyncio.sleep(delay_us / 1_000_000)
 
@@ -118,11 +124,27 @@ class RateLimiter:
         return int((start - now) * 1_000_000)
 
 
+# Replies that ask the sender to slow down. Greylisting ("try again later" for a first
+# contact) is not one of them: it asks for a retry, and the retry schedule handles it.
 _SLOW_TEXT = re.compile(
-    r"too many (connections|messages|recipients)|rate limit|try (again )?later|throttl|"
-    r"temporarily (deferred|rate)|slow down",
+    r"too many (connections|messages|recipients)|rate limit|throttl|"
+    r"temporarily (deferred|rate limited)|slow down|receiving mail (too quickly|at a rate)",
     re.I,
 )
+
+# Double a limit's slow-down factor at most once per SLOWDOWN_STEP_SECONDS, atomically: a
+# burst of 421s from concurrent connections is one complaint, not four.
+_SLOW_DOWN = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return tonumber(redis.call('GET', KEYS[1]) or '1')
+end
+local factor = tonumber(redis.call('GET', KEYS[1]) or '1') * 2
+if factor > tonumber(ARGV[1]) then factor = tonumber(ARGV[1]) end
+redis.call('SET', KEYS[1], factor, 'EX', ARGV[2])
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[3])
+return factor
+"""
+SLOWDOWN_STEP_SECONDS = 10
 
 
 def is_slow_down(code: int | None, text: str) -> bool:
@@ -132,13 +154,28 @@ def is_slow_down(code: int | None, text: str) -> bool:
     return bool(code and 400 <= code < 500 and _SLOW_TEXT.search(text or ""))
 
 
+def slow_down_keys(
+    limiter: RateLimiter, recipient: str, *, stage: str, code: int | None
+) -> list[str]:
+    """Which limits a slow-down reply is about: a 421 or a connection-level reply speaks for
+    the server; a reply about one recipient speaks for that recipient's provider."""
+    limits = limiter.limits_for(recipient)
+    server_wide = code == 421 or stage in {"connect", "ehlo", "mail"}
+    if server_wide:
+        return [limit.key for limit in limits]
+    return [limit.key for limit in limits if limit is not limiter.server]
+
+
 def slow_down(client: redis.Redis, key: str) -> int:
     """Double a limit's interval (up to MAX_SLOWDOWN) for SLOWDOWN_SECONDS; the new factor."""
     slow_key = PREFIX + key + ":slow"
     try:
-        factor = int(client.get(slow_key) or 1)
-        factor = min(factor * 2, MAX_SLOWDOWN)
-        client.set(slow_key, factor, ex=SLOWDOWN_SECONDS)
+        factor = int(
+            client.eval(
+                _SLOW_DOWN, 2, slow_key, slow_key + ":step",
+                MAX_SLOWDOWN, SLOWDOWN_SECONDS, SLOWDOWN_STEP_SECONDS,
+            )
+        )  # fmt: skip
     except redis.RedisError as exc:
         logger.warning("cannot record a slow-down for %s: %s", key, exc)
         return 1

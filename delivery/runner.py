@@ -140,14 +140,17 @@ def send_envelopes(
     *,
     concurrency: int | None = None,
     before_send: BeforeSend | None = None,
-) -> Iterator[SendResult]:
+    heartbeat: float | None = None,
+) -> Iterator[SendResult | None]:
     """Send ``envelopes`` through the process's pool for ``config``; yield results as they complete.
 
     Envelopes are pulled lazily, at most ``concurrency`` (default: ``config.pool_size``) in
     flight, so the caller can record outcomes while sending continues. ``before_send`` is
     awaited on the loop before each send (a shared rate limiter, for example); an exception
     from it ends the iteration. If the caller stops iterating early, the sends already in
-    flight are allowed to finish (never cut mid-DATA) and their results are dropped.
+    flight are allowed to finish (never cut mid-DATA) and their results are dropped. With
+    ``heartbeat``, None is yielded whenever that many seconds pass without a result, so the
+    caller can flush, renew leases or decide to stop while the server is slow.
     """
     runner = _get_runner()
     limit = max(1, concurrency or config.pool_size)
@@ -169,8 +172,10 @@ def send_envelopes(
             if not pending:
                 return
             done, pending = concurrent.futures.wait(
-                pending, return_when=concurrent.futures.FIRST_COMPLETED
+                pending, timeout=heartbeat, return_when=concurrent.futures.FIRST_COMPLETED
             )
+            if not done:
+                yield None
             for future in done:
                 yield future.result()
     finally:

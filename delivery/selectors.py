@@ -123,18 +123,19 @@ def has_open_deliveries(*, campaign_id: int) -> bool:
     return Delivery.objects.filter(campaign_id=campaign_id, status__in=OPEN_STATUSES).exists()
 
 
-def campaigns_with_due_deliveries(*, now) -> list[int]:
+def campaigns_with_due_deliveries(*, now, campaign_ids) -> list[int]:
+    """Those of `campaign_ids` with a pending or due deferred delivery: one indexed EXISTS
+    per campaign, never a scan of every pending row."""
     from django.db.models import Q
 
-    return list(
-        Delivery.objects.filter(
-            Q(status=DeliveryStatus.PENDING)
-            | Q(status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now)
-        )
-        .values_list("campaign_id", flat=True)
-        .distinct()
-        .order_by()
+    due = Q(status=DeliveryStatus.PENDING) | Q(
+        status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now
     )
+    return [
+        campaign_id
+        for campaign_id in campaign_ids
+        if Delivery.objects.filter(due, campaign_id=campaign_id).exists()
+    ]
 
 
 def rate_limiter_for(server: SmtpServer | None) -> RateLimiter | None:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from contacts.models import (
@@ -163,10 +163,14 @@ def deliveries_claim(
     return [ClaimedDelivery(*row) for row in rows]
 
 
-def deliveries_drop_suppressed(claimed: list[ClaimedDelivery]) -> list[ClaimedDelivery]:
+def deliveries_drop_suppressed(
+    claimed: list[ClaimedDelivery], *, targeted: set[int] | None = None
+) -> list[ClaimedDelivery]:
     """Mark claimed deliveries whose address was suppressed or opted out since dispatch.
 
-    Checked again at send time so that a late opt-out is honoured.
+    Checked again at send time so that a late opt-out is honoured. `targeted`, when given,
+    holds the claimed contacts the campaign still targets (still subscribed to one of its
+    lists, or matching one of its segments); the others unsubscribed meanwhile.
     """
     if not claimed:
         return claimed
@@ -190,6 +194,7 @@ def deliveries_drop_suppressed(claimed: list[ClaimedDelivery]) -> list[ClaimedDe
             email in blocked_values
             or email.rpartition("@")[2] in blocked_values
             or item.contact_id in inactive
+            or (targeted is not None and item.contact_id not in targeted)
         ):
             dropped.append(item)
         else:
@@ -290,7 +295,10 @@ def _update_from_values(outcomes: list[Outcome], *, chunk: int = 500) -> None:
             f"attempts = attempts + 1, lease_expires_at = NULL, "
             f"updated_at = {value['attempted_at']}, "
             f"first_attempt_at = COALESCE(first_attempt_at, {value['attempted_at']}) "
-            f"FROM (VALUES {rows}) AS v WHERE {table}.id = {id_column}"
+            f"FROM (VALUES {rows}) AS v WHERE {table}.id = {id_column} "
+            # A row that is no longer ours (cancelled, or reclaimed by the sweeper and
+            # claimed again) keeps its status; the events still record what happened.
+            f"AND {table}.status = 'sending'"
         )
         params: list = []
         for o in part:
@@ -335,7 +343,9 @@ def deliveries_reclaim_expired(*, now: datetime | None = None) -> int:
 
     At-least-once: such a message may have left before the worker died, so it may repeat.
     Rows are locked (skipped when another sweeper holds them) and the update re-checks the
-    lease, so a row claimed again in the meantime is never taken from its new worker.
+    lease, so a row claimed again in the meantime is never taken from its new worker. A
+    reclaim counts as an attempt; a delivery reclaimed EDM_MAX_RECLAIMS times (a recipient
+    that crashes its worker every time) fails instead of taking workers down forever.
     """
     now = now or timezone.now()
     expired = Delivery.objects.filter(status=DeliveryStatus.SENDING, lease_expires_at__lt=now)
@@ -346,19 +356,45 @@ def deliveries_reclaim_expired(*, now: datetime | None = None) -> int:
         ids = list(locking.values_list("id", flat=True)[:10000])
         if not ids:
             return 0
-        reclaimed = list(
-            expired.filter(id__in=ids).values_list("id", flat=True)
-        )  # still expired: the ones this transaction owns
-        Delivery.objects.filter(id__in=reclaimed).update(
-            status=DeliveryStatus.DEFERRED, next_attempt_at=now, lease_expires_at=None
+        rows = list(expired.filter(id__in=ids).values_list("id", "attempts"))
+        poison = [i for i, attempts in rows if attempts + 1 >= settings.EDM_MAX_RECLAIMS]
+        retry = [i for i, attempts in rows if attempts + 1 < settings.EDM_MAX_RECLAIMS]
+        Delivery.objects.filter(id__in=retry).update(
+            status=DeliveryStatus.DEFERRED,
+            next_attempt_at=now,
+            lease_expires_at=None,
+            attempts=F("attempts") + 1,
+        )
+        Delivery.objects.filter(id__in=poison).update(
+            status=DeliveryStatus.FAILED,
+            reason="worker_lost",
+            smtp_reply="Failed: its worker was lost every time it tried this recipient.",
+            lease_expires_at=None,
+            attempts=F("attempts") + 1,
         )
         DeliveryEvent.objects.bulk_create(
-            DeliveryEvent(delivery_id=i, kind=EventKind.RECLAIMED, created_at=now)
-            for i in reclaimed
+            [DeliveryEvent(delivery_id=i, kind=EventKind.RECLAIMED, created_at=now) for i in retry]
+            + [
+                DeliveryEvent(
+                    delivery_id=i, kind=EventKind.FAILED, created_at=now, detail="worker lost"
+                )
+                for i in poison
+            ]
         )
-    if reclaimed:
-        logger.warning("reclaimed %d deliveries with expired leases", len(reclaimed))
-    return len(reclaimed)
+    logger.warning(
+        "reclaimed %d deliveries with expired leases (%d failed)", len(rows), len(poison)
+    )
+    return len(rows)
+
+
+def deliveries_renew_lease(delivery_ids: list[int], *, lease_seconds: int | None = None) -> int:
+    """Extend the lease of deliveries a live task still holds (slow servers, rate limits)."""
+    if not delivery_ids:
+        return 0
+    lease = timezone.now() + timedelta(seconds=lease_seconds or settings.EDM_LEASE_SECONDS)
+    return Delivery.objects.filter(id__in=delivery_ids, status=DeliveryStatus.SENDING).update(
+        lease_expires_at=lease
+    )
 
 
 def deliveries_release(delivery_ids: list[int]) -> int:
@@ -368,6 +404,16 @@ def deliveries_release(delivery_ids: list[int]) -> int:
     return Delivery.objects.filter(id__in=delivery_ids, status=DeliveryStatus.SENDING).update(
         status=DeliveryStatus.PENDING, lease_expires_at=None, updated_at=timezone.now()
     )
+
+
+def deliveries_cancel_for(*, campaign_ids: list[int]) -> int:
+    """Cancel the open deliveries of several (cancelled) campaigns."""
+    if not campaign_ids:
+        return 0
+    return Delivery.objects.filter(
+        campaign_id__in=campaign_ids,
+        status__in=[DeliveryStatus.PENDING, DeliveryStatus.DEFERRED],
+    ).update(status=DeliveryStatus.CANCELLED, updated_at=timezone.now())
 
 
 def deliveries_cancel(*, campaign_id: int) -> int:

@@ -12,6 +12,7 @@ from campaigns.models import CampaignStatus
 from campaigns.services import (
     campaign_cancel,
     campaign_dispatch,
+    campaign_enqueue_open,
     campaign_pause,
     campaign_resume,
     campaign_schedule,
@@ -38,7 +39,7 @@ def no_broker(monkeypatch):
     from campaigns import tasks
 
     enqueued: list[tuple[str, tuple]] = []
-    for name in ("campaign_dispatch", "campaign_send_batch"):
+    for name in ("campaign_dispatch", "campaign_send_batch", "campaign_resume"):
         task = getattr(tasks, name)
         monkeypatch.setattr(task, "delay", lambda *a, _n=name: enqueued.append((_n, a)))
         monkeypatch.setattr(task, "delay_on_commit", lambda *a, _n=name: enqueued.append((_n, a)))
@@ -90,6 +91,8 @@ def test_paused_campaign_claims_nothing_and_resume_continues_from_what_was_sent(
     no_broker.clear()
     with django_capture_on_commit_callbacks(execute=True):
         campaign_resume(campaign_id=campaign.pk)
+    assert no_broker == [("campaign_resume", (campaign.pk,))]
+    campaign_enqueue_open(campaign_id=campaign.pk)
     ranges = [args for name, args in no_broker if name == "campaign_send_batch"]
     assert len(ranges) == 2  # the 4 open deliveries, in batches of 3
     for _, id_from, id_to in ranges:

@@ -87,11 +87,14 @@ def test_waiting_for_a_provider_does_not_hold_the_servers_slots(redis_url, redis
 def test_slow_down_doubles_the_interval_and_expires(redis_url, redis_client):
     limiter = RateLimiter(redis_url=redis_url, server=Limit(key="server:t4", per_second=100))
     assert slow_down(redis_client, "server:t4") == 2
+    assert slow_down(redis_client, "server:t4") == 2  # a burst of complaints counts once
+    redis_client.delete("skylark:rate:server:t4:slow:step")  # the step window passed
     assert slow_down(redis_client, "server:t4") == 4
     assert redis_client.ttl("skylark:rate:server:t4:slow") > 0
     waits = reservations(limiter, ["a@x.org", "b@x.org"])
     assert waits[1] >= 35_000  # 10 ms x 4, minus reservation time
     for _ in range(10):
+        redis_client.delete("skylark:rate:server:t4:slow:step")
         slow_down(redis_client, "server:t4")
     assert int(redis_client.get("skylark:rate:server:t4:slow")) == 16
 
@@ -115,7 +118,8 @@ def test_without_redis_limits_fall_back_to_this_process():
     [
         (421, "4.7.0 Too many connections", True),
         (451, "4.7.1 Rate limit exceeded, try again later", True),
-        (450, "4.2.1 The user you are trying to contact is receiving mail too quickly", False),
+        (450, "4.2.1 The user you are trying to contact is receiving mail too quickly", True),
+        (450, "4.2.0 Recipient address rejected: Greylisted, try again later", False),
         (452, "4.5.3 Too many recipients", True),
         (550, "5.1.1 No such user", False),
         (250, "2.0.0 Ok", False),
@@ -123,3 +127,19 @@ def test_without_redis_limits_fall_back_to_this_process():
 )
 def test_which_replies_ask_to_slow_down(code, text, slow):
     assert is_slow_down(code, text) is slow
+
+
+def test_a_recipient_level_reply_slows_its_provider_not_the_server(redis_url):
+    from delivery.ratelimit import slow_down_keys
+
+    limiter = RateLimiter(
+        redis_url=redis_url,
+        server=Limit(key="server:s", per_second=100),
+        domains={"gmail.com": Limit(key="domain:g", per_second=10)},
+    )
+    assert slow_down_keys(limiter, "a@gmail.com", stage="rcpt", code=450) == ["domain:g"]
+    assert slow_down_keys(limiter, "a@gmail.com", stage="connect", code=421) == [
+        "server:s",
+        "domain:g",
+    ]
+    assert slow_down_keys(limiter, "a@other.org", stage="rcpt", code=451) == []
