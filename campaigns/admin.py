@@ -12,11 +12,11 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from unfold.admin import ModelAdmin
+from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
 
 from campaigns.errors import CampaignError
-from campaigns.models import Campaign, CampaignStatus, Template
+from campaigns.models import Campaign, CampaignAttachment, CampaignStatus, Template
 from campaigns.preflight import (
     Level,
     PreflightReport,
@@ -143,8 +143,15 @@ def _remember(request: HttpRequest, campaign_id: int, report: PreflightReport) -
     }
 
 
+class CampaignAttachmentInline(TabularInline):
+    model = CampaignAttachment
+    extra = 0
+    fields = ("file", "filename", "content_type", "content_id")
+
+
 @admin.register(Campaign)
 class CampaignAdmin(ModelAdmin):
+    inlines = (CampaignAttachmentInline,)
     form = CampaignForm
     list_display = ("name", "status_badge", "total_recipients", "progress", "created_at")
     list_filter = ("status",)

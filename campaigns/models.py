@@ -95,4 +95,20 @@ class Campaign(models.Model):
         )
 
 
+class CampaignAttachment(models.Model):
+    """A file sent with every message of a campaign; with a Content-ID, an inline image that
+    the HTML shows with ``<img src="cid:...">``."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="attachments")
+    file = models.FileField(upload_to="attachments/%Y/%m/")
+    filename = models.CharField(max_length=255, blank=True, help_text="Empty: the file's name.")
+    content_type = models.CharField(max_length=100, blank=True, help_text="Empty: guessed.")
+    content_id = models.CharField(
+        max_length=100, blank=True, help_text='For an inline image: use it as src="cid:<this>".'
+    )
+
+    def __str__(self) -> str:
+        return self.filename or self.file.name
+
+
 from campaigns.tracking_models import *  # noqa: E402,F401,F403

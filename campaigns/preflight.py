@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import html as html_lib
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from email.parser import BytesHeaderParser
@@ -193,6 +194,38 @@ def link_problem(href: str) -> str:
     return ""
 
 
+# Most providers refuse messages over 25 MB (attachments grow by a third in base64).
+ATTACHMENTS_WARN_BYTES = 10 * 1024 * 1024
+
+
+def _check_attachments(campaign: Campaign, html: str, add) -> None:
+    """Inline images the HTML points at but nobody attached, and heavy attachments."""
+    if not campaign.pk:
+        return
+    attachments = list(campaign.attachments.all())
+    content_ids = {a.content_id for a in attachments if a.content_id}
+    for cid in sorted(set(re.findall(r"""cid:([^"'\s>)]+)""", html)) - content_ids):
+        add(
+            Level.ERROR,
+            "cid_missing",
+            f'The HTML shows the image "cid:{cid}", but no attachment has that Content-ID.',
+        )
+    total = 0
+    for attachment in attachments:
+        try:
+            total += attachment.file.size
+        except OSError:
+            add(Level.ERROR, "attachment_missing", f"The attachment {attachment} cannot be read.")
+    if total > ATTACHMENTS_WARN_BYTES:
+        add(
+            Level.WARNING,
+            "attachments_large",
+            f"The attachments weigh {total / 1024 / 1024:.1f} MB in every message: many "
+            "providers refuse messages over 25 MB, and large mailings look like spam. Link to "
+            "the files instead.",
+        )
+
+
 def campaign_preflight(campaign: Campaign, *, sample_size: int = 50) -> PreflightReport:
     """Everything we can know before the first message: errors stop a send, warnings do not."""
     findings: list[Finding] = []
@@ -201,6 +234,7 @@ def campaign_preflight(campaign: Campaign, *, sample_size: int = 50) -> Prefligh
         findings.append(Finding(level, code, message))
 
     subject, html, text = campaign.content()
+    _check_attachments(campaign, html, add)
     # From
     from_domain = ""
     try:

@@ -21,7 +21,13 @@ from contacts.segments import SegmentRuleError
 from delivery import selectors as delivery_selectors
 from delivery import services as delivery_services
 from delivery import tokens, tracking
-from delivery.compose import Composer, MessageSpec, make_message_id, validate_address
+from delivery.compose import (
+    Attachment,
+    Composer,
+    MessageSpec,
+    make_message_id,
+    validate_address,
+)
 from delivery.dkim import DkimSigner
 from delivery.errors import DeliveryError, TemplateError
 from delivery.health import quota_refund, quota_take, record_result
@@ -59,6 +65,7 @@ class PreparedCampaign:
     smtp: SmtpConfig
     message_id_domain: str
     limiter: RateLimiter | None = None
+    attachments: tuple[Attachment, ...] = ()
     routes: tuple[Route, ...] = ()
 
     def recipient_context(self, row: ClaimedDelivery, *, pixel: bool = True) -> dict:
@@ -100,6 +107,7 @@ class PreparedCampaign:
             unsubscribe_mailto=f"mailto:unsubscribe@{settings.EDM_BOUNCE_DOMAIN}"
             f"?subject=unsubscribe-{row.id}",
             delivery_id=row.id,
+            attachments=self.attachments,
         )
         if self.signer is not None:
             data = self.signer.sign(data)
@@ -135,6 +143,22 @@ def campaign_list_id(campaign: Campaign, from_domain: str) -> str:
     return f"{name if plain else ''} <campaign-{campaign.pk}.{from_domain}>".strip()
 
 
+def campaign_attachments(campaign: Campaign) -> tuple[Attachment, ...]:
+    """The campaign's files, read once per campaign (the composer encodes each once too)."""
+    import mimetypes
+    from pathlib import PurePath
+
+    files = []
+    for item in campaign.attachments.all():
+        name = item.filename or PurePath(item.file.name).name
+        content_type = (
+            item.content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        )
+        with item.file.open("rb") as handle:
+            files.append(Attachment(name, content_type, handle.read(), item.content_id))
+    return tuple(files)
+
+
 def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
     cached = _PREPARED.get(campaign.pk)
     if cached and cached[0] == campaign.updated_at:
@@ -149,6 +173,7 @@ def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
     compiled = compile_templates(TemplateSource(subject=subject, html=html, text=text))
     from_domain = campaign.from_email.rpartition("@")[2].lower()
     list_id = campaign_list_id(campaign, from_domain)
+    attachments = campaign_attachments(campaign)
     composer = Composer(
         MessageSpec(
             from_email=campaign.from_email,
@@ -169,6 +194,7 @@ def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
         message_id_domain=from_domain,
         limiter=routes[0].limiter,
         routes=tuple(routes),
+        attachments=attachments,
     )
     _PREPARED[campaign.pk] = (campaign.updated_at, prepared)
     return prepared

@@ -287,7 +287,15 @@ def _attachment_part(attachment: Attachment) -> bytes:
     if not _MIME_TYPE.fullmatch(content_type) or content_type.startswith("multipart/"):
         raise InvalidHeaderError(f"invalid attachment content type {attachment.content_type!r}")
     filename = _clean_filename(attachment.filename)
-    head = f"Content-Type: {content_type}{_param('name', filename)}\r\n"
+    charset = ""
+    if content_type.startswith("text/"):
+        # A text file says its charset, or clients guess (and garble anything non-ASCII).
+        try:
+            attachment.data.decode("utf-8")
+            charset = "; charset=utf-8"
+        except UnicodeDecodeError:
+            pass
+    head = f"Content-Type: {content_type}{charset}{_param('name', filename)}\r\n"
     head += "Content-Transfer-Encoding: base64\r\n"
     if attachment.content_id:
         content_id = attachment.content_id.strip().removeprefix("<").removesuffix(">")
