@@ -69,6 +69,9 @@ def configure(args: argparse.Namespace, var_dir: Path, sink_port: int) -> dict[s
     return env
 
 
+_REDIS = None  # the embedded Redis this bench started, stopped at the end
+
+
 def prepare_database(args: argparse.Namespace) -> str:
     import django
 
@@ -79,8 +82,9 @@ def prepare_database(args: argparse.Namespace) -> str:
 
     from config import embedded_redis
 
+    global _REDIS
     if settings.EDM_EMBEDDED_REDIS:
-        embedded_redis.start(settings.VAR_DIR)
+        _REDIS = embedded_redis.start(settings.VAR_DIR)
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
@@ -300,6 +304,9 @@ def main() -> None:
     finally:
         sink.terminate()
         sink.wait(10)
+        from config import embedded_redis
+
+        embedded_redis.stop(_REDIS)
         print(f"logs in {logs}")
 
 
