@@ -386,6 +386,7 @@ class _BatchRun:
         self.render_failures: collections.deque[Outcome] = collections.deque()
         self.deadline = time.monotonic() + settings.EDM_TASK_SECONDS
         self.last_tick = time.monotonic()
+        self.lease_renewed = time.monotonic()
         self.stopping = False
         self.more = False  # stopped by the time budget with work left in the range
         self.failing = False
@@ -489,7 +490,10 @@ class _BatchRun:
             delivery_services.deliveries_record(self.outcomes)
             self.outcomes = []
             campaign_check_error_rate(campaign_id=self.campaign_id)
-        delivery_services.deliveries_renew_lease([*self.held, *self.in_flight])
+        if now - self.lease_renewed >= settings.EDM_LEASE_SECONDS / 3:
+            # Well before the lease runs out, not at every flush: each renewal rewrites rows.
+            delivery_services.deliveries_renew_lease([*self.held, *self.in_flight])
+            self.lease_renewed = now
         if now > self.deadline and self.held:
             self.more = True
             self.stopping = True
