@@ -232,17 +232,33 @@ def deliveries_record(outcomes: Iterable[Outcome]) -> int:
     return len(outcomes)
 
 
+def _rows_source(types: tuple[str, ...], rows: list[tuple]) -> tuple[str, list]:
+    """A FROM item `v(column1, column2, ...)` holding `rows`, and its parameters.
+
+    PostgreSQL gets one array per column (`unnest(%s::bigint[], ...)`): a handful of
+    parameters however many rows, where a VALUES list of thousands of placeholders costs more
+    to build and parse than the statement costs to run. SQLite gets a VALUES list.
+    """
+    names = ", ".join(f"column{i + 1}" for i in range(len(types)))
+    if connection.vendor == "postgresql":
+        arrays = ", ".join(f"%s::{pg_type}[]" for pg_type in types)
+        return f"unnest({arrays}) AS v({names})", [
+            list(column) for column in zip(*rows, strict=True)
+        ]
+    placeholders = "(" + ", ".join(["%s"] * len(types)) + ")"
+    params = [value for row in rows for value in row]
+    return f"(VALUES {', '.join([placeholders] * len(rows))}) AS v", params
+
+
 def _insert_events(outcomes: list[Outcome]) -> None:
-    """One multi-row INSERT of the outcomes' events (bulk_create builds a model per row)."""
+    """One INSERT of the outcomes' events (bulk_create builds a model per row)."""
     table = DeliveryEvent._meta.db_table
     adapt = connection.ops.adapt_datetimefield_value
     columns = "delivery_id, kind, created_at, smtp_code, enhanced_status, detail, data"
+    types = ("bigint", "varchar", "timestamptz", "integer", "varchar", "text", "jsonb")
     for start in range(0, len(outcomes), 500):
-        part = outcomes[start : start + 500]
-        rows = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(part))
-        params: list = []
-        for o in part:
-            params += [
+        rows = [
+            (
                 o.delivery_id,
                 _EVENT_FOR_STATUS.get(o.status, EventKind.ATTEMPT),
                 adapt(o.attempted_at),
@@ -250,12 +266,19 @@ def _insert_events(outcomes: list[Outcome]) -> None:
                 o.enhanced_status,
                 o.reply,
                 json.dumps({"reason": o.reason} if o.reason else {}),
-            ]
+            )
+            for o in outcomes[start : start + 500]
+        ]
+        source, params = _rows_source(types, rows)
+        selected = ", ".join(f"v.column{i + 1}" for i in range(len(types)))
         with connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {rows}", params)  # noqa: S608
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT {selected} FROM {source}",  # noqa: S608
+                params,
+            )
 
 
-# Columns set from each outcome, with their PostgreSQL types (VALUES rows arrive untyped).
+# Columns set from each outcome, after the id, with their PostgreSQL types.
 _OUTCOME_COLUMNS = (
     ("status", "varchar"),
     ("reason", "varchar"),
@@ -270,40 +293,19 @@ _OUTCOME_COLUMNS = (
 
 
 def _update_from_values(outcomes: list[Outcome], *, chunk: int = 500) -> None:
-    """One UPDATE ... FROM (VALUES ...) per chunk: Django's bulk_update builds a CASE per
-    row and column, which costs seconds per thousand rows; this costs milliseconds.
+    """One UPDATE ... FROM <rows> per chunk: Django's bulk_update builds a CASE per row and
+    column, which costs seconds per thousand rows; this costs milliseconds.
     """
     table = Delivery._meta.db_table
-    postgres = connection.vendor == "postgresql"
     adapt = connection.ops.adapt_datetimefield_value
-
-    def column(index: int, pg_type: str) -> str:
-        name = f"v.column{index}"
-        return f"CAST({name} AS {pg_type})" if postgres else name
-
-    value = {name: column(i + 2, pg_type) for i, (name, pg_type) in enumerate(_OUTCOME_COLUMNS)}
+    types = ("bigint", *(pg_type for _, pg_type in _OUTCOME_COLUMNS))
+    value = {name: f"v.column{i + 2}" for i, (name, _) in enumerate(_OUTCOME_COLUMNS)}
     assignments = ", ".join(
         f"{name} = {value[name]}" for name, _ in _OUTCOME_COLUMNS if name != "attempted_at"
     )
-    id_column = column(1, "bigint")
-    width = len(_OUTCOME_COLUMNS) + 1
     for start in range(0, len(outcomes), chunk):
-        part = outcomes[start : start + chunk]
-        rows = ", ".join(["(" + ", ".join(["%s"] * width) + ")"] * len(part))
-        sql = (
-            f"UPDATE {table} SET {assignments}, "  # noqa: S608 - names from model metadata
-            f"attempts = attempts + 1, lease_expires_at = NULL, "
-            f"updated_at = {value['attempted_at']}, "
-            f"first_attempt_at = COALESCE(first_attempt_at, {value['attempted_at']}) "
-            f"FROM (VALUES {rows}) AS v WHERE {table}.id = {id_column} "
-            # A row that is no longer ours (cancelled, or reclaimed by the sweeper and
-            # claimed again) keeps its status; the events still record what happened.
-            f"AND {table}.status = 'sending'"
-        )
-        params: list = []
-        for o in part:
-            sent = o.status == DeliveryStatus.SENT
-            params += [
+        rows = [
+            (
                 o.delivery_id,
                 o.status,
                 o.reason,
@@ -312,9 +314,22 @@ def _update_from_values(outcomes: list[Outcome], *, chunk: int = 500) -> None:
                 o.reply,
                 o.message_id,
                 adapt(o.next_attempt_at),
-                adapt(o.attempted_at if sent else None),
+                adapt(o.attempted_at if o.status == DeliveryStatus.SENT else None),
                 adapt(o.attempted_at),
-            ]
+            )
+            for o in outcomes[start : start + chunk]
+        ]
+        source, params = _rows_source(types, rows)
+        sql = (
+            f"UPDATE {table} SET {assignments}, "  # noqa: S608 - names from model metadata
+            f"attempts = attempts + 1, lease_expires_at = NULL, "
+            f"updated_at = {value['attempted_at']}, "
+            f"first_attempt_at = COALESCE(first_attempt_at, {value['attempted_at']}) "
+            f"FROM {source} WHERE {table}.id = v.column1 "
+            # A row that is no longer ours (cancelled, or reclaimed by the sweeper and
+            # claimed again) keeps its status; the events still record what happened.
+            f"AND {table}.status = 'sending'"
+        )
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
 
