@@ -102,23 +102,28 @@ class TemplateAdmin(ModelAdmin):
 
     def preview_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         template = get_object_or_404(Template, pk=object_id)
-        contact, query = _chosen_contact(request)
-        preview, error = None, ""
-        try:
-            preview = template_preview(template, contact=contact)
-        except DeliveryError as exc:
-            error = str(exc)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Preview of {template}",
-            "subject_object": template,
-            "back_url": reverse("admin:campaigns_template_change", args=[template.pk]),
-            "preview": preview,
-            "error": error,
-            "query": query,
-            "opts": self.model._meta,
-        }
-        return TemplateResponse(request, "admin/campaigns/preview.html", context)
+        return _preview_page(self, request, template, template_preview, "template")
+
+
+def _preview_page(model_admin, request: HttpRequest, obj, render, model_name: str):
+    """The preview page of a template or a campaign, for a chosen or a random contact."""
+    contact, query = _chosen_contact(request)
+    preview, error = None, ""
+    try:
+        preview = render(obj, contact=contact)
+    except DeliveryError as exc:
+        error = str(exc)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": f"Preview of {obj}",
+        "subject_object": obj,
+        "back_url": reverse(f"admin:campaigns_{model_name}_change", args=[obj.pk]),
+        "preview": preview,
+        "error": error,
+        "query": query,
+        "opts": model_admin.model._meta,
+    }
+    return TemplateResponse(request, "admin/campaigns/preview.html", context)
 
 
 def _chosen_contact(request: HttpRequest):
@@ -371,23 +376,7 @@ class CampaignAdmin(ModelAdmin):
 
     def preview_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         campaign = get_object_or_404(Campaign, pk=object_id)
-        contact, query = _chosen_contact(request)
-        preview, error = None, ""
-        try:
-            preview = campaign_preview(campaign, contact=contact)
-        except DeliveryError as exc:
-            error = str(exc)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Preview of {campaign}",
-            "subject_object": campaign,
-            "back_url": reverse("admin:campaigns_campaign_change", args=[campaign.pk]),
-            "preview": preview,
-            "error": error,
-            "query": query,
-            "opts": self.model._meta,
-        }
-        return TemplateResponse(request, "admin/campaigns/preview.html", context)
+        return _preview_page(self, request, campaign, campaign_preview, "campaign")
 
     def send_test_view(self, request: HttpRequest, object_id: int) -> HttpResponse:
         campaign = get_object_or_404(Campaign, pk=object_id)
