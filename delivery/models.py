@@ -76,8 +76,13 @@ OPEN_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.
 class Delivery(models.Model):
     """One recipient of one campaign: the source of truth for what happened to them."""
 
+    # No index of its own: the unique (campaign, contact) constraint leads with it. Every
+    # index here is rewritten on each status change, twice per message.
     campaign = models.ForeignKey(
-        "campaigns.Campaign", on_delete=models.CASCADE, related_name="deliveries"
+        "campaigns.Campaign",
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        db_index=False,
     )
     contact = models.ForeignKey(
         "contacts.Contact", on_delete=models.CASCADE, related_name="deliveries"
@@ -106,8 +111,18 @@ class Delivery(models.Model):
         ]
         indexes = [
             models.Index(fields=["campaign", "status"], name="delivery_campaign_status"),
-            models.Index(fields=["status", "next_attempt_at"], name="delivery_due"),
-            models.Index(fields=["status", "lease_expires_at"], name="delivery_lease"),
+            # Partial: only deferred rows wait for a retry and only sending rows hold a
+            # lease, so the other status changes never touch these indexes.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="delivery_due",
+                condition=models.Q(status="deferred"),
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                name="delivery_lease",
+                condition=models.Q(status="sending"),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -131,7 +146,10 @@ class EventKind(models.TextChoices):
 class DeliveryEvent(models.Model):
     """Append-only history of a delivery."""
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="events")
+    # Indexed by (delivery, created_at) below, which also serves the foreign key.
+    delivery = models.ForeignKey(
+        Delivery, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     kind = models.CharField(max_length=12, choices=EventKind.choices)
     created_at = models.DateTimeField()
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
