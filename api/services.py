@@ -42,8 +42,7 @@ from contacts.models import (
     SuppressionReason,
     SuppressionScope,
 )
-from delivery import selectors as delivery_selectors
-from delivery.compose import Attachment, Composer, MessageSpec, make_message_id, needs_smtputf8
+from delivery.compose import Attachment, Composer, MessageSpec, make_message_id
 from delivery.errors import DeliveryError, TemplateError
 from delivery.outcomes import Outcome, RetryPolicy, outcome_for_result
 from delivery.redis import get_redis
@@ -54,8 +53,7 @@ from delivery.render import (
     contact_context,
     render_content,
 )
-from delivery.runner import send_envelopes
-from delivery.smtp import Envelope
+from delivery.services import message_send_now
 
 logger = logging.getLogger(__name__)
 
@@ -508,23 +506,13 @@ def message_send(*, message_id: int) -> str:
     if reason:
         _record_suppressed(message, reason, now)
         return MessageStatus.SUPPRESSED
-    data = bytes(message.raw)
-    domain = message.from_email.rpartition("@")[2].lower()
-    signer = delivery_selectors.dkim_signer_for(domain)
-    if signer is not None:
-        data = signer.sign(data)
-    envelope = Envelope(
-        sender=f"bounces@{settings.EDM_BOUNCE_DOMAIN}",
-        recipients=(message.to_email,),
-        data=data,
+    result = message_send_now(
+        data=bytes(message.raw),
+        from_email=message.from_email,
+        to_email=message.to_email,
         tag=message.pk,
-        smtputf8=needs_smtputf8(message.to_email, message.from_email),
-        dsn_envid=f"tx-{message.public_id}",
-        dsn_notify="FAILURE,DELAY",
-        dsn_ret="HDRS",
+        envid=f"tx-{message.public_id}",
     )
-    smtp = delivery_selectors.smtp_config_for(None)
-    result = next(iter(send_envelopes(smtp, [envelope])))
     outcome = outcome_for_result(
         result,
         delivery_id=message.pk,

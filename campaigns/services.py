@@ -33,7 +33,7 @@ from delivery.errors import DeliveryError, TemplateError
 from delivery.health import quota_refund, quota_take, record_result
 from delivery.models import Delivery, DeliveryStatus
 from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
-from delivery.ratelimit import RateLimiter, is_slow_down, slow_down, slow_down_keys
+from delivery.ratelimit import is_slow_down, slow_down, slow_down_keys
 from delivery.redis import claim_once, get_redis, release
 from delivery.render import (
     CompiledTemplates,
@@ -45,7 +45,7 @@ from delivery.render import (
 from delivery.runner import send_envelopes
 from delivery.selectors import Route
 from delivery.services import ClaimedDelivery
-from delivery.smtp import Envelope, SendResult, SendStatus, SmtpConfig
+from delivery.smtp import Envelope, SendResult, SendStatus
 from delivery.verp import verp_address
 
 logger = logging.getLogger(__name__)
@@ -62,11 +62,9 @@ class PreparedCampaign:
     compiled: CompiledTemplates
     composer: Composer
     signer: DkimSigner | None
-    smtp: SmtpConfig
     message_id_domain: str
-    limiter: RateLimiter | None = None
     attachments: tuple[Attachment, ...] = ()
-    routes: tuple[Route, ...] = ()
+    routes: tuple[Route, ...] = ()  # SMTP servers, rate limits; one chosen per batch task
 
     def recipient_context(self, row: ClaimedDelivery, *, pixel: bool = True) -> dict:
         """What the templates see for one recipient: their attributes and their own links.
@@ -190,9 +188,7 @@ def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
         compiled=compiled,
         composer=composer,
         signer=delivery_selectors.dkim_signer_for(from_domain),
-        smtp=routes[0].config,
         message_id_domain=from_domain,
-        limiter=routes[0].limiter,
         routes=tuple(routes),
         attachments=attachments,
     )
@@ -668,15 +664,11 @@ def campaign_send_test(
     "[Test] ". One result per address, in order; an invalid address gets a result, not an error.
     """
     from campaigns.preflight import campaign_preview, find_contact
-    from delivery.compose import needs_smtputf8
     from delivery.errors import InvalidAddressError
-    from delivery.smtp import SendStatus
 
     campaign = Campaign.objects.get(pk=campaign_id)
     contact = find_contact(str(contact_id)) if contact_id else None
-    prepared = campaign_prepare(campaign)
     results: dict[str, SendResult] = {}
-    envelopes = []
     for email in emails:
         try:
             preview = campaign_preview(
@@ -686,18 +678,15 @@ def campaign_send_test(
             results[email] = SendResult(email, SendStatus.PERMANENT, None, "", str(exc), "compose")
             continue
         contact = preview.contact  # the same sample contact for every address
-        envelopes.append(
-            Envelope(
-                sender=campaign.from_email,
-                recipients=(email,),
-                data=preview.raw,
-                tag=email,
-                smtputf8=needs_smtputf8(email, campaign.from_email),
-            )
+        # The preview is signed already; tests go from the campaign's own address.
+        results[email] = delivery_services.message_send_now(
+            data=preview.raw,
+            from_email=campaign.from_email,
+            to_email=email,
+            tag=email,
+            sender=campaign.from_email,
+            sign=False,
         )
-    if envelopes:
-        for result in send_envelopes(prepared.smtp, envelopes):
-            results[result.tag] = result
     return [results[email] for email in emails if email in results]
 
 

@@ -22,8 +22,13 @@ from contacts.models import (
     SuppressionReason,
     SuppressionScope,
 )
+from delivery import selectors
+from delivery.compose import needs_smtputf8, validate_address
+from delivery.errors import InvalidAddressError
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
 from delivery.outcomes import Outcome
+from delivery.runner import send_envelopes
+from delivery.smtp import Envelope, SendResult, SendStatus
 
 logger = logging.getLogger(__name__)
 
@@ -437,3 +442,40 @@ def deliveries_cancel(*, campaign_id: int) -> int:
         campaign_id=campaign_id,
         status__in=[DeliveryStatus.PENDING, DeliveryStatus.DEFERRED],
     ).update(status=DeliveryStatus.CANCELLED, updated_at=timezone.now())
+
+
+def message_send_now(
+    *,
+    data: bytes,
+    from_email: str,
+    to_email: str,
+    tag: object = None,
+    sender: str = "",
+    envid: str = "",
+    sign: bool = True,
+) -> SendResult:
+    """Send one message now through the default route (test sends, sign-up confirmations,
+    transactional messages): signed when the From domain has a DKIM key, the envelope explicit,
+    an internationalized domain as its A-label (SMTPUTF8 only for a non-ASCII local part).
+
+    An unusable recipient address is a permanent result, not an exception.
+    """
+    try:
+        recipient = validate_address(to_email)
+    except InvalidAddressError as exc:
+        return SendResult(tag, SendStatus.PERMANENT, None, "", str(exc), "compose")
+    if sign:
+        signer = selectors.dkim_signer_for(from_email.rpartition("@")[2].lower())
+        if signer is not None:
+            data = signer.sign(data)
+    envelope = Envelope(
+        sender=sender or f"bounces@{settings.EDM_BOUNCE_DOMAIN}",
+        recipients=(recipient,),
+        data=data,
+        tag=tag,
+        smtputf8=needs_smtputf8(recipient, from_email),
+        dsn_envid=envid,
+        dsn_notify="FAILURE,DELAY" if envid else "",
+        dsn_ret="HDRS" if envid else "",
+    )
+    return next(iter(send_envelopes(selectors.smtp_config_for(None), [envelope])))

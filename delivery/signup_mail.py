@@ -13,12 +13,11 @@ from django.conf import settings
 from contacts.models import Subscription, SubscriptionStatus
 from contacts.signup import confirm_token, confirm_url
 from contacts.signup_models import SignupForm
-from delivery import selectors as delivery_selectors
-from delivery.compose import Composer, MessageSpec, make_message_id, needs_smtputf8
+from delivery.compose import Composer, MessageSpec, make_message_id
 from delivery.errors import DeliveryError, TemplateError
 from delivery.render import TemplateSource, compile_templates, contact_context, render_content
-from delivery.runner import send_envelopes
-from delivery.smtp import Envelope, SendStatus
+from delivery.services import message_send_now
+from delivery.smtp import SendStatus
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +64,9 @@ def signup_confirmation_send(*, subscription_id: int, form_id: int):
     except (TemplateError, DeliveryError) as exc:
         logger.error("sign-up form %s: confirmation message cannot be composed: %s", form.pk, exc)
         return None
-    signer = delivery_selectors.dkim_signer_for(composer.domain)
-    if signer is not None:
-        raw = signer.sign(raw)
-    envelope = Envelope(
-        sender=f"bounces@{settings.EDM_BOUNCE_DOMAIN}",
-        recipients=(contact.email,),
-        data=raw,
-        tag=subscription.pk,
-        smtputf8=needs_smtputf8(contact.email, from_email),
+    result = message_send_now(
+        data=raw, from_email=from_email, to_email=contact.email, tag=subscription.pk
     )
-    result = next(iter(send_envelopes(delivery_selectors.smtp_config_for(None), [envelope])))
     if result.status != SendStatus.SENT:
         logger.warning(
             "sign-up confirmation for subscription %s not sent: %s %s",
