@@ -24,26 +24,6 @@ from delivery.ratelimit import is_slow_down
 from tests.factories import CampaignFactory, ContactFactory, SubscriptionFactory, audience
 
 
-@pytest.fixture
-def smtp_settings(settings, smtp_server):
-    settings.EDM_SMTP_URL = smtp_server.url
-    settings.EDM_SMTP_TLS_CA_FILE = smtp_server.ca_file
-    settings.EDM_SMTP_TIMEOUT_SECONDS = 5
-    return smtp_server
-
-
-@pytest.fixture
-def no_broker(monkeypatch):
-    from campaigns import tasks
-
-    enqueued: list[tuple[str, tuple]] = []
-    for name in ("campaign_dispatch", "campaign_send_batch", "campaign_resume"):
-        task = getattr(tasks, name)
-        monkeypatch.setattr(task, "delay", lambda *a, _n=name: enqueued.append((_n, a)))
-        monkeypatch.setattr(task, "delay_on_commit", lambda *a, _n=name: enqueued.append((_n, a)))
-    return enqueued
-
-
 def start(campaign):
     campaign_send(campaign_id=campaign.pk)
     campaign_dispatch(campaign_id=campaign.pk)
