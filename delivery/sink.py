@@ -9,6 +9,8 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -103,3 +105,16 @@ def list_messages(folder: Path, *, limit: int = 200) -> list[SinkMessage]:
             )
         )
     return messages
+
+
+def serve_until_stopped(*controllers) -> None:
+    """Block until Ctrl-C or SIGTERM, then stop the servers (the SMTP-server commands)."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for controller in controllers:
+            controller.stop()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from api import relay_glue
 from delivery.relay import relay_start
+from delivery.sink import serve_until_stopped
 
 
 class Command(BaseCommand):
@@ -47,12 +45,4 @@ class Command(BaseCommand):
             f"{c.port} ({'TLS' if c.implicit_tls else 'STARTTLS'})" for c in controllers
         )
         self.stdout.write(f"Relay on {options['host']}: {ports}")
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            for controller in controllers:
-                controller.stop()
+        serve_until_stopped(*controllers)

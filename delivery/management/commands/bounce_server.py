@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from delivery.bounce_server import bounce_server_start
+from delivery.sink import serve_until_stopped
 
 
 class Command(BaseCommand):
@@ -32,11 +30,4 @@ class Command(BaseCommand):
             f"Bounce server on {options['host']}:{options['port']} for "
             f"@{settings.EDM_BOUNCE_DOMAIN} (max {options['max_bytes']} bytes)"
         )
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            controller.stop()
+        serve_until_stopped(controller)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from delivery.sink import start_sink
+from delivery.sink import serve_until_stopped, start_sink
 
 
 class Command(BaseCommand):
@@ -26,11 +23,4 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Dev mailbox SMTP sink on {options['host']}:{options['port']} -> {options['dir']}"
         )
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            controller.stop()
+        serve_until_stopped(controller)
