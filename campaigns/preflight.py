@@ -16,6 +16,7 @@ from django.conf import settings
 
 from campaigns.models import Campaign, Template
 from contacts.models import Contact, ContactStatus, Subscription, SubscriptionStatus
+from contacts.selectors import contacts_by_keys
 from delivery import selectors as delivery_selectors
 from delivery import tokens
 from delivery.compose import Composer, MessageSpec, make_message_id, validate_address
@@ -470,7 +471,7 @@ def find_contact(query: str) -> SampleContact | None:
         return None
     rows = Contact.objects.filter(id=int(query)) if query.isdigit() else None
     if rows is None:
-        rows = Contact.objects.filter(email__iexact=query)
+        rows = contacts_by_keys([query.lower()])
     row = rows.values_list("id", "email", "name", "attributes").first()
     return SampleContact(row[0], row[1], row[2] or "", row[3] or {}) if row else None
 

@@ -43,7 +43,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Exists, FloatField, Func, OuterRef, Q, TextField, Value
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, Lower
 from django.db.models.lookups import (
     Exact,
     GreaterThan,
@@ -327,7 +327,13 @@ def _text_q(expression, op: str, value: str) -> Q:
 def _column_text_q(column: str, op: str, value: str, *, case_insensitive_eq: bool) -> Q:
     """Text operators on a NOT NULL column of Contact."""
     if op in ("eq", "neq"):
-        equal = Q(**{f"{column}__iexact" if case_insensitive_eq else column: value})
+        # lower() on both sides, as in the lower(email) unique index, which then serves it
+        # (iexact compiles to UPPER() on PostgreSQL: a scan of every contact).
+        equal = (
+            Q(Exact(Lower(column), Lower(Value(value))))
+            if case_insensitive_eq
+            else Q(**{column: value})
+        )
         return equal if op == "eq" else ~equal
     matched = Q(**{f"{column}__{_TEXT_LOOKUPS[op]}": value})
     return ~matched if op == "not_contains" else matched
