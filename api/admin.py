@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from unfold.admin import ModelAdmin, TabularInline
 
 from api import services
+from api.errors import InvalidSenderDomain
 from api.models import ApiKey, MessageEvent, Scope, TransactionalMessage
 
 
@@ -16,16 +17,43 @@ class ApiKeyForm(forms.ModelForm):
     scopes = forms.MultipleChoiceField(
         choices=Scope.choices, widget=forms.CheckboxSelectMultiple, required=True
     )
+    allowed_from_domains = forms.CharField(
+        label="Allowed From domains",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One domain a line (or separated by commas or spaces), matched exactly: "
+        "a subdomain is listed on its own. Empty: any domain.",
+    )
 
     class Meta:
         model = ApiKey
-        fields = ("application", "scopes", "rate_limit_per_minute")
+        fields = ("application", "scopes", "rate_limit_per_minute", "allowed_from_domains")
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["allowed_from_domains"] = "\n".join(self.instance.allowed_from_domains)
+
+    def clean_allowed_from_domains(self) -> list[str]:
+        text = self.cleaned_data.get("allowed_from_domains") or ""
+        try:
+            return services.sender_domains_normalize(text.replace(",", " ").split())
+        except InvalidSenderDomain as exc:
+            raise forms.ValidationError(str(exc)) from None
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(ModelAdmin):
     form = ApiKeyForm
-    list_display = ("application", "prefix", "scopes", "created_at", "last_used_at", "revoked_at")
+    list_display = (
+        "application",
+        "prefix",
+        "scopes",
+        "allowed_from_domains",
+        "created_at",
+        "last_used_at",
+        "revoked_at",
+    )
     list_filter = ("revoked_at",)
     search_fields = ("application", "prefix")
     readonly_fields = ("prefix", "created_at", "last_used_at", "revoked_at")
@@ -39,6 +67,7 @@ class ApiKeyAdmin(ModelAdmin):
             application=obj.application,
             scopes=form.cleaned_data["scopes"],
             rate_limit_per_minute=obj.rate_limit_per_minute,
+            allowed_from_domains=form.cleaned_data["allowed_from_domains"],
         )
         obj.pk = key.pk
         obj.prefix = key.prefix

@@ -12,7 +12,7 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.security import APIKeyHeader, HttpBearer
 
 from api import selectors, services
-from api.errors import IdempotencyConflict, MessageRejected
+from api.errors import IdempotencyConflict, MessageRejected, SenderNotAllowed
 from api.models import ApiKey, Scope
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,12 @@ def _unauthorized(request: HttpRequest, exc: AuthenticationError):
 @api.exception_handler(MessageRejected)
 def _rejected(request: HttpRequest, exc: MessageRejected):
     return api.create_response(request, {"detail": str(exc)}, status=422)
+
+
+@api.exception_handler(SenderNotAllowed)
+def _sender_not_allowed(request: HttpRequest, exc: SenderNotAllowed):
+    # 403, like a missing scope: the request is well formed, this key may not do it.
+    return api.create_response(request, {"detail": str(exc)}, status=403)
 
 
 def require(request: HttpRequest, scope: Scope) -> ApiKey:

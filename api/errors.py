@@ -17,3 +17,11 @@ class IdempotencyConflict(ApiError):
 
 class ScopeError(ApiError):
     """An unknown scope was asked for."""
+
+
+class SenderNotAllowed(ApiError):
+    """The API key may not send from this From domain."""
+
+
+class InvalidSenderDomain(ApiError):
+    """A sender domain given for a key's restriction is not a domain name."""

@@ -25,6 +25,13 @@ class ApiKey(models.Model):
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Requests per minute; empty: EDM_API_RATE_PER_MINUTE."
     )
+    # Lowercase A-labels, matched exactly (a subdomain is listed on its own). Empty: any
+    # domain, which is what keys made before the restriction existed keep.
+    allowed_from_domains = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="From domains this key may send from, e.g. shop.example.com; empty: any.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -42,6 +49,10 @@ class ApiKey(models.Model):
 
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
+
+    def allows_from_domain(self, domain: str) -> bool:
+        """Whether this key may send From this (normalized) domain."""
+        return not self.allowed_from_domains or domain in self.allowed_from_domains
 
 
 class Category(models.TextChoices):

@@ -15,14 +15,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
-from email.utils import formatdate, parseaddr
+from email.utils import formatdate, getaddresses
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from api.errors import IdempotencyConflict, MessageRejected, ScopeError
+from api.errors import (
+    IdempotencyConflict,
+    InvalidSenderDomain,
+    MessageRejected,
+    ScopeError,
+    SenderNotAllowed,
+)
 from api.models import (
     ApiKey,
     Category,
@@ -42,8 +48,14 @@ from contacts.models import (
     SuppressionScope,
 )
 from contacts.selectors import contacts_by_keys
-from delivery.compose import Attachment, Composer, MessageSpec, make_message_id
-from delivery.errors import DeliveryError, TemplateError
+from delivery.compose import (
+    Attachment,
+    Composer,
+    MessageSpec,
+    make_message_id,
+    validate_address,
+)
+from delivery.errors import DeliveryError, InvalidAddressError, TemplateError
 from delivery.outcomes import Outcome, RetryPolicy, outcome_for_result
 from delivery.redis import get_redis
 from delivery.render import (
@@ -79,13 +91,61 @@ def _hash_secret(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def sender_domains_normalize(domains: Sequence[str]) -> list[str]:
+    """Domains as a key stores and compares them: lowercase A-labels, sorted, each once.
+
+    InvalidSenderDomain names the first entry that is not a domain name.
+    """
+    normalized = set()
+    for domain in domains:
+        normalized.add(_domain_normalize(domain))
+    return sorted(normalized)
+
+
+def _domain_normalize(domain: str) -> str:
+    cleaned = domain.strip().rstrip(".").lower()
+    try:
+        # The address check does the IDNA encoding (an A-label is what DKIM and DNS see).
+        normalized = validate_address(f"x@{cleaned}").rpartition("@")[2].lower()
+    except InvalidAddressError:
+        normalized = ""
+    # A sender domain has a dot: a single label has no public DNS for SPF, DKIM or DMARC.
+    if "." not in normalized:
+        raise InvalidSenderDomain(f"not a domain name: {domain!r}")
+    return normalized
+
+
+def sender_check(*, api_key: ApiKey, from_emails: Sequence[str]) -> None:
+    """SenderNotAllowed unless every From address is in a domain the key may send from."""
+    if not api_key.allowed_from_domains:
+        return
+    for address in from_emails:
+        try:
+            domain = _domain_normalize(address.rpartition("@")[2])
+        except InvalidSenderDomain:
+            domain = ""
+        if not domain or not api_key.allows_from_domain(domain):
+            raise SenderNotAllowed(
+                f"this API key may not send from {address!r}: its From domains are "
+                f"{', '.join(api_key.allowed_from_domains)}"
+            )
+
+
 def api_key_create(
-    *, application: str, scopes: Sequence[str], rate_limit_per_minute: int | None = None
+    *,
+    application: str,
+    scopes: Sequence[str],
+    rate_limit_per_minute: int | None = None,
+    allowed_from_domains: Sequence[str] = (),
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns it with the full secret, which is never stored nor shown again."""
+    """Create a key; returns it with the full secret, which is never stored nor shown again.
+
+    With `allowed_from_domains`, the key may send only From those domains (empty: any).
+    """
     unknown = sorted(set(scopes) - set(Scope.values))
     if unknown:
         raise ScopeError(f"unknown scopes: {', '.join(unknown)} (known: {', '.join(Scope.values)})")
+    domains = sender_domains_normalize(allowed_from_domains)
     while True:
         prefix = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
         if not ApiKey.objects.filter(prefix=prefix).exists():
@@ -97,6 +157,7 @@ def api_key_create(
         secret_hash=_hash_secret(plaintext),
         scopes=sorted(set(scopes)),
         rate_limit_per_minute=rate_limit_per_minute,
+        allowed_from_domains=domains,
     )
     logger.info("API key %s created for %s", prefix, application)
     return key, plaintext
@@ -317,8 +378,13 @@ def message_accept(
 
     Returns (message, created). A repeated Idempotency-Key returns the first message and
     sends nothing (the unique constraint decides, so concurrent repeats are safe too); the
-    same key with a different request raises IdempotencyConflict.
+    same key with a different request raises IdempotencyConflict; a From domain the key may
+    not use raises SenderNotAllowed.
     """
+    # Before anything is looked up or stored: a key that may not use this From gets nothing.
+    sender_check(
+        api_key=api_key, from_emails=[request.from_email or settings.EDM_DEFAULT_FROM_EMAIL]
+    )
     fingerprint = request.fingerprint() if idempotency_key else ""
     if idempotency_key:
         existing = _idempotent_message(api_key, idempotency_key, fingerprint)
@@ -383,10 +449,17 @@ def messages_accept_raw(
 
     The content is kept as sent (a Message-ID and Date are added when missing, as RFC 6409
     section 8 lets a submission server do); the envelope recipients are used as given,
-    never derived from To/Cc/Bcc.
+    never derived from To/Cc/Bcc. SenderNotAllowed, and nothing stored, when a From address
+    (or, without a From header, the envelope sender) is in a domain the key may not use.
     """
     headers = _HEADER_PARSER.parsebytes(data)
-    from_email = parseaddr(str(headers.get("From", "")))[1] or sender
+    from_emails = [
+        address
+        for _name, address in getaddresses([str(v) for v in headers.get_all("From") or ()])
+        if address
+    ] or [sender]
+    sender_check(api_key=api_key, from_emails=from_emails)
+    from_email = from_emails[0]
     domain = (from_email.rpartition("@")[2] or "localhost").lower()
     prefix = b""
     message_id = str(headers.get("Message-ID", "")).strip()

@@ -29,3 +29,11 @@ class InvalidAddressError(DeliveryError):
 
 class InvalidHeaderError(DeliveryError):
     """A header value cannot be written safely."""
+
+
+class MessageRefused(DeliveryError):
+    """A message submitted to the relay is refused for good; `reply` is the SMTP reply."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        super().__init__(reply)

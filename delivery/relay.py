@@ -19,13 +19,14 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from delivery.compose import validate_address
-from delivery.errors import InvalidAddressError
+from delivery.errors import InvalidAddressError, MessageRefused
 
 logger = logging.getLogger(__name__)
 
 # (password) -> an opaque principal (an API key), or None to refuse.
 Authenticate = Callable[[str], Any]
-# (principal, mail_from, rcpt_tos, data) -> ids of the accepted messages.
+# (principal, mail_from, rcpt_tos, data) -> ids of the accepted messages; raises
+# MessageRefused (its reply is sent as is) for a message the principal may not send.
 Accept = Callable[[Any, str, Sequence[str], bytes], Sequence[str]]
 
 MAX_RECIPIENTS = 100
@@ -97,6 +98,9 @@ class RelayHandler:
                 list(envelope.rcpt_tos),
                 data,
             )
+        except MessageRefused as exc:
+            logger.info("relay: message refused: %s", exc.reply)
+            return exc.reply
         except Exception:  # noqa: BLE001 - the client must retry, never lose the message
             logger.exception("relay: could not store a message")
             return "451 4.3.0 Temporary failure, try again later"

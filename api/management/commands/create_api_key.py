@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from api import services
-from api.errors import ScopeError
+from api.errors import InvalidSenderDomain, ScopeError
 from api.models import ApiKey, Scope
 
 
@@ -21,9 +21,18 @@ class Command(BaseCommand):
             help=f"Any of: {', '.join(Scope.values)} (default: messages:send messages:read).",
         )
         parser.add_argument("--rate", type=int, default=None, help="Requests per minute.")
+        parser.add_argument(
+            "--from-domains",
+            nargs="+",
+            default=[],
+            metavar="DOMAIN",
+            help="Only these From domains may be used (exact match); default: any domain.",
+        )
         parser.add_argument("--revoke", metavar="PREFIX", help="Revoke the key with this prefix.")
 
-    def handle(self, *args, application: str, scopes, rate, revoke, **options) -> None:
+    def handle(
+        self, *args, application: str, scopes, rate, revoke, from_domains, **options
+    ) -> None:
         if revoke:
             key = ApiKey.objects.filter(prefix=revoke.removeprefix("sky_")[:8]).first()
             if key is None:
@@ -34,11 +43,18 @@ class Command(BaseCommand):
         if not application:
             raise CommandError("name the application")
         scopes = [s for item in scopes for s in item.replace(",", " ").split()]
+        domains = [d for item in from_domains for d in item.replace(",", " ").split()]
         try:
             key, plaintext = services.api_key_create(
-                application=application, scopes=scopes, rate_limit_per_minute=rate
+                application=application,
+                scopes=scopes,
+                rate_limit_per_minute=rate,
+                allowed_from_domains=domains,
             )
-        except ScopeError as exc:
+        except (ScopeError, InvalidSenderDomain) as exc:
             raise CommandError(str(exc)) from None
-        self.stderr.write(f"API key for {application} ({', '.join(key.scopes)}); shown once:")
+        senders = f"; From: {', '.join(key.allowed_from_domains)}" if domains else ""
+        self.stderr.write(
+            f"API key for {application} ({', '.join(key.scopes)}{senders}); shown once:"
+        )
         self.stdout.write(plaintext)
