@@ -136,6 +136,7 @@ class MessageEventKind(models.TextChoices):
     FAILED = "failed", "Failed"
     SUPPRESSED = "suppressed", "Suppressed"
     RECLAIMED = "reclaimed", "Lease expired, reclaimed"
+    UNSUBSCRIBE = "unsubscribe", "Unsubscribe"
 
 
 class MessageEvent(models.Model):

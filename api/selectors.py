@@ -5,7 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from api.models import ApiKey, TransactionalMessage
+from api.models import ApiKey, Category, TransactionalMessage
+from delivery.tokens import read_token
+
+# delivery.tokens purpose of a marketing message's unsubscribe link: its own salt, so a
+# campaign's /u/ token (a delivery id) never works for a message, nor the other way round.
+UNSUBSCRIBE_TOKEN_PURPOSE = "unsubscribe-message"
 
 
 def message_for_key(*, api_key: ApiKey, public_id: uuid.UUID | str) -> TransactionalMessage | None:
@@ -16,6 +21,17 @@ def message_for_key(*, api_key: ApiKey, public_id: uuid.UUID | str) -> Transacti
         return None
     return TransactionalMessage.objects.filter(
         public_id=public_id, api_key__application=api_key.application
+    ).first()
+
+
+def message_for_unsubscribe_token(token: str) -> TransactionalMessage | None:
+    """The marketing message a List-Unsubscribe token was made for, or None (forged, other
+    purpose, or not a marketing message)."""
+    value = read_token(UNSUBSCRIBE_TOKEN_PURPOSE, token)
+    if value is None or not 0 <= value < 1 << 128:
+        return None
+    return TransactionalMessage.objects.filter(
+        public_id=uuid.UUID(int=value), category=Category.MARKETING
     ).first()
 
 

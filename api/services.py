@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import secrets
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,6 +21,7 @@ from email.utils import formatdate, getaddresses
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 
 from api.errors import (
@@ -39,6 +41,7 @@ from api.models import (
     Scope,
     TransactionalMessage,
 )
+from api.selectors import UNSUBSCRIBE_TOKEN_PURPOSE
 from campaigns.models import Template
 from contacts.models import (
     Contact,
@@ -66,6 +69,7 @@ from delivery.render import (
     render_content,
 )
 from delivery.services import message_send_now
+from delivery.tokens import make_token
 
 logger = logging.getLogger(__name__)
 
@@ -336,8 +340,21 @@ def _attachments(request: SendRequest) -> list[Attachment]:
     return attachments
 
 
-def _compose(request: SendRequest) -> tuple[Template | None, str, str, bytes]:
-    """(template, subject, Message-ID, MIME bytes); MessageRejected on any content problem."""
+def message_unsubscribe_url(public_id: uuid.UUID) -> str:
+    """The one-click unsubscribe URL of a marketing message (RFC 8058), signed like campaigns'."""
+    token = make_token(UNSUBSCRIBE_TOKEN_PURPOSE, public_id.int)
+    return f"{settings.EDM_PUBLIC_URL}{reverse('message_unsubscribe', args=[token])}"
+
+
+def _compose(
+    request: SendRequest, *, public_id: uuid.UUID
+) -> tuple[Template | None, str, str, bytes]:
+    """(template, subject, Message-ID, MIME bytes); MessageRejected on any content problem.
+
+    A marketing message carries List-Unsubscribe (its https one-click URL and a mailto) and
+    List-Unsubscribe-Post like a campaign's (RFC 2369, RFC 8058), and its templates see
+    `{{ unsubscribe_url }}`; a transactional one carries neither: there is nothing to leave.
+    """
     try:
         template, compiled = _resolve_template(request)
     except TemplateError as exc:
@@ -352,10 +369,18 @@ def _compose(request: SendRequest) -> tuple[Template | None, str, str, bytes]:
                 extra_headers=_extra_headers(request),
             )
         )
+        unsubscribe_url = unsubscribe_mailto = ""
+        if request.category == Category.MARKETING:
+            unsubscribe_url = message_unsubscribe_url(public_id)
+            unsubscribe_mailto = (
+                f"mailto:unsubscribe@{settings.EDM_BOUNCE_DOMAIN}"
+                f"?subject=unsubscribe-tx-{public_id}"
+            )
         context = contact_context(
             email=request.to_email,
             name=request.to_name,
             attributes=dict(request.data),
+            extra={"unsubscribe_url": unsubscribe_url} if unsubscribe_url else None,
         )
         content = render_content(compiled, context)
         message_id = make_message_id(domain=composer.domain)
@@ -364,6 +389,8 @@ def _compose(request: SendRequest) -> tuple[Template | None, str, str, bytes]:
             to_name=request.to_name,
             content=content,
             message_id=message_id,
+            unsubscribe_url=unsubscribe_url,
+            unsubscribe_mailto=unsubscribe_mailto,
             attachments=_attachments(request),
         )
     except (TemplateError, DeliveryError) as exc:
@@ -390,8 +417,11 @@ def message_accept(
         existing = _idempotent_message(api_key, idempotency_key, fingerprint)
         if existing is not None:
             return existing, False
-    template, subject, message_id, raw = _compose(request)
+    # Known before the INSERT: the unsubscribe link (and the bounce key) carry it.
+    public_id = uuid.uuid4()
+    template, subject, message_id, raw = _compose(request, public_id=public_id)
     message = TransactionalMessage(
+        public_id=public_id,
         api_key=api_key,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
@@ -741,19 +771,78 @@ def contact_unsubscribe(*, email: str, lists: Sequence[str] = (), source: str = 
     if contact is None:
         raise MessageRejected("no such contact")
     with transaction.atomic():
-        subscriptions = Subscription.objects.filter(contact=contact).exclude(
-            status=SubscriptionStatus.UNSUBSCRIBED
-        )
-        if lists:
-            subscriptions = subscriptions.filter(contact_list__name__in=list(lists))
-        changed = subscriptions.update(status=SubscriptionStatus.UNSUBSCRIBED)
         if not lists:
-            Contact.objects.filter(pk=contact.pk, status=ContactStatus.ACTIVE).update(
-                status=ContactStatus.UNSUBSCRIBED
+            changed, _ = _unsubscribe_everywhere(email=contact.email, source=source)
+            return changed
+        subscriptions = Subscription.objects.filter(
+            contact=contact, contact_list__name__in=list(lists)
+        ).exclude(status=SubscriptionStatus.UNSUBSCRIBED)
+        return subscriptions.update(status=SubscriptionStatus.UNSUBSCRIBED)
+
+
+def _unsubscribe_everywhere(
+    *, email: str, source: str, ip: str = "", user_agent: str = ""
+) -> tuple[int, bool]:
+    """Stop all marketing mail to an address, with or without a contact; idempotent.
+
+    Every subscription of its contact ends (with a consent record, as campaigns' unsubscribe
+    link writes), the contact becomes unsubscribed, and an address suppression with reason
+    `unsubscribe` is kept: campaigns exclude it and `suppression_reason` refuses marketing
+    messages for it, while transactional mail still goes. Returns (subscriptions ended,
+    whether anything changed). Runs inside the caller's transaction.
+    """
+    from contacts.models import Subscription, SubscriptionStatus
+    from contacts.signup import consent_record_add
+    from contacts.signup_models import ConsentAction
+
+    contacts = list(_contacts_by_address(email).values_list("pk", flat=True))
+    subscriptions = list(
+        Subscription.objects.select_for_update()
+        .filter(contact_id__in=contacts)
+        .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
+    )
+    for subscription in subscriptions:
+        subscription.status = SubscriptionStatus.UNSUBSCRIBED
+        subscription.save(update_fields=["status", "updated_at"])
+        consent_record_add(
+            subscription=subscription,
+            action=ConsentAction.UNSUBSCRIBED,
+            source=source,
+            ip=ip,
+            user_agent=user_agent,
+        )
+    contact_changed = Contact.objects.filter(pk__in=contacts, status=ContactStatus.ACTIVE).update(
+        status=ContactStatus.UNSUBSCRIBED
+    )
+    _, suppressed = Suppression.objects.get_or_create(
+        value=email.lower(),
+        scope=SuppressionScope.ADDRESS,
+        defaults={"reason": SuppressionReason.UNSUBSCRIBE, "source": source[:200]},
+    )
+    return len(subscriptions), bool(subscriptions or contact_changed or suppressed)
+
+
+def message_unsubscribe(
+    *, message: TransactionalMessage, source: str, ip: str = "", user_agent: str = ""
+) -> bool:
+    """The recipient of a marketing message opted out (its List-Unsubscribe link); idempotent.
+
+    A transactional message names no list, so the opt-out covers all marketing mail to the
+    address (`_unsubscribe_everywhere`), and the message's history gets an `unsubscribe`
+    event. Returns True when something changed.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        _, changed = _unsubscribe_everywhere(
+            email=message.to_email,
+            source=f"message {message.public_id}: {source}"[:100],
+            ip=ip,
+            user_agent=user_agent,
+        )
+        if changed:
+            MessageEvent.objects.create(
+                message=message, kind=MessageEventKind.UNSUBSCRIBE, created_at=now, detail=source
             )
-            Suppression.objects.get_or_create(
-                value=contact.email.lower(),
-                scope=SuppressionScope.ADDRESS,
-                defaults={"reason": SuppressionReason.UNSUBSCRIBE, "source": source[:200]},
-            )
+    if changed:
+        logger.info("message %s: recipient unsubscribed (%s)", message.public_id, source)
     return changed
