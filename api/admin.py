@@ -6,9 +6,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 from unfold.admin import ModelAdmin, TabularInline
 
-from api import services
+from api import selectors, services
 from api.errors import InvalidSenderDomain
 from api.models import ApiKey, MessageEvent, Scope, TransactionalMessage
 
@@ -119,7 +121,27 @@ class TransactionalMessageAdmin(ModelAdmin):
     inlines = [MessageEventInline]
 
     def get_readonly_fields(self, request: HttpRequest, obj=None):
-        return [f.name for f in self.model._meta.fields if f.name != "raw"]
+        return [f.name for f in self.model._meta.fields if f.name != "raw"] + ["bounce_reports"]
+
+    @admin.display(description="Bounce reports")
+    def bounce_reports(self, obj: TransactionalMessage) -> str:
+        reports = selectors.message_bounce_reports(obj)
+        if not reports:
+            return "-"
+        return format_html_join(
+            format_html("<br>"),
+            '<a href="{}">#{} {} ({}, by {})</a>',
+            (
+                (
+                    reverse("admin:delivery_bouncemessage_change", args=[r.pk]),
+                    r.pk,
+                    r.received_at.strftime("%Y-%m-%d %H:%M"),
+                    r.kind,
+                    r.matched_by,
+                )
+                for r in reports
+            ),
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -137,6 +137,7 @@ class MessageEventKind(models.TextChoices):
     SUPPRESSED = "suppressed", "Suppressed"
     RECLAIMED = "reclaimed", "Lease expired, reclaimed"
     UNSUBSCRIBE = "unsubscribe", "Unsubscribe"
+    COMPLAINT = "complaint", "Complaint"
 
 
 class MessageEvent(models.Model):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from api import correlation
 from api.models import ApiKey, Category, TransactionalMessage
+from delivery.bounce_models import BounceMessage
 from delivery.tokens import read_token
 
 # delivery.tokens purpose of a marketing message's unsubscribe link: its own salt, so a
@@ -33,6 +35,28 @@ def message_for_unsubscribe_token(token: str) -> TransactionalMessage | None:
     return TransactionalMessage.objects.filter(
         public_id=uuid.UUID(int=value), category=Category.MARKETING
     ).first()
+
+
+def message_by_return_path(address: str) -> TransactionalMessage | None:
+    """The message this VERP return path was made for (api.correlation), or None."""
+    message_pk = correlation.message_pk_from_return_path(address)
+    if message_pk is None:
+        return None
+    return TransactionalMessage.objects.filter(pk=message_pk).first()
+
+
+def message_by_correlation_key(key: str) -> TransactionalMessage | None:
+    """The message a "tx-<public id>" key (ENVID, X-Skylark-Delivery) names, or None."""
+    public_id = correlation.public_id_from_key(key)
+    if public_id is None:
+        return None
+    return TransactionalMessage.objects.filter(public_id=public_id).first()
+
+
+def message_bounce_reports(message: TransactionalMessage) -> list[BounceMessage]:
+    """The bounce reports tied to a message (through BounceMessage.message_ref), newest first."""
+    key = correlation.correlation_key(message.public_id)
+    return list(BounceMessage.objects.filter(message_ref=key).order_by("-received_at")[:50])
 
 
 def message_status(message: TransactionalMessage) -> dict[str, Any]:

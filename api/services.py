@@ -24,6 +24,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
+from api import correlation
 from api.errors import (
     IdempotencyConflict,
     InvalidSenderDomain,
@@ -417,9 +418,10 @@ def message_accept(
         existing = _idempotent_message(api_key, idempotency_key, fingerprint)
         if existing is not None:
             return existing, False
-    # Known before the INSERT: the unsubscribe link (and the bounce key) carry it.
+    # Known before the INSERT: the unsubscribe link and the correlation header carry it.
     public_id = uuid.uuid4()
     template, subject, message_id, raw = _compose(request, public_id=public_id)
+    raw = correlation.header_line(public_id) + raw
     message = TransactionalMessage(
         public_id=public_id,
         api_key=api_key,
@@ -498,11 +500,13 @@ def messages_accept_raw(
         prefix += f"Message-ID: {message_id}\r\n".encode()
     if headers.get("Date") is None:
         prefix += f"Date: {formatdate(usegmt=True)}\r\n".encode()
-    # Bcc must never travel with the message (RFC 5322 3.6.3).
-    raw = prefix + _strip_header(data, b"bcc")
+    # Bcc must never travel with the message (RFC 5322 3.6.3); a correlation header is ours
+    # to stamp (one per recipient's copy), never the client's.
+    raw = prefix + _strip_headers(data, (b"bcc", b"x-skylark-delivery"))
     subject = str(headers.get("Subject", ""))[:998]
-    messages = [
-        TransactionalMessage(
+    messages = []
+    for recipient in recipients:
+        message = TransactionalMessage(
             api_key=api_key,
             source=MessageSource.RELAY,
             category=Category.TRANSACTIONAL,
@@ -510,10 +514,9 @@ def messages_accept_raw(
             to_email=recipient,
             subject=subject,
             message_id=message_id[:255],
-            raw=raw,
         )
-        for recipient in recipients
-    ]
+        message.raw = correlation.header_line(message.public_id) + raw
+        messages.append(message)
     with transaction.atomic():
         for message in messages:
             message.save()
@@ -521,7 +524,7 @@ def messages_accept_raw(
     return messages
 
 
-def _strip_header(data: bytes, name: bytes) -> bytes:
+def _strip_headers(data: bytes, names: Sequence[bytes]) -> bytes:
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
         head, sep, body = data.partition(b"\n\n")
@@ -532,7 +535,7 @@ def _strip_header(data: bytes, name: bytes) -> bytes:
             if not skipping:
                 kept.append(line)
             continue
-        skipping = line.split(b":", 1)[0].strip().lower() == name
+        skipping = line.split(b":", 1)[0].strip().lower() in names
         if not skipping:
             kept.append(line)
     return b"".join(kept) + sep + body
@@ -610,7 +613,10 @@ def message_send(*, message_id: int) -> str:
         from_email=message.from_email,
         to_email=message.to_email,
         tag=message.pk,
-        envid=f"tx-{message.public_id}",
+        # Asynchronous bounces come back to the return path, with the ENVID where the
+        # receiving servers support DSN: both lead the bounce intake to this message.
+        sender=correlation.return_path(message.pk),
+        envid=correlation.correlation_key(message.public_id),
     )
     outcome = outcome_for_result(
         result,
@@ -672,6 +678,47 @@ def _record(message: TransactionalMessage, outcome: Outcome) -> None:
             _contacts_by_address(message.to_email).filter(status=ContactStatus.ACTIVE).update(
                 status=ContactStatus.BOUNCED
             )
+
+
+# What an asynchronous report may change: a message that looked delivered. A refusal already
+# recorded from the SMTP reply (bounced, failed) stays as it is; the event is still appended.
+_REPORTABLE = (MessageStatus.SENT,)
+
+
+def message_report_record(
+    *,
+    message_pk: int,
+    event: str,
+    status: str | None,
+    reason: str = "",
+    smtp_code: int | None = None,
+    enhanced_status: str = "",
+    detail: str = "",
+    now: datetime,
+) -> None:
+    """Record what a bounce report (DSN, complaint, provider event) says about a message.
+
+    One event (bounced, failed, deferred, complaint, unsubscribe); with `status` (bounced or
+    failed) a sent message moves to it with the report's reason and diagnostic, compare-and-
+    set. Suppression is the bounce policy's (delivery.intake), as for campaigns.
+    """
+    if status is not None:
+        TransactionalMessage.objects.filter(pk=message_pk, status__in=_REPORTABLE).update(
+            status=status,
+            reason=reason[:40],
+            smtp_code=smtp_code,
+            enhanced_status=enhanced_status[:16],
+            smtp_reply=detail,
+            updated_at=now,
+        )
+    MessageEvent.objects.create(
+        message_id=message_pk,
+        kind=event,
+        created_at=now,
+        smtp_code=smtp_code,
+        enhanced_status=enhanced_status[:16],
+        detail=detail,
+    )
 
 
 def messages_sweep(*, now: datetime | None = None, stale_seconds: int = 60) -> dict[str, int]:

@@ -4,6 +4,10 @@ Every intake path (bounce server, MTA pipe, mailbox poller, provider webhooks) e
 `bounce_ingest` (raw mail) or `bounce_ingest_report` (a report already read from a provider's
 JSON). One report maps to at most one delivery; what happens to the contact is decided by
 `BouncePolicy` rows (kind -> count within a window -> action), in one place.
+
+Mail that is not a campaign delivery (the API's transactional messages) is correlated through
+a `MessageCorrelator` its app registers (`correlator_register`), so this module knows nothing
+of the apps above it; the same keys, trust rules and policy table apply.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
@@ -64,12 +69,89 @@ class IngestResult:
     matched_by: str
     action: str  # BounceAction applied to the matched recipient ("none" otherwise)
     duplicate: bool = False
+    message_ref: str = ""  # the matched message that is not a delivery ("tx-<id>")
+
+
+# --- other senders ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """A message that is not a campaign delivery, as the intake sees it."""
+
+    ref: str  # its correlation key, e.g. "tx-<public id>": kept as BounceMessage.message_ref
+    email: str  # the address it was sent to
+    contact_id: int | None = None  # the contact with that address, if any
+
+
+class MessageCorrelator(Protocol):
+    """An app's own sent mail that reports can be about (the API's transactional messages).
+
+    Lookups return None for a key that is not the app's (cheaply: a prefix, a VERP tag).
+    Statuses and event kinds are given in the delivery vocabulary (DeliveryStatus and
+    EventKind values: bounced, failed, deferred, complaint, unsubscribe).
+    """
+
+    def by_return_path(self, address: str) -> SentMessage | None:
+        """The message this VERP return path was made for; unforgeable (HMAC tag)."""
+        ...
+
+    def by_key(self, key: str) -> SentMessage | None:
+        """The message an ENVID or X-Skylark-Delivery value names; anyone can write these,
+        so the intake checks the report's recipient before it trusts the answer."""
+        ...
+
+    def record(
+        self,
+        message: SentMessage,
+        *,
+        event: str,
+        status: str | None,
+        reason: str,
+        smtp_code: int | None,
+        enhanced_status: str,
+        detail: str,
+        now: datetime,
+    ) -> None:
+        """Append an event; with `status`, move the message to it if it was sent (a
+        synchronous refusal already recorded stays). Runs in the intake's transaction."""
+        ...
+
+
+_CORRELATORS: dict[str, MessageCorrelator] = {}
+
+
+def correlator_register(*, name: str, correlator: MessageCorrelator) -> None:
+    """Let the intake tie reports to another app's messages (call from AppConfig.ready)."""
+    _CORRELATORS[name] = correlator
 
 
 @dataclass(frozen=True)
 class _Match:
     delivery: Delivery | None
     matched_by: str = ""
+    sent: SentMessage | None = None
+    correlator: MessageCorrelator | None = None
+
+    @property
+    def found(self) -> bool:
+        return self.delivery is not None or self.sent is not None
+
+    @property
+    def email(self) -> str:
+        if self.delivery is not None:
+            return self.delivery.email
+        return self.sent.email if self.sent is not None else ""
+
+    @property
+    def contact_id(self) -> int | None:
+        if self.delivery is not None:
+            return self.delivery.contact_id
+        return self.sent.contact_id if self.sent is not None else None
+
+    @property
+    def ref(self) -> str:
+        return self.sent.ref if self.sent is not None else ""
 
 
 # --- entry points ----------------------------------------------------------------------------
@@ -142,15 +224,19 @@ def _digest(raw: bytes) -> str:
 
 
 def _duplicate(existing: BounceMessage) -> IngestResult:
-    primary = existing.outcomes.filter(delivery_id=existing.delivery_id).first()
+    matched = existing.delivery_id is not None or bool(existing.message_ref)
+    primary = existing.outcomes.filter(
+        delivery_id=existing.delivery_id, message_ref=existing.message_ref
+    ).first()
     return IngestResult(
         bounce_message_id=existing.pk,
         status=existing.status,
         kind=existing.kind,
         delivery_id=existing.delivery_id,
         matched_by=existing.matched_by,
-        action=primary.action if primary and existing.delivery_id else BounceAction.NONE,
+        action=primary.action if primary and matched else BounceAction.NONE,
         duplicate=True,
+        message_ref=existing.message_ref,
     )
 
 
@@ -205,7 +291,10 @@ def _store(
                 message.error = f"{type(exc).__name__}: {exc}"[:2000]
                 message.delivery = None
                 message.matched_by = ""
-                message.save(update_fields=["status", "error", "delivery", "matched_by"])
+                message.message_ref = ""
+                message.save(
+                    update_fields=["status", "error", "delivery", "matched_by", "message_ref"]
+                )
                 return _result(message, BounceAction.NONE)
             return _result(message, action)
     except IntegrityError:
@@ -224,6 +313,7 @@ def _result(message: BounceMessage, action: str) -> IngestResult:
         delivery_id=message.delivery_id,
         matched_by=message.matched_by,
         action=action,
+        message_ref=message.message_ref,
     )
 
 
@@ -269,29 +359,48 @@ def _delivery_by_message_id(message_id: str) -> Delivery | None:
 def _correlate(
     report: BounceReport, envelope_rcpts: Sequence[str], *, recipient_fallback: bool
 ) -> _Match:
-    """The one delivery a report is about, by the keys of docs/bounces.md, strongest first."""
-    # 1. VERP: the return path carries the delivery id and an HMAC tag (delivery/verp.py).
+    """The one message a report is about, by the keys of docs/bounces.md, strongest first.
+
+    At each key a campaign delivery is tried first, then the registered correlators (their
+    keys never look like a delivery's: a VERP tag made with another secret, "tx-..." values).
+    """
+    correlators = tuple(_CORRELATORS.values())
+    # 1. VERP: the return path carries the message id and an HMAC tag (delivery/verp.py).
     for address in (*envelope_rcpts, report.envelope_to):
-        delivery_id = verp_parse(address or "", secret=settings.SECRET_KEY)
+        if not address:
+            continue
+        delivery_id = verp_parse(address, secret=settings.SECRET_KEY)
         if delivery_id is not None:
             delivery = Delivery.objects.filter(pk=delivery_id).first()
             if delivery is not None:
                 return _Match(delivery, "verp")
+        for correlator in correlators:
+            sent = correlator.by_return_path(address)
+            if sent is not None:
+                return _Match(None, "verp", sent, correlator)
     # 2-4. Keys anyone can write (ENVID, our header, a Message-ID) are trusted only when the
     # report does not name another recipient: a forged report cannot bounce an arbitrary id.
     named = {r.recipient.lower() for r in report.recipients if r.recipient}
 
-    def plausible(delivery: Delivery | None) -> bool:
-        return delivery is not None and (not named or delivery.email.lower() in named)
+    def plausible(email: str) -> bool:
+        return not named or email.lower() in named
 
     for matched_by, find, key in (
         ("envid", _delivery_by_id, report.envid),
         ("header", _delivery_by_id, report.delivery_header),
         ("message_id", _delivery_by_message_id, report.original_message_id),
     ):
-        delivery = find(key) if key else None
-        if plausible(delivery):
+        if not key:
+            continue
+        delivery = find(key)
+        if delivery is not None and plausible(delivery.email):
             return _Match(delivery, matched_by)
+        if matched_by == "message_id":
+            continue  # other senders' Message-IDs carry no key of theirs
+        for correlator in correlators:
+            sent = correlator.by_key(key)
+            if sent is not None and plausible(sent.email):
+                return _Match(None, matched_by, sent, correlator)
     # 5. Provider webhooks only: the latest delivery that left for that address.
     if recipient_fallback and named:
         delivery = (
@@ -308,11 +417,11 @@ def _correlate(
 # --- applying --------------------------------------------------------------------------------
 
 
-def _primary(report: BounceReport, delivery: Delivery | None) -> BounceRecipient | None:
-    """The recipient entry that speaks for the matched delivery."""
-    if delivery is None or not report.recipients:
+def _primary(report: BounceReport, email: str) -> BounceRecipient | None:
+    """The recipient entry that speaks for the matched message (sent to `email`)."""
+    if not email or not report.recipients:
         return None
-    email = delivery.email.lower()
+    email = email.lower()
     for recipient in report.recipients:
         if (recipient.recipient or "").lower() == email:
             return recipient
@@ -329,8 +438,7 @@ def _apply(
     recipient_fallback: bool,
 ) -> str:
     match = _correlate(report, envelope_rcpts, recipient_fallback=recipient_fallback)
-    delivery = match.delivery
-    primary = _primary(report, delivery)
+    primary = _primary(report, match.email)
     ignored = report.kind in (BounceKind.AUTO_REPLY, BounceKind.NOT_BOUNCE)
 
     outcomes = []
@@ -347,8 +455,9 @@ def _apply(
             smtp_code=recipient.reply_code,
             diagnostic=recipient.diagnostic[:2000],
             reporting_mta=recipient.reporting_mta[:255],
-            delivery=delivery if is_primary else None,
-            contact_id=delivery.contact_id if is_primary else None,
+            delivery=match.delivery if is_primary else None,
+            message_ref=match.ref if is_primary else "",
+            contact_id=match.contact_id if is_primary else None,
             # Another recipient of a multi-recipient report: kept, tied to nothing.
             action=BounceAction.NONE if ignored or is_primary else BounceAction.UNMATCHED,
         )
@@ -356,62 +465,64 @@ def _apply(
         if is_primary:
             primary_outcome = outcome
 
-    message.delivery = delivery
+    message.delivery = match.delivery
+    message.message_ref = match.ref
     message.matched_by = match.matched_by
     action = BounceAction.NONE
     if ignored:
         message.status = BounceMessageStatus.IGNORED
-    elif delivery is None or primary_outcome is None:
+    elif not match.found or primary_outcome is None:
         message.status = BounceMessageStatus.UNMATCHED
         logger.info("bounce report #%s matches no delivery", message.pk)
     else:
         message.status = BounceMessageStatus.APPLIED
-        action = _apply_outcome(outcome=primary_outcome, delivery=delivery, now=now)
+        action = _apply_outcome(outcome=primary_outcome, match=match, now=now)
         primary_outcome.action = action
     BounceOutcome.objects.bulk_create(outcomes)
     if primary_outcome is not None and primary_outcome.counted:
-        action = _apply_policy(outcome=primary_outcome, delivery=delivery, now=now)
+        action = _apply_policy(outcome=primary_outcome, match=match, now=now)
         BounceOutcome.objects.filter(pk=primary_outcome.pk).update(action=action)
-    message.save(update_fields=["delivery", "matched_by", "status"])
+    message.save(update_fields=["delivery", "message_ref", "matched_by", "status"])
     return action
 
 
-def _apply_outcome(*, outcome: BounceOutcome, delivery: Delivery, now: datetime) -> str:
-    """Write the delivery's side: status (compare-and-set) and one event. Sets `counted`."""
-    data = {
-        "source": "bounce report",
-        "bounce_message": outcome.message_id,
-        "kind": outcome.kind,
-        "reason": outcome.reason,
-        "status": outcome.enhanced_status,
-        "reporting_mta": outcome.reporting_mta,
-    }
-    event = DeliveryEvent(
-        delivery=delivery,
-        created_at=now,
-        smtp_code=outcome.smtp_code,
-        enhanced_status=outcome.enhanced_status,
-        detail=outcome.diagnostic,
-        data=data,
-    )
-    new_status = None
+def _effect(outcome: BounceOutcome) -> tuple[str, str | None, bool] | None:
+    """(event kind, new status or None, counted by the policy) for an outcome, or None."""
     if outcome.kind == OutcomeKind.HARD:
-        event.kind = EventKind.BOUNCED
-        new_status = DeliveryStatus.BOUNCED
-        outcome.counted = True
-    elif outcome.kind == OutcomeKind.SOFT and outcome.reason == BounceReason.DELAYED:
+        return EventKind.BOUNCED, DeliveryStatus.BOUNCED, True
+    if outcome.kind == OutcomeKind.SOFT and outcome.reason == BounceReason.DELAYED:
         # RFC 3464 "Action: delayed": the remote MTA is still trying; not a failure yet.
-        event.kind = EventKind.DEFERRED
-    elif outcome.kind == OutcomeKind.SOFT:
+        return EventKind.DEFERRED, None, False
+    if outcome.kind == OutcomeKind.SOFT:
         # The message was lost after a 250; the address may well be fine.
-        event.kind = EventKind.FAILED
-        new_status = DeliveryStatus.FAILED
-        outcome.counted = True
-    elif outcome.kind == OutcomeKind.COMPLAINT:
-        event.kind = EventKind.COMPLAINT
-        outcome.counted = True
-    else:
+        return EventKind.FAILED, DeliveryStatus.FAILED, True
+    if outcome.kind == OutcomeKind.COMPLAINT:
+        # It was delivered: the status stays, the complaint is an event.
+        return EventKind.COMPLAINT, None, True
+    return None
+
+
+def _apply_outcome(*, outcome: BounceOutcome, match: _Match, now: datetime) -> str:
+    """Write the message's side: status (compare-and-set) and one event. Sets `counted`."""
+    effect = _effect(outcome)
+    if effect is None:
         return BounceAction.NONE
+    event_kind, new_status, outcome.counted = effect
+    if match.delivery is None:
+        match.correlator.record(
+            match.sent,
+            event=str(event_kind),
+            status=str(new_status) if new_status else None,
+            reason=outcome.reason[:40],
+            smtp_code=outcome.smtp_code,
+            enhanced_status=outcome.enhanced_status,
+            detail=" ".join(
+                filter(None, [f"bounce report #{outcome.message_id}:", outcome.diagnostic])
+            ),
+            now=now,
+        )
+        return BounceAction.RECORDED
+    delivery = match.delivery
     if new_status is not None:
         Delivery.objects.filter(pk=delivery.pk, status__in=_REPORTABLE).update(
             status=new_status,
@@ -421,7 +532,22 @@ def _apply_outcome(*, outcome: BounceOutcome, delivery: Delivery, now: datetime)
             smtp_reply=outcome.diagnostic,
             updated_at=now,
         )
-    event.save()
+    DeliveryEvent.objects.create(
+        delivery=delivery,
+        kind=event_kind,
+        created_at=now,
+        smtp_code=outcome.smtp_code,
+        enhanced_status=outcome.enhanced_status,
+        detail=outcome.diagnostic,
+        data={
+            "source": "bounce report",
+            "bounce_message": outcome.message_id,
+            "kind": outcome.kind,
+            "reason": outcome.reason,
+            "status": outcome.enhanced_status,
+            "reporting_mta": outcome.reporting_mta,
+        },
+    )
     return BounceAction.RECORDED
 
 
@@ -443,37 +569,44 @@ def bounce_policy_for(*, kind: str) -> BouncePolicy | None:
     return policy
 
 
-def _apply_policy(*, outcome: BounceOutcome, delivery: Delivery, now: datetime) -> str:
-    """The policy table: count this contact's reports of the kind, act at the threshold."""
+def _apply_policy(*, outcome: BounceOutcome, match: _Match, now: datetime) -> str:
+    """The policy table: count this person's reports of the kind, act at the threshold.
+
+    A person is the contact when there is one; a transactional recipient with no contact is
+    counted by the address its reports named.
+    """
     policy = bounce_policy_for(kind=outcome.kind)
     if policy is None or policy.action == PolicyAction.NONE:
         return BounceAction.RECORDED
-    counted = BounceOutcome.objects.filter(
-        contact_id=delivery.contact_id, kind=outcome.kind, counted=True
-    )
+    counted = BounceOutcome.objects.filter(kind=outcome.kind, counted=True)
+    if match.contact_id is not None:
+        counted = counted.filter(contact_id=match.contact_id)
+    else:
+        counted = counted.filter(contact__isnull=True).annotate(recipient_lower=Lower("recipient"))
+        counted = counted.filter(recipient_lower=(outcome.recipient or match.email).lower())
     if policy.window_days:
         counted = counted.filter(created_at__gte=now - timedelta(days=policy.window_days))
-    # Distinct deliveries: two reports about one message (a DSN and a webhook) count once.
-    reports = counted.values("delivery_id").distinct().count()
+    # Distinct messages: two reports about one message (a DSN and a webhook) count once. This
+    # report's outcome is already saved, so it is among them.
+    reports = counted.values("delivery_id", "message_ref").distinct().count()
     if reports < policy.count:
         return BounceAction.COUNTED
     if policy.action == PolicyAction.UNSUBSCRIBE:
-        changed = (
-            Subscription.objects.filter(contact_id=delivery.contact_id)
-            .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
-            .update(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)
-        )
+        changed = 0
+        if match.contact_id is not None:
+            changed = (
+                Subscription.objects.filter(contact_id=match.contact_id)
+                .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
+                .update(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)
+            )
         if changed:
-            DeliveryEvent.objects.create(
-                delivery=delivery,
-                kind=EventKind.UNSUBSCRIBE,
-                created_at=now,
-                detail=f"bounce policy: {policy}",
+            _record_event(
+                match, kind=EventKind.UNSUBSCRIBE, detail=f"bounce policy: {policy}", now=now
             )
         return BounceAction.UNSUBSCRIBED
     complaint = outcome.kind == OutcomeKind.COMPLAINT
     Suppression.objects.get_or_create(
-        value=delivery.email.lower(),
+        value=match.email.lower(),
         scope=SuppressionScope.ADDRESS,
         defaults={
             # SuppressionReason has no "soft bounce": repeated soft bounces are suppressed as
@@ -482,16 +615,36 @@ def _apply_policy(*, outcome: BounceOutcome, delivery: Delivery, now: datetime) 
             "source": f"bounce policy ({outcome.kind}, report #{outcome.message_id})"[:200],
         },
     )
+    if match.contact_id is None:
+        return BounceAction.SUPPRESSED
     if complaint:
         Contact.objects.filter(
-            pk=delivery.contact_id,
+            pk=match.contact_id,
             status__in=[ContactStatus.ACTIVE, ContactStatus.UNSUBSCRIBED, ContactStatus.BOUNCED],
         ).update(status=ContactStatus.COMPLAINED, updated_at=now)
     else:
-        Contact.objects.filter(pk=delivery.contact_id, status=ContactStatus.ACTIVE).update(
+        Contact.objects.filter(pk=match.contact_id, status=ContactStatus.ACTIVE).update(
             status=ContactStatus.BOUNCED, updated_at=now
         )
     return BounceAction.SUPPRESSED
+
+
+def _record_event(match: _Match, *, kind: str, detail: str, now: datetime) -> None:
+    if match.delivery is not None:
+        DeliveryEvent.objects.create(
+            delivery=match.delivery, kind=kind, created_at=now, detail=detail
+        )
+    else:
+        match.correlator.record(
+            match.sent,
+            event=str(kind),
+            status=None,
+            reason="",
+            smtp_code=None,
+            enhanced_status="",
+            detail=detail,
+            now=now,
+        )
 
 
 # --- reads for the admin (rates) -------------------------------------------------------------
@@ -581,10 +734,13 @@ __all__ = [
     "COMPLAINT_RATE_DANGER",
     "COMPLAINT_RATE_WARN",
     "IngestResult",
+    "MessageCorrelator",
     "RateRow",
+    "SentMessage",
     "bounce_ingest",
     "bounce_ingest_report",
     "bounce_policy_for",
     "bounce_rates_by_campaign",
     "bounce_rates_by_domain",
+    "correlator_register",
 ]

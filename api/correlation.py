@@ -1,0 +1,60 @@
+"""Keys that tie a report back to a transactional message: its return path and "tx-<id>".
+
+Pure (no database). The return path is a VERP address made by delivery.verp with a secret of
+its own, derived from SECRET_KEY: a campaign's return path never parses as a message's, nor
+the other way round, though both are `bounces+...@EDM_BOUNCE_DOMAIN`. The "tx-<public id>"
+key is the DSN ENVID (RFC 3461) and the X-Skylark-Delivery header of every message, which
+no campaign delivery id (digits) can be mistaken for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+
+from django.conf import settings
+
+from delivery.verp import verp_address, verp_parse
+
+KEY_PREFIX = "tx-"
+
+
+def _verp_secret() -> str:
+    return hmac.new(
+        settings.SECRET_KEY.encode(), b"skylark-verp-transactional", hashlib.sha256
+    ).hexdigest()
+
+
+def return_path(message_pk: int) -> str:
+    """The envelope sender of a message: `bounces+<id>-<tag>@EDM_BOUNCE_DOMAIN`."""
+    return verp_address(
+        delivery_id=message_pk, domain=settings.EDM_BOUNCE_DOMAIN, secret=_verp_secret()
+    )
+
+
+def message_pk_from_return_path(address: str) -> int | None:
+    """The message id a return path was made for, None when it is not one of ours."""
+    return verp_parse(address, secret=_verp_secret())
+
+
+def correlation_key(public_id: uuid.UUID) -> str:
+    return f"{KEY_PREFIX}{public_id}"
+
+
+def public_id_from_key(key: str) -> uuid.UUID | None:
+    """The public id in a "tx-<uuid>" key, None for anything else."""
+    key = (key or "").strip().strip("<>").lower()
+    if not key.startswith(KEY_PREFIX):
+        return None
+    text = key.removeprefix(KEY_PREFIX)
+    try:
+        public_id = uuid.UUID(text)
+    except ValueError:
+        return None
+    return public_id if str(public_id) == text else None  # one spelling only
+
+
+def header_line(public_id: uuid.UUID) -> bytes:
+    """The correlation header stamped on a message, like a campaign's delivery id."""
+    return f"X-Skylark-Delivery: {correlation_key(public_id)}\r\n".encode("ascii")

@@ -1,0 +1,339 @@
+"""Asynchronous bounces and complaints about transactional messages: correlated, recorded on the
+message (status and events through the API) and acted on by the bounce policy.
+
+Messages are really sent to the scripted SMTP server; the reports are built from what it
+received (the return path, the ENVID, the returned headers) and go through the real intake.
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import socket
+from email import message_from_bytes
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+from api import correlation, services
+from api.models import Category, MessageStatus, TransactionalMessage
+from contacts.models import Contact, ContactStatus, Suppression, SuppressionReason
+from delivery.bounce_models import BounceMessage, BounceMessageStatus, BouncePolicy
+from delivery.bounce_server import bounce_server_start
+from delivery.intake import bounce_ingest
+from delivery.verp import verp_parse
+from tests.api.conftest import auth
+from tests.delivery.test_intake import make_arf, make_dsn, make_sent_delivery, verp_of
+from tests.factories import ContactFactory
+
+
+@pytest.fixture
+def smtp(smtp_server, settings):
+    """STARTTLS and AUTH, as a provider's submission port: the pool says EHLO before MAIL,
+    so the DSN parameters go out with the first message."""
+    settings.EDM_SMTP_URL = smtp_server.url
+    settings.EDM_SMTP_TLS_CA_FILE = smtp_server.ca_file
+    return smtp_server
+
+
+def send(api_key, smtp, *, to: str = "dead@example.com") -> tuple[TransactionalMessage, object]:
+    """Accept and really send one message; returns it with what the SMTP server received."""
+    key, _ = api_key
+    request = services.SendRequest(
+        to_email=to, subject="Your code", text="1234", category=Category.TRANSACTIONAL
+    )
+    message, _ = services.message_accept(api_key=key, request=request)
+    assert services.message_send(message_id=message.pk) == MessageStatus.SENT
+    received = [m for m in smtp.messages if m.rcpt_tos == (to,)][-1]
+    message.refresh_from_db()
+    return message, received
+
+
+def returned_headers(received) -> str:
+    """The headers of the message as sent, as a DSN or an ARF report returns them."""
+    head = received.data.split(b"\r\n\r\n", 1)[0].decode()
+    return head + "\r\n"
+
+
+def api_status(client, api_key, message: TransactionalMessage) -> dict:
+    _, secret = api_key
+    response = client.get(f"/api/v1/messages/{message.public_id}", **auth(secret))
+    assert response.status_code == 200
+    return response.json()
+
+
+# -- what goes out -----------------------------------------------------------------------------
+
+
+def test_messages_leave_with_their_own_return_path_envid_and_header(api_key, smtp):
+    message, received = send(api_key, smtp)
+    assert received.mail_from.startswith("bounces+")
+    assert received.mail_from.endswith("@" + settings.EDM_BOUNCE_DOMAIN)
+    assert correlation.message_pk_from_return_path(received.mail_from) == message.pk
+    # Never a campaign's: the HMAC tag is made with another secret.
+    assert verp_parse(received.mail_from, secret=settings.SECRET_KEY) is None
+    # aiosmtpd upper-cases parameters, as some MTAs do: the key is read in any case.
+    assert f"ENVID=TX-{str(message.public_id).upper()}" in received.mail_options
+    sent = message_from_bytes(received.data)
+    assert sent["X-Skylark-Delivery"] == f"tx-{message.public_id}"
+
+
+def test_relayed_messages_get_our_header_and_lose_the_clients(api_key):
+    key, _ = api_key
+    data = (
+        b"From: app@shop.test\r\nTo: a@example.com\r\nX-Skylark-Delivery: 42\r\n"
+        b"Subject: Hi\r\n\r\nHello\r\n"
+    )
+    messages = services.messages_accept_raw(
+        api_key=key,
+        sender="app@shop.test",
+        recipients=["a@example.com", "b@example.com"],
+        data=data,
+    )
+    for message in messages:
+        parsed = message_from_bytes(bytes(message.raw))
+        assert parsed.get_all("X-Skylark-Delivery") == [f"tx-{message.public_id}"]
+
+
+# -- DSNs ---------------------------------------------------------------------------------------
+
+
+def test_dsn_to_the_return_path_bounces_the_message_and_suppresses(client, api_key, smtp):
+    message, received = send(api_key, smtp)
+    # The report carries no other key: only the return path it was sent to.
+    raw = make_dsn(recipient=message.to_email, to=received.mail_from)
+    result = bounce_ingest(raw=raw, source="smtp", envelope_rcpts=[received.mail_from])
+
+    assert result.status == BounceMessageStatus.APPLIED
+    assert result.matched_by == "verp"
+    assert result.delivery_id is None
+    assert result.message_ref == f"tx-{message.public_id}"
+    assert result.action == "suppressed"
+    assert BounceMessage.objects.get().message_ref == f"tx-{message.public_id}"
+
+    status = api_status(client, api_key, message)
+    assert status["status"] == "bounced"
+    assert status["reason"] == "unknown_user"
+    assert status["enhanced_status"] == "5.1.1"
+    assert "User unknown" in status["smtp_reply"]
+    assert [e["kind"] for e in status["events"]] == ["sent", "bounced"]
+    assert status["events"][1]["detail"].startswith(f"bounce report #{result.bounce_message_id}:")
+    suppression = Suppression.objects.get(value="dead@example.com")
+    assert suppression.reason == SuppressionReason.HARD_BOUNCE
+
+    # The address is dead: the next message to it is not sent.
+    key, _ = api_key
+    request = services.SendRequest(to_email="dead@example.com", subject="Again", text="x")
+    again, _ = services.message_accept(api_key=key, request=request)
+    assert services.message_send(message_id=again.pk) == MessageStatus.SUPPRESSED
+    assert len(smtp.messages) == 1
+
+
+def test_envid_and_header_match_only_when_the_report_names_the_recipient(api_key, smtp):
+    message, _ = send(api_key, smtp)
+    key = f"tx-{message.public_id}"
+    # Keys anyone can write: a report naming someone else is not trusted with them.
+    forged = make_dsn(recipient="victim@example.org", envid=key, delivery_header=key, nonce="f")
+    result = bounce_ingest(raw=forged, source="pipe")
+    assert result.status == BounceMessageStatus.UNMATCHED and result.message_ref == ""
+    message.refresh_from_db()
+    assert message.status == MessageStatus.SENT and message.events.count() == 1
+    assert not Suppression.objects.exists()
+
+    by_envid = bounce_ingest(
+        raw=make_dsn(recipient=message.to_email, envid=key.upper()), source="pipe"
+    )
+    assert (by_envid.matched_by, by_envid.message_ref) == ("envid", key)
+    message.refresh_from_db()
+    assert message.status == MessageStatus.BOUNCED
+
+
+def test_header_of_the_returned_message_matches(api_key, smtp):
+    message, received = send(api_key, smtp)
+    header = message_from_bytes(received.data)["X-Skylark-Delivery"]
+    result = bounce_ingest(
+        raw=make_dsn(recipient=message.to_email, delivery_header=header), source="imap"
+    )
+    assert (result.matched_by, result.message_ref) == ("header", f"tx-{message.public_id}")
+
+
+def test_a_tx_return_path_never_reaches_the_campaign_delivery_with_the_same_id(api_key, smtp):
+    message, received = send(api_key, smtp, to="same@example.com")
+    delivery = make_sent_delivery("same@example.com")
+    # Whatever the ids, each return path leads to its own kind of message.
+    result = bounce_ingest(
+        raw=make_dsn(recipient="same@example.com", to=received.mail_from), source="pipe"
+    )
+    assert result.delivery_id is None and result.message_ref == f"tx-{message.public_id}"
+    delivery.refresh_from_db()
+    assert delivery.status == "sent"
+    other = bounce_ingest(
+        raw=make_dsn(recipient="same@example.com", to=verp_of(delivery), nonce="2"), source="pipe"
+    )
+    assert other.delivery_id == delivery.pk and other.message_ref == ""
+
+
+def test_soft_bounce_fails_the_message_and_is_only_counted(api_key, smtp):
+    message, received = send(api_key, smtp, to="full@example.com")
+    raw = make_dsn(
+        recipient=message.to_email,
+        to=received.mail_from,
+        status="4.2.2",
+        diagnostic="smtp; 452 4.2.2 Mailbox full",
+    )
+    result = bounce_ingest(raw=raw, source="pipe")
+    assert result.action == "counted"
+    message.refresh_from_db()
+    assert message.status == MessageStatus.FAILED
+    assert [e.kind for e in message.events.all()] == ["sent", "failed"]
+    assert not Suppression.objects.exists()
+
+
+def test_soft_bounces_of_an_address_without_contact_add_up_to_the_policy(api_key, smtp):
+    BouncePolicy.objects.update_or_create(
+        kind="soft", defaults={"count": 2, "window_days": 30, "action": "suppress"}
+    )
+    actions = []
+    for nonce in ("1", "2"):
+        message, received = send(api_key, smtp, to="full@example.com")
+        raw = make_dsn(
+            recipient=message.to_email,
+            to=received.mail_from,
+            status="4.2.2",
+            diagnostic="smtp; 452 4.2.2 Mailbox full",
+            nonce=nonce,
+        )
+        actions.append(bounce_ingest(raw=raw, source="pipe").action)
+    assert actions == ["counted", "suppressed"]
+    assert Suppression.objects.get(value="full@example.com").reason == "hard_bounce"
+    assert not Contact.objects.exists()
+
+
+def test_delayed_dsn_only_appends_a_deferred_event(api_key, smtp):
+    message, received = send(api_key, smtp)
+    raw = make_dsn(
+        recipient=message.to_email,
+        to=received.mail_from,
+        status="4.4.7",
+        action="delayed",
+        diagnostic="smtp; 451 4.4.7 still trying",
+    )
+    bounce_ingest(raw=raw, source="pipe")
+    message.refresh_from_db()
+    assert message.status == MessageStatus.SENT
+    assert [e.kind for e in message.events.all()] == ["sent", "deferred"]
+
+
+def test_a_report_ingested_twice_is_recorded_once(api_key, smtp):
+    message, received = send(api_key, smtp)
+    raw = make_dsn(recipient=message.to_email, to=received.mail_from)
+    first = bounce_ingest(raw=raw, source="smtp")
+    again = bounce_ingest(raw=raw, source="imap")
+    assert again.duplicate and again.message_ref == first.message_ref
+    assert again.action == first.action == "suppressed"
+    assert message.events.filter(kind="bounced").count() == 1
+
+
+def test_a_synchronous_refusal_keeps_its_status(api_key, smtp):
+    smtp.script("rcpt", "550 5.7.1 policy refusal")
+    key, _ = api_key
+    request = services.SendRequest(to_email="a@example.com", subject="S", text="T")
+    message, _ = services.message_accept(api_key=key, request=request)
+    assert services.message_send(message_id=message.pk) == MessageStatus.FAILED
+    bounce_ingest(
+        raw=make_dsn(recipient="a@example.com", envid=f"tx-{message.public_id}"), source="pipe"
+    )
+    message.refresh_from_db()
+    assert message.status == MessageStatus.FAILED and message.smtp_code == 550
+    assert [e.kind for e in message.events.all()] == ["failed", "bounced"]
+
+
+# -- complaints ---------------------------------------------------------------------------------
+
+
+def test_complaint_is_an_event_and_suppresses_the_contact(client, api_key, smtp):
+    contact = ContactFactory(email="angry@example.com")
+    message, received = send(api_key, smtp, to="angry@example.com")
+    # A feedback loop report, sent to the FBL address with the message's headers.
+    raw = make_arf(recipient="angry@example.com", to="fbl@example.com")
+    raw = raw.replace(
+        b"From: news@skylark.test\r\nTo: angry@example.com\r\nSubject: Spring\r\n",
+        returned_headers(received).encode(),
+    )
+    result = bounce_ingest(raw=raw, source="imap")
+    assert (result.matched_by, result.message_ref) == ("header", f"tx-{message.public_id}")
+    status = api_status(client, api_key, message)
+    assert status["status"] == "sent"  # it was delivered
+    assert [e["kind"] for e in status["events"]] == ["sent", "complaint"]
+    assert Suppression.objects.get(value="angry@example.com").reason == "complaint"
+    contact.refresh_from_db()
+    assert contact.status == ContactStatus.COMPLAINED
+
+
+def test_the_message_admin_page_links_its_bounce_reports(client, api_key, smtp):
+    message, received = send(api_key, smtp)
+    result = bounce_ingest(
+        raw=make_dsn(recipient=message.to_email, to=received.mail_from), source="pipe"
+    )
+    client.force_login(get_user_model().objects.create_superuser("root", "r@example.com", "pw"))
+    page = client.get(f"/admin/api/transactionalmessage/{message.pk}/change/").content.decode()
+    assert f"/admin/delivery/bouncemessage/{result.bounce_message_id}/change/" in page
+
+
+# -- through the real intake paths ----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def bounce_server(transactional_db):
+    controller = bounce_server_start(host="127.0.0.1", port=_free_port(), max_bytes=64 * 1024)
+    yield controller
+    controller.stop()
+
+
+def test_a_dsn_to_the_bounce_server_bounces_the_message(bounce_server, api_key, smtp):
+    message, received = send(api_key, smtp)
+    raw = make_dsn(recipient=message.to_email, to="bounces@" + settings.EDM_BOUNCE_DOMAIN)
+    with smtplib.SMTP(bounce_server.hostname, bounce_server.port, timeout=10) as client:
+        client.sendmail("<>", [received.mail_from], raw)
+    message.refresh_from_db()
+    assert message.status == MessageStatus.BOUNCED
+    assert BounceMessage.objects.get().matched_by == "verp"
+    assert Suppression.objects.filter(value=message.to_email).exists()
+
+
+def test_a_provider_webhook_with_the_header_reaches_the_message(client, api_key, smtp, settings):
+    settings.EDM_WEBHOOK_TOKEN = "hook-secret"
+    message, _ = send(api_key, smtp)
+    event = {
+        "notificationType": "Bounce",
+        "bounce": {
+            "bounceType": "Permanent",
+            "bounceSubType": "General",
+            "bouncedRecipients": [
+                {"emailAddress": message.to_email, "action": "failed", "status": "5.1.1",
+                 "diagnosticCode": "smtp; 550 5.1.1 user unknown"}
+            ],
+            "timestamp": "2016-01-27T14:59:38.237Z",
+            "reportingMTA": "dsn; b267-2.smtp-out.us-west-2.amazonses.com",
+        },
+        "mail": {
+            "messageId": "0000014644fe5ef6-9a483358-9170-4cb4-a269-f5dcdf415321-000000",
+            "destination": [message.to_email],
+            "headers": [{"name": "X-Skylark-Delivery", "value": f"tx-{message.public_id}"}],
+            "commonHeaders": {"messageId": message.message_id},
+        },
+    }  # fmt: skip
+    response = client.post(
+        "/hooks/ses/?token=hook-secret", json.dumps(event), content_type="application/json"
+    )
+    assert response.status_code == 200, response.content
+    message.refresh_from_db()
+    assert message.status == MessageStatus.BOUNCED
+    assert BounceMessage.objects.get().message_ref == f"tx-{message.public_id}"
