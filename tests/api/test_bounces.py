@@ -25,7 +25,7 @@ from delivery.intake import bounce_ingest
 from delivery.verp import verp_parse
 from tests.api.conftest import auth
 from tests.delivery.test_intake import make_arf, make_dsn, make_sent_delivery, verp_of
-from tests.factories import ContactFactory
+from tests.factories import ContactFactory, SubscriptionFactory
 
 
 @pytest.fixture
@@ -172,6 +172,33 @@ def test_a_tx_return_path_never_reaches_the_campaign_delivery_with_the_same_id(a
         raw=make_dsn(recipient="same@example.com", to=verp_of(delivery), nonce="2"), source="pipe"
     )
     assert other.delivery_id == delivery.pk and other.message_ref == ""
+
+
+def test_the_return_path_outranks_a_campaign_envid_in_the_same_report(api_key, smtp):
+    message, received = send(api_key, smtp, to="same@example.com")
+    delivery = make_sent_delivery("same@example.com")
+    raw = make_dsn(recipient="same@example.com", envid=str(delivery.pk))
+    result = bounce_ingest(raw=raw, source="smtp", envelope_rcpts=[received.mail_from])
+    assert (result.matched_by, result.message_ref) == ("verp", f"tx-{message.public_id}")
+    delivery.refresh_from_db()
+    assert delivery.status == "sent"
+
+
+def test_an_unsubscribe_policy_ends_the_contacts_subscriptions(api_key, smtp):
+    BouncePolicy.objects.update_or_create(
+        kind="hard", defaults={"count": 1, "window_days": 0, "action": "unsubscribe"}
+    )
+    contact = ContactFactory(email="dead@example.com")
+    subscription = SubscriptionFactory(contact=contact)
+    message, received = send(api_key, smtp)
+    result = bounce_ingest(
+        raw=make_dsn(recipient=message.to_email, to=received.mail_from), source="pipe"
+    )
+    assert result.action == "unsubscribed"
+    subscription.refresh_from_db()
+    assert subscription.status == "unsubscribed"
+    assert [e.kind for e in message.events.all()] == ["sent", "bounced", "unsubscribe"]
+    assert not Suppression.objects.exists()
 
 
 def test_soft_bounce_fails_the_message_and_is_only_counted(api_key, smtp):
