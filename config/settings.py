@@ -221,6 +221,8 @@ EDM_WEBHOOK_SECONDS = env_float("EDM_WEBHOOK_SECONDS", 10.0)
 # Public sign-up form submissions per minute per client IP.
 EDM_SIGNUP_RATE_PER_MINUTE = env_int("EDM_SIGNUP_RATE_PER_MINUTE", 10)
 EDM_IMPORT_BATCH_SIZE = env_int("EDM_IMPORT_BATCH_SIZE", 5000)
+# Connections that write one PostgreSQL import's chunks at once (add and upsert modes).
+EDM_IMPORT_WRITERS = env_int("EDM_IMPORT_WRITERS", 2)
 # Bounce intake (docs/bounces.md, "Intake and policy").
 # Inbound bounce SMTP server (`manage.py bounce_server`): listen address, port, message size cap.
 EDM_BOUNCE_SERVER_HOST = os.environ.get("EDM_BOUNCE_SERVER_HOST", "127.0.0.1")

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, NamedTuple
 
 from contacts.errors import ImportFileError
 from contacts.normalize import EmailPolicy, InvalidEmail, RejectReason, email_key, normalize_email
@@ -723,9 +723,9 @@ def _signed64(value: int) -> int:
     return ((value + (1 << 63)) % (1 << 64)) - (1 << 63)
 
 
-@dataclass(frozen=True, slots=True)
-class ContactRow:
-    """A valid, normalized row ready to be written."""
+class ContactRow(NamedTuple):
+    """A valid, normalized row ready to be written (a tuple: built twice as fast as a frozen
+    dataclass, which counts at a million rows)."""
 
     line: int
     email: str

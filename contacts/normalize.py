@@ -101,8 +101,16 @@ class EmailPolicy:
     reject_disposable: bool = False
 
 
+# First and last characters that may need more than strip(): a BOM, "<...>", "mailto:".
+_WRAPPED_START = frozenset("\ufeff<mM")
+_WRAPPED_END = frozenset("\ufeff>")
+
+
 def _strip_wrapping(raw: str) -> str:
-    value = raw.strip().strip("\ufeff").strip()
+    value = raw.strip()
+    if value[:1] not in _WRAPPED_START and value[-1:] not in _WRAPPED_END:
+        return value  # the common case, without the loop below
+    value = value.strip("\ufeff").strip()
     for _ in range(2):  # "<mailto:a@b>" and "mailto:<a@b>" both occur
         if value.startswith("<") and value.endswith(">"):
             value = value[1:-1].strip()

@@ -10,14 +10,16 @@ import queue
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Generator, Iterable
+from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _json_string  # C: quote and escape
 from typing import IO, Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from contacts.csvparse import ContactFileReader, ContactRow, Record, contact_rows, plan_columns
@@ -168,18 +170,27 @@ def contacts_import(
 
         report()
         chunks = _chunks(contact_rows(iter(reader), plan, policy=policy), batch_size, encode)
-        if connection.vendor == "postgresql":
-            # The file is parsed in a background thread while this one waits on the server
-            # (psycopg releases the GIL then), so parsing and writing overlap instead of
-            # adding up. Not on SQLite: it works in this process, and the two threads fighting
-            # for the GIL made the import slower there (measured: 24,000 vs 30,000 rows/s).
-            chunks = _read_ahead(chunks)
-        with closing(chunks) as prepared:
-            for batch, rejects in prepared:
-                for record in rejects:
-                    tally.reject(record.line, record.reason, record.detail)
-                _write_batch(writer, batch, contact_list, mode, tally, source_label)
-                report()
+        writers = _parallel_writers(mode)
+        if writers > 1:
+            # This thread parses while writer threads, each with its own connection and
+            # transaction per chunk, keep several server processes busy.
+            with closing(chunks) as prepared:
+                _write_parallel(
+                    prepared, writers, writer, contact_list, mode, tally, source_label, report
+                )
+        else:
+            if connection.vendor == "postgresql":
+                # The file is parsed in a background thread while this one waits on the server
+                # (psycopg releases the GIL then), so parsing and writing overlap instead of
+                # adding up. Not on SQLite: it works in this process, and the two threads
+                # fighting for the GIL made the import slower there (24,000 vs 30,000 rows/s).
+                chunks = _read_ahead(chunks)
+            with closing(chunks) as prepared:
+                for batch, rejects in prepared:
+                    for record in rejects:
+                        tally.reject(record.line, record.reason, record.detail)
+                    _write_batch(writer, batch, contact_list, mode, tally, source_label)
+                    report()
     tally.rejected_rows.sort()
     logger.info(
         "import %s into list %s (%s): created=%d updated=%d unchanged=%d rejected=%d",
@@ -210,6 +221,7 @@ class _CopyChunk:
 
     rows: int
     data: bytes
+    domains: frozenset[str] = frozenset()  # of the lower-cased addresses
 
     def __len__(self) -> int:
         return self.rows
@@ -298,6 +310,139 @@ def _read_ahead(
 _Writer = Callable[[Any, ContactList | None, ImportMode, str], _BatchResult]
 
 
+def _parallel_writers(mode: ImportMode) -> int:
+    """How many connections write chunks at once: EDM_IMPORT_WRITERS on PostgreSQL for add
+    and upsert, outside any transaction (other connections could not see the caller's
+    uncommitted rows, its contact list for one); otherwise 1.
+    """
+    if (
+        connection.vendor != "postgresql"
+        or mode not in (ImportMode.ADD_NEW, ImportMode.UPSERT)
+        or connection.in_atomic_block
+    ):
+        return 1
+    return max(1, settings.EDM_IMPORT_WRITERS)
+
+
+class _WriterPool:
+    """Threads that write chunks, each through its own database connection.
+
+    ``submit`` blocks while every thread is busy and one chunk waits, so at most
+    ``size + 1`` chunks are in memory besides the one being parsed.
+    """
+
+    def __init__(self, size: int, writer: _Writer, contact_list, mode, source_label) -> None:
+        self._jobs: queue.Queue = queue.Queue(maxsize=1)
+        self._write = lambda batch: _write_chunk(writer, batch, contact_list, mode, source_label)
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"contacts-import-writer-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                future, batch = job
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(self._write(batch))
+                    except BaseException as exc:  # raised in the importing thread
+                        future.set_exception(exc)
+        finally:
+            connection.close()  # this thread's own connection
+
+    def submit(self, batch: _Batch) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, batch))
+        return future
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
+def _write_parallel(
+    chunks: Iterable[_Chunk],
+    size: int,
+    writer: _Writer,
+    contact_list: ContactList | None,
+    mode: ImportMode,
+    tally: _Tally,
+    source_label: str,
+    report: Callable[[], None],
+) -> None:
+    """Write chunks on ``size`` connections; results are counted in file order.
+
+    Chunks of one file never hold the same address (duplicates are rejected while parsing),
+    so concurrent chunks do not wait on each other's rows. On an error, the chunks already
+    submitted finish (each commits or rolls back on its own, as in a serial import) and the
+    error is raised.
+    """
+    pool = _WriterPool(size, writer, contact_list, mode, source_label)
+    pending: deque[tuple[Future, list[Record]]] = deque()
+
+    def settle() -> None:
+        future, rejects = pending.popleft()
+        for record in rejects:
+            tally.reject(record.line, record.reason, record.detail)
+        _count(tally, future.result())
+        report()
+
+    try:
+        for batch, rejects in chunks:
+            pending.append((pool.submit(batch), rejects) if batch else (_done(), rejects))
+            while len(pending) > size or (pending and pending[0][0].done()):
+                settle()
+        while pending:
+            settle()
+    finally:
+        for future, _ in pending:
+            future.cancel()
+        pool.close()
+
+
+def _done(result: _BatchResult | None = None) -> Future:
+    future: Future = Future()
+    future.set_result(result or _BatchResult())
+    return future
+
+
+def _write_chunk(
+    writer: _Writer,
+    batch: _Batch,
+    contact_list: ContactList | None,
+    mode: ImportMode,
+    source_label: str,
+) -> _BatchResult:
+    """Write one chunk in its own transaction; a deadlock (two imports of overlapping
+    files) rolls the chunk back and it is written again, once."""
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic():
+                return writer(batch, contact_list, mode, source_label)
+        except OperationalError as exc:
+            if attempt == 2 or not _is_deadlock(exc):
+                raise
+            logger.warning("import chunk deadlocked with another writer; retrying it")
+    raise AssertionError("unreachable")
+
+
+def _is_deadlock(exc: OperationalError) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) == "40P01"
+
+
+def _count(tally: _Tally, result: _BatchResult) -> None:
+    for line in result.suppressed_lines:
+        tally.reject(line, RejectReason.SUPPRESSED, "address or domain suppressed")
+    tally.created += result.created
+    tally.updated += result.updated
+    tally.unchanged += result.unchanged
+
+
 def _write_batch(
     writer: _Writer,
     batch: _Batch,
@@ -306,15 +451,8 @@ def _write_batch(
     tally: _Tally,
     source_label: str,
 ) -> None:
-    if not batch:
-        return
-    with transaction.atomic():
-        result = writer(batch, contact_list, mode, source_label)
-    for line in result.suppressed_lines:
-        tally.reject(line, RejectReason.SUPPRESSED, "address or domain suppressed")
-    tally.created += result.created
-    tally.updated += result.updated
-    tally.unchanged += result.unchanged
+    if batch:
+        _count(tally, _write_chunk(writer, batch, contact_list, mode, source_label))
 
 
 def _without_suppressed(batch: list[ContactRow]) -> tuple[list[ContactRow], tuple[int, ...]]:
@@ -516,8 +654,18 @@ _PG_STAGE = "skylark_import_chunk"
 _PG_DOMAIN = r"substring(s.email_key from '[^@]*$')"
 
 
+# For one chunk's transaction: sort the chunk in memory, not in temporary files; no JIT
+# compilation (about 20 ms a chunk, for statements that run once); no wait for the WAL flush
+# (a crash can lose the last chunks, which a re-run imports again: imports are idempotent).
+_PG_CHUNK_SETTINGS = (
+    "SET LOCAL work_mem = '64MB'; SET LOCAL jit = off; SET LOCAL synchronous_commit = off"
+)
+
+
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_COLUMNS = 5
+_COPY_ESCAPED = re.compile(r"[\\\n\r]")  # besides tabs, which a joined row has
 
 
 def _copy_text(value: str) -> str:
@@ -525,22 +673,40 @@ def _copy_text(value: str) -> str:
     return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
 
 
+def _json_object(mapping: dict[str, str]) -> str:
+    """JSON for a dict of strings (json.dumps builds an encoder per call: twice as slow)."""
+    if not mapping:
+        return "{}"
+    items = ",".join(
+        [f"{_json_string(key)}:{_json_string(value)}" for key, value in mapping.items()]
+    )
+    return f"{{{items}}}"
+
+
 def _pg_copy_chunk(batch: list[ContactRow]) -> _CopyChunk:
     """Encode rows for ``COPY ... (line, email, email_key, name, attributes) FROM STDIN``.
 
-    Runs in the reader thread, so the database connection never waits for it.
+    Runs in the reader thread, so the database connection never waits for it. A row is
+    joined as is, and escaped field by field only when it holds a character COPY treats
+    specially (rare: a tab, line break or backslash in a name or attribute).
     """
-    dumps = json.dumps
     lines = []
+    append = lines.append
+    escaped = _COPY_ESCAPED.search
+    separators = _COPY_COLUMNS - 1
+    domains = set()
+    add_domain = domains.add
     for row in batch:
-        email = _copy_text(row.email)
-        attributes = (
-            _copy_text(dumps(row.attributes, ensure_ascii=False)) if row.attributes else "{}"
-        )
-        lines.append(
-            f"{row.line}\t{email}\t{email.lower()}\t{_copy_text(row.name)}\t{attributes}\n"
-        )
-    return _CopyChunk(rows=len(batch), data="".join(lines).encode())
+        email = row.email
+        key = email.lower()
+        add_domain(key.rpartition("@")[2])
+        fields = (str(row.line), email, key, row.name, _json_object(row.attributes))
+        line = "\t".join(fields)
+        if escaped(line) or line.count("\t") != separators:
+            line = "\t".join([_copy_text(value) for value in fields])
+        append(line)
+    lines.append("")
+    return _CopyChunk(rows=len(batch), data="\n".join(lines).encode(), domains=frozenset(domains))
 
 
 def _add_batch_postgresql(
@@ -557,6 +723,7 @@ def _add_batch_postgresql(
     subscription_table = Subscription._meta.db_table
     suppression_table = Suppression._meta.db_table
     with connection.cursor() as cursor:
+        cursor.execute(_PG_CHUNK_SETTINGS)
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {_PG_STAGE} (line bigint NOT NULL,"
             " email text NOT NULL, email_key text NOT NULL, name text NOT NULL,"
@@ -569,7 +736,7 @@ def _add_batch_postgresql(
             f"COPY {_PG_STAGE} (line, email, email_key, name, attributes) FROM STDIN"
         ) as copy:
             copy.write(batch.data)
-        suppressed_lines = _pg_delete_suppressed(cursor, suppression_table)
+        suppressed_lines = _pg_delete_suppressed(cursor, suppression_table, batch.domains)
         staged = len(batch) - len(suppressed_lines)
         if not staged:
             return _BatchResult(suppressed_lines=suppressed_lines)
@@ -677,11 +844,14 @@ def _pg_merge_chunk(
     return cursor.fetchone()
 
 
-def _pg_delete_suppressed(cursor: Any, suppression_table: str) -> tuple[int, ...]:
+def _pg_delete_suppressed(
+    cursor: Any, suppression_table: str, domains: frozenset[str]
+) -> tuple[int, ...]:
     """Delete suppressed rows from the staged chunk; their lines, in file order.
 
     Addresses by a join on the suppression's (value, scope) index; domains by looking up the
-    parent domains of the chunk's distinct domains (a few hundred values, one array parameter).
+    parent domains of the chunk's distinct ``domains`` (collected while encoding the chunk: a
+    few hundred values, one array parameter).
     """
     cursor.execute(
         f"""
@@ -693,8 +863,6 @@ def _pg_delete_suppressed(cursor: Any, suppression_table: str) -> tuple[int, ...
         [SuppressionScope.ADDRESS.value],
     )
     lines = [line for (line,) in cursor.fetchall()]
-    cursor.execute(f"SELECT DISTINCT {_PG_DOMAIN} FROM {_PG_STAGE} AS s")
-    domains = [domain for (domain,) in cursor.fetchall()]
     parents = {domain: parent_domains(domain) for domain in domains}
     cursor.execute(
         f"SELECT value FROM {suppression_table} WHERE scope = %s AND value = ANY(%s)",

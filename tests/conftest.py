@@ -9,16 +9,21 @@ pytest_plugins = ["tests.smtp_server", "tests.worker"]
 
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(tmp_path_factory) -> None:
-    """A SQLite test database file of this session's own, so parallel runs never share one.
+    """A test database of this session's own, so parallel runs never share (or drop) one.
 
-    A file (not :memory:) so that worker subprocesses can open the same database.
+    On SQLite a file (not :memory:) so that worker subprocesses can open the same database;
+    on PostgreSQL a database named after this process, dropped at the end of the session.
     """
+    import os
+
     from django.conf import settings
 
     database = settings.DATABASES["default"]
     if database["ENGINE"].endswith("sqlite3"):
         path = tmp_path_factory.mktemp("db") / "test.sqlite3"
         database.setdefault("TEST", {})["NAME"] = str(path)
+    else:
+        database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_{os.getpid()}"
 
 
 @pytest.fixture(scope="session")

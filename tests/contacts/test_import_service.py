@@ -436,3 +436,56 @@ def test_inside_an_outer_transaction_each_chunk_stages_only_its_own_rows(write_f
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM skylark_import_chunk")
         assert cursor.fetchone() == (1,)  # the last chunk only
+
+
+@pytest.mark.django_db(transaction=True)
+def test_chunks_written_on_parallel_connections_count_every_row_exactly(write_file, settings):
+    """Outside a transaction, PostgreSQL imports write chunks on EDM_IMPORT_WRITERS
+    connections; the summary and the rows are the same as a serial import's."""
+    from contacts.services import _parallel_writers
+
+    settings.EDM_IMPORT_WRITERS = 3
+    contact_list = ContactListFactory(name="Parallel")
+    ContactFactory(email="row7@example.com", name="Old", attributes={"plan": "free"})
+    suppression_add(value="row11@example.com", reason=SuppressionReason.MANUAL)
+    lines = ["email,name,plan"]
+    for i in range(2, 402):  # file lines 2..401
+        if i % 50 == 0:
+            lines.append(f"broken-{i},Nobody,x")  # invalid address
+        elif i == 301:
+            lines.append("ROW5@example.com,Again,x")  # duplicate of line 5 (other chunk)
+        else:
+            lines.append(f"row{i}@example.com,Row {i},pro")
+    summary = run(
+        write_file("\n".join(lines) + "\n"), contact_list, ImportMode.UPSERT, batch_size=37
+    )
+
+    expected_parallel = 3 if connection.vendor == "postgresql" else 1
+    assert _parallel_writers(ImportMode.UPSERT) == expected_parallel
+    assert summary.rejected_by_reason == {
+        "duplicate_in_file": 1,
+        "invalid_email": 8,
+        "suppressed": 1,
+    }
+    assert (summary.created, summary.updated, summary.unchanged) == (389, 1, 0)
+    assert summary.total == 400
+    assert [line for line, _, _ in summary.rejected_rows] == sorted([*range(50, 401, 50), 11, 301])
+    assert Contact.objects.count() == 390
+    assert Subscription.objects.filter(contact_list=contact_list).count() == 390
+    updated = Contact.objects.get(email="row7@example.com")
+    assert (updated.name, updated.attributes) == ("Row 7", {"plan": "pro"})
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_chunk_stops_a_parallel_import_with_its_error(write_file, settings):
+    """A writer's error reaches the caller (no hang); chunks already written stay."""
+    settings.EDM_IMPORT_WRITERS = 2
+    contact_list = ContactListFactory(name="Doomed")
+    lines = ["email"] + [f"user{i}@example.com" for i in range(200)]
+    path = write_file("\n".join(lines) + "\n")
+    from contacts.models import ContactList
+
+    ghost = ContactList(pk=contact_list.pk + 1000, name="ghost")  # never saved
+    with pytest.raises(Exception, match="foreign key|FOREIGN KEY"):
+        run(path, ghost, ImportMode.ADD_NEW, batch_size=20)
+    assert not Subscription.objects.filter(contact_list_id=ghost.pk).exists()
