@@ -386,6 +386,13 @@ class SmtpPool:
                     )
                 await client.starttls()
                 await client.ehlo()
+            if client.is_ehlo_or_helo_needed:
+                # Greet now (security none, or implicit TLS): the MAIL options of the first
+                # message (SIZE, DSN, SMTPUTF8) are chosen from what EHLO offers.
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()  # a pre-ESMTP server: no extensions
             if config.username:
                 stage = "auth"
                 if client.get_transport_info("sslcontext") is None:  # defence in depth

@@ -320,6 +320,21 @@ def test_dsn_parameters_only_when_offered(smtp_server_factory):
     assert plain.rcpt_options == ()
 
 
+@pytest.mark.parametrize("options", [{"starttls": False}, {"implicit_tls": True}])
+def test_first_message_without_auth_still_gets_the_ehlo_options(smtp_server_factory, options):
+    """No STARTTLS and no AUTH to greet first: the pool sends EHLO itself before choosing
+    the first message's MAIL options (SIZE, DSN, SMTPUTF8), not only from the second on."""
+    server = smtp_server_factory(**options)
+    env = envelope(recipient="josé@example.org", dsn_ret="HDRS", dsn_envid="d42")
+
+    result = send_one(config_for(server), env)
+
+    assert result.status is SendStatus.SENT, result.text
+    message = server.wait_for_messages(1)[0]
+    assert {f"SIZE={len(BODY)}", "SMTPUTF8", "RET=HDRS", "ENVID=D42"} <= set(message.mail_options)
+    assert server.commands("EHLO") == ["EHLO"]  # one greeting
+
+
 def test_exact_bytes_arrive_including_a_lone_dot_line(smtp_server):
     data = b"Subject: dots\r\n\r\nbefore\r\n.\r\n..two\r\n.leading\r\nafter\r\n"
 
