@@ -36,6 +36,76 @@ SUBJECT = "{{ name | default('Friend') }}, 春季新品上市 – spring is here
 FROM_EMAIL = "news@bench.skylark.test"
 
 
+class CpuMeter:
+    """CPU seconds used by each group of processes (workers, PostgreSQL, sink, Redis, the
+    bare/raw pool processes) while running: sampled from /proc every 0.1 s (Linux only)."""
+
+    GROUPS = (
+        ("celery", "worker"),
+        ("postgres", "postgres"),
+        ("smtp-sink", "smtp-sink"),
+        ("redis", "redis"),
+        ("multiprocessing", "bare/raw"),
+        ("send_throughput", "bench"),
+    )
+
+    def __init__(self) -> None:
+        import threading
+
+        self._seen: dict[int, tuple[float, float, str]] = {}
+        self._started = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuMeter:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def _sample(self) -> None:
+        ticks = os.sysconf("SC_CLK_TCK")
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    stat = handle.read()
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            used = (int(fields[11]) + int(fields[12])) / ticks
+            group = next((g for key, g in self.GROUPS if key in command), "")
+            pid = int(entry)
+            if pid in self._seen:
+                first = self._seen[pid][0]
+            else:  # counted from now if it ran before we started, else all of its CPU
+                first = used if not self._started else 0.0
+            self._seen[pid] = (first, used, group)
+        self._started = True
+
+    def per_group(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for first, used, group in self._seen.values():
+            if group:
+                totals[group] = totals.get(group, 0.0) + used - first
+        return totals
+
+    def describe(self, messages: int) -> str:
+        parts = sorted(self.per_group().items(), key=lambda item: -item[1])
+        return ", ".join(f"{g} {t * 1000 / messages:.3f}" for g, t in parts if t > 0.005)
+
+
 def configure(args: argparse.Namespace, var_dir: Path, sink_port: int) -> dict[str, str]:
     env = {
         "DJANGO_SETTINGS_MODULE": "config.settings",
@@ -224,6 +294,9 @@ def main() -> None:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--pool-size", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument(
+        "--cpu", action="store_true", help="print CPU ms per message of each process group"
+    )
     args = parser.parse_args()
 
     var_dir = Path(tempfile.mkdtemp(prefix="skylark-bench-"))
@@ -251,12 +324,14 @@ def main() -> None:
         )
         for processes in [int(p) for p in args.workers.split(",")]:
             connection.close()
-            e2e = end_to_end(args, env, processes, var_dir / f"worker-{processes}.log")
+            with CpuMeter() as e2e_cpu:
+                e2e = end_to_end(args, env, processes, var_dir / f"worker-{processes}.log")
             connection.close()
-            bare = in_processes(
-                _bare_part,
-                [(s, n, port, args.dkim, args.pool_size) for s, n in shares(args.recipients, processes)],
-            )  # fmt: skip
+            with CpuMeter() as bare_cpu:
+                bare = in_processes(
+                    _bare_part,
+                    [(s, n, port, args.dkim, args.pool_size) for s, n in shares(args.recipients, processes)],
+                )  # fmt: skip
             raw = in_processes(
                 _raw_part,
                 [(s, n, port, args.pool_size) for s, n in shares(args.recipients, processes)],
@@ -266,6 +341,9 @@ def main() -> None:
                 f"{e2e / bare:>9.2f} {e2e / raw:>8.2f}",
                 flush=True,
             )
+            if args.cpu:
+                print(f"  CPU ms/message end to end: {e2e_cpu.describe(args.recipients)}")
+                print(f"  CPU ms/message bare:       {bare_cpu.describe(args.recipients)}")
     finally:
         sink.terminate()
         sink.wait(5)

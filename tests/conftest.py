@@ -23,7 +23,34 @@ def django_db_modify_db_settings(tmp_path_factory) -> None:
         path = tmp_path_factory.mktemp("db") / "test.sqlite3"
         database.setdefault("TEST", {})["NAME"] = str(path)
     else:
-        database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_{os.getpid()}"
+        prefix = f"test_{database['NAME']}_"
+        database.setdefault("TEST", {})["NAME"] = f"{prefix}{os.getpid()}"
+        _drop_databases_of_dead_sessions(database, prefix)
+
+
+def _drop_databases_of_dead_sessions(database: dict, prefix: str) -> None:
+    """Drop test databases a killed session (or a connection still open at teardown) left."""
+    import os
+
+    import psycopg
+
+    params = {
+        "host": database.get("HOST") or None,
+        "port": database.get("PORT") or None,
+        "user": database.get("USER") or None,
+        "password": database.get("PASSWORD") or None,
+    }
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
+        names = [
+            name
+            for (name,) in admin.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", [prefix]
+            )
+        ]
+        for name in names:
+            pid = name[len(prefix) :]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
