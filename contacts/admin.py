@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
+import re
+import zipfile
+from xml.etree import ElementTree
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -16,7 +20,7 @@ from django.utils.html import format_html
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
-from contacts.csvparse import preview_file
+from contacts.csvparse import XLSX_MAGIC, preview_file
 from contacts.errors import ContactsError
 from contacts.forms import ImportMappingForm, ImportUploadForm
 from contacts.models import (
@@ -28,6 +32,7 @@ from contacts.models import (
     Subscription,
     Suppression,
 )
+from contacts.normalize import EmailPolicy, InvalidEmail, RejectReason, normalize_email
 from contacts.selectors import contact_lists_with_counts
 from contacts.services import (
     contact_list_get_or_create,
@@ -135,6 +140,9 @@ class SuppressionAdmin(ModelAdmin):
         suppression_remove(suppression=obj)
 
 
+IMPORT_STEPS = ((1, "Upload a file"), (2, "Check the preview and columns"), (3, "Import"))
+
+
 @admin.register(ImportJob)
 class ImportJobAdmin(ModelAdmin):
     list_display = (
@@ -193,6 +201,7 @@ class ImportJobAdmin(ModelAdmin):
             **self.admin_site.each_context(request),
             "title": title,
             "opts": self.model._meta,
+            "import_steps": IMPORT_STEPS,
             **extra,
         }
 
@@ -237,17 +246,32 @@ class ImportJobAdmin(ModelAdmin):
         except (ContactsError, LookupError) as exc:
             error = str(exc)
         headers = preview.info.headers if preview else ()
-        mapping = job.mapping or (preview.mapping if preview else {})
+        examples = _column_examples(preview.rows if preview else [], len(headers))
+        mapping = job.mapping or _with_email_guess(
+            preview.mapping if preview else {}, headers, examples
+        )
+        if request.method == "POST" and "reload" in request.POST:
+            # Re-read with another encoding: keep what the columns were set to.
+            mapping = {**mapping, **ImportMappingForm.posted_kinds(request.POST, headers)}
+        starting = request.method == "POST" and "start" in request.POST
         form = ImportMappingForm(
-            request.POST if request.method == "POST" and "start" in request.POST else None,
+            request.POST if starting else None,
             headers=headers,
             mapping=mapping,
-            initial={"encoding": encoding},
+            examples=examples,
+            initial={"encoding": encoding or "auto"},
         )
-        if preview and request.method == "POST" and "start" in request.POST and form.is_valid():
+        if preview and starting and form.is_valid():
             job.mapping = form.mapping()
             job.encoding = form.cleaned_data["encoding"]
-            job.save(update_fields=["mapping", "encoding"])
+            update_fields = ["mapping", "encoding"]
+            if preview.info.kind == "xlsx":
+                # The reader reports no byte progress for workbooks, so the job page needs
+                # the number of rows up front to show a percentage and the time left.
+                with job.file.open("rb") as handle:
+                    job.options = {**(job.options or {}), "expected_rows": _workbook_rows(handle)}
+                update_fields.append("options")
+            job.save(update_fields=update_fields)
             import_job_start(job=job)
             return redirect(reverse("admin:contacts_importjob_progress", args=[job.pk]))
         context = self._context(
@@ -255,12 +279,11 @@ class ImportJobAdmin(ModelAdmin):
             f"Preview: {job.original_name}",
             job=job,
             preview=preview,
+            is_workbook=bool(preview and preview.info.kind == "xlsx"),
+            delimiter=_delimiter_label(preview.info.delimiter) if preview else "",
             error=error,
             form=form,
-            rows=[
-                {"line": r.line, "fields": r.fields, "reason": r.reason, "detail": r.detail}
-                for r in (preview.rows if preview else [])
-            ],
+            rows=_preview_rows(preview.rows if preview else [], headers, mapping, job.options),
         )
         return TemplateResponse(request, "admin/contacts/import_preview.html", context)
 
@@ -286,23 +309,44 @@ class ImportJobAdmin(ModelAdmin):
 
 
 def _progress(job: ImportJob) -> dict:
-    """Figures for the job page: rows done, total, rate, time left."""
+    """Figures for the job page: rows done, total, rate, time left.
+
+    ``total_rows`` is an estimate while the job runs (from the bytes read, or for a workbook
+    the rows counted when it started) and None when there is none: the page then shows no
+    percentage rather than a wrong one.
+    """
     now = timezone.now()
     end = job.finished_at or now
     elapsed = (end - job.started_at).total_seconds() if job.started_at else 0.0
     rate = job.processed_rows / elapsed if elapsed > 0 else 0.0
-    total = max(job.total_rows, job.processed_rows)
-    remaining = max(0, total - job.processed_rows)
     done = job.status in (ImportStatus.DONE, ImportStatus.FAILED)
+    total: int | None = max(job.total_rows, job.processed_rows)
+    if not done:
+        expected = (job.options or {}).get("expected_rows")
+        if expected:
+            total = max(int(expected), job.processed_rows)
+        elif job.detected_encoding == "xlsx" or not total:
+            # Nothing read yet, or a workbook: workbooks report no bytes read
+            # (contacts.csvparse), so job.total_rows is only the rows done so far, which
+            # made a bar at 100% from the first second.
+            total = None
+    if job.status == ImportStatus.DONE:
+        percent: float | None = 100.0
+    elif total:
+        percent = min(100.0, round(100.0 * job.processed_rows / total, 1))
+    else:
+        percent = None if total is None else 0.0
+    remaining = max(0, total - job.processed_rows) if total else None
     return {
         "status": job.status,
+        "status_label": ImportStatus(job.status).label,
         "processed_rows": job.processed_rows,
         "total_rows": total,
-        "percent": 100.0
-        if job.status == ImportStatus.DONE
-        else (round(100.0 * job.processed_rows / total, 1) if total else 0.0),
+        "percent": percent,
         "rate": round(rate, 1),
-        "seconds_left": None if done or not rate else round(remaining / rate, 1),
+        "seconds_left": None
+        if done or not rate or remaining is None
+        else round(remaining / rate, 1),
         "elapsed": round(elapsed, 1),
         "created": job.created_count,
         "updated": job.updated_count,
@@ -310,11 +354,140 @@ def _progress(job: ImportJob) -> dict:
         "rejected": job.rejected_count,
         "rejected_by_reason": job.rejected_by_reason,
         "encoding": job.detected_encoding,
-        "delimiter": job.detected_delimiter,
+        "delimiter": _delimiter_label(job.detected_delimiter),
         "error": job.error,
         "finished": done,
         "mode": ImportMode(job.mode).label,
     }
+
+
+def _delimiter_label(delimiter: str | None) -> str:
+    return {None: "", "": "", "\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}.get(
+        delimiter, delimiter or ""
+    )
+
+
+def _preview_rows(rows, headers: tuple[str, ...], mapping: dict, options: dict | None) -> list:
+    """The preview's rows, each with the reason the import would reject it, when known.
+
+    Besides what the reader finds (undecodable bytes, malformed rows), the address in the
+    column guessed as email is checked as the import will check it.
+    """
+    email_column = next(
+        (index for index, header in enumerate(headers) if mapping.get(header) == "email"), None
+    )
+    policy = EmailPolicy(
+        reject_role=bool((options or {}).get("reject_role")),
+        reject_disposable=bool((options or {}).get("reject_disposable")),
+    )
+    result = []
+    first_line: dict[str, int] = {}
+    for row in rows:
+        reason, detail = row.reason, row.detail
+        if not reason and email_column is not None:
+            raw = row.fields[email_column] if email_column < len(row.fields) else ""
+            try:
+                key = normalize_email(raw, policy=policy).lower()
+            except InvalidEmail as exc:
+                reason, detail = exc.reason, exc.detail
+            else:
+                if key in first_line:
+                    reason = RejectReason.DUPLICATE_IN_FILE
+                    detail = f"same address as line {first_line[key]}"
+                first_line.setdefault(key, row.line)
+        unreadable = bool(row.reason)  # the reader could not split it into fields
+        result.append(
+            {
+                "line": row.line,
+                "fields": row.fields,
+                "reason": reason,
+                "detail": detail,
+                "unreadable": unreadable,
+            }
+        )
+    return result
+
+
+def _column_examples(rows, columns: int, limit: int = 3) -> list[tuple[str, ...]]:
+    """Up to ``limit`` distinct non-empty values per column from the preview rows."""
+    examples: list[list[str]] = [[] for _ in range(columns)]
+    for row in rows:
+        if row.reason:
+            continue
+        for index, value in enumerate(row.fields[:columns]):
+            value = value.strip()
+            if value and value not in examples[index] and len(examples[index]) < limit:
+                examples[index].append(value)
+    return [tuple(values) for values in examples]
+
+
+def _with_email_guess(
+    mapping: dict[str, str], headers: tuple[str, ...], examples: list[tuple[str, ...]]
+) -> dict[str, str]:
+    """When no header reads as an email column, take the column whose values look like one."""
+    if "email" in mapping.values() or not headers:
+        return mapping
+    scores = [sum("@" in value for value in values) for values in examples]
+    best = max(range(len(scores)), key=scores.__getitem__, default=None)
+    if best is None or not scores[best]:
+        return mapping
+    return {**mapping, headers[best]: "email"}
+
+
+_ROW_TAG = re.compile(rb"<(?:\w+:)?row[\s>/]")
+_DIMENSION = re.compile(rb"<(?:\w+:)?dimension\s+ref=\"[A-Z]*\d*:?[A-Z]*(\d+)\"")
+_RELATIONSHIPS = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
+
+
+def _workbook_rows(handle) -> int | None:
+    """The data rows of a workbook's first sheet (rows minus the header), or None.
+
+    Read from the sheet's <dimension> element, which Excel and LibreOffice write; files
+    without one (openpyxl's write-only mode) have their <row> elements counted while the
+    sheet is decompressed in chunks. Shared strings are never loaded.
+    """
+    if handle.read(4) != XLSX_MAGIC:
+        return None
+    handle.seek(0)
+    try:
+        with zipfile.ZipFile(handle) as archive:
+            path = _first_sheet_path(archive)
+            with archive.open(path) as sheet:
+                head = sheet.read(64 * 1024)
+                found = _DIMENSION.search(head)
+                if found and int(found.group(1)) > 1:
+                    return int(found.group(1)) - 1
+                rows, carry, chunk = 0, b"", head
+                while chunk:
+                    data = carry + chunk
+                    # A tag that starts in the last bytes may be cut: count it next round.
+                    keep = len(data) - 64
+                    rows += sum(1 for m in _ROW_TAG.finditer(data) if m.start() < keep)
+                    carry = data[max(0, keep) :]
+                    chunk = sheet.read(1024 * 1024)
+                rows += len(_ROW_TAG.findall(carry))
+                return max(0, rows - 1)
+    except (
+        KeyError,
+        StopIteration,
+        ValueError,
+        OSError,
+        zipfile.BadZipFile,
+        ElementTree.ParseError,
+    ):
+        return None
+
+
+def _first_sheet_path(archive: zipfile.ZipFile) -> str:
+    """The archive path of the first sheet in xl/workbook.xml (ECMA-376 part 1, 18.2.20)."""
+    workbook = ElementTree.fromstring(archive.read("xl/workbook.xml"))
+    first = next(el for el in workbook.iter() if el.tag.endswith("}sheet"))
+    rel_id = first.get(_RELATIONSHIPS)
+    rels = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
+    target = next(el.get("Target") for el in rels if el.get("Id") == rel_id)
+    if target.startswith("/"):
+        return target.lstrip("/")
+    return posixpath.normpath(posixpath.join("xl", target))
 
 
 from contacts.segment_admin import *  # noqa: E402,F401,F403

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import codecs
+from dataclasses import dataclass
 
 from django import forms
+from unfold.widgets import (
+    UnfoldAdminFileFieldWidget,
+    UnfoldAdminSelectWidget,
+    UnfoldAdminTextInputWidget,
+    UnfoldBooleanSwitchWidget,
+)
 
-from contacts.csvparse import CORE_TARGETS
+from contacts.csvparse import CORE_TARGETS, attribute_key
 from contacts.models import ContactList, ImportMode
 
 ENCODING_CHOICES = [
@@ -19,26 +26,79 @@ ENCODING_CHOICES = [
     ("cp1252", "Windows-1252 / Latin-1"),
 ]
 ALLOWED_EXTENSIONS = (".csv", ".tsv", ".txt", ".xlsx")
+MODE_HELP = (
+    "Add new contacts only: existing contacts are left as they are. "
+    "Add new and update existing: a name and attributes in the file replace the stored ones "
+    "(other attributes are kept). "
+    "Unsubscribe from the list: the addresses in the file are unsubscribed from the list. "
+    "Add to the suppression list: the addresses are never mailed again (no list needed)."
+)
+
+# What a column can become. Anything else posted for a column is taken as an attribute name
+# (what the form accepted before it had a menu, and what scripts may still post).
+ATTRIBUTE = "attribute"
+COLUMN_CHOICES = [
+    ("email", "Email address"),
+    ("name", "Name"),
+    ("first_name", "First name"),
+    ("last_name", "Last name"),
+    (ATTRIBUTE, "Attribute (custom field)"),
+    ("skip", "Do not import"),
+]
 
 
 class ImportUploadForm(forms.Form):
-    file = forms.FileField(help_text="CSV, TSV or XLSX; the first row holds the column names.")
+    file = forms.FileField(
+        help_text="CSV, TSV or XLSX (first sheet); the first row holds the column names.",
+        widget=UnfoldAdminFileFieldWidget(attrs={"accept": ",".join(ALLOWED_EXTENSIONS)}),
+    )
     contact_list = forms.ModelChoiceField(
-        queryset=ContactList.objects.all(), required=False, help_text="The list to import into."
+        queryset=ContactList.objects.all(),
+        required=False,
+        empty_label="(choose a list, or name a new one below)",
+        help_text="The list to import into.",
+        widget=UnfoldAdminSelectWidget,
     )
     new_list_name = forms.CharField(
-        max_length=200, required=False, help_text="Or create a new list with this name."
+        max_length=200,
+        required=False,
+        help_text="Or create a new list with this name.",
+        widget=UnfoldAdminTextInputWidget,
     )
-    mode = forms.ChoiceField(choices=ImportMode.choices, initial=ImportMode.UPSERT)
-    encoding = forms.ChoiceField(choices=ENCODING_CHOICES, initial="auto")
+    mode = forms.ChoiceField(
+        choices=ImportMode.choices,
+        initial=ImportMode.UPSERT,
+        help_text=MODE_HELP,
+        widget=UnfoldAdminSelectWidget,
+    )
+    encoding = forms.ChoiceField(
+        choices=ENCODING_CHOICES,
+        initial="auto",
+        help_text="Leave on automatic unless the preview shows garbled text.",
+        widget=UnfoldAdminSelectWidget,
+    )
     other_encoding = forms.CharField(
-        max_length=40, required=False, help_text="Any other codec name (overrides the choice)."
+        max_length=40,
+        required=False,
+        help_text="Any other codec name, e.g. koi8_r (overrides the choice).",
+        widget=UnfoldAdminTextInputWidget,
     )
-    reject_role = forms.BooleanField(required=False, label="Reject role addresses (info@ ...)")
-    reject_disposable = forms.BooleanField(required=False, label="Reject disposable domains")
+    reject_role = forms.BooleanField(
+        required=False,
+        label="Reject role addresses (info@, admin@, noreply@ ...)",
+        widget=UnfoldBooleanSwitchWidget,
+    )
+    reject_disposable = forms.BooleanField(
+        required=False, label="Reject disposable domains", widget=UnfoldBooleanSwitchWidget
+    )
 
     def clean_file(self):
         upload = self.cleaned_data["file"]
+        if upload.name.lower().endswith(".xls"):
+            raise forms.ValidationError(
+                "Old Excel .xls files cannot be read: open the file in Excel and save it as "
+                "Excel Workbook (.xlsx) or CSV UTF-8, then upload that."
+            )
         if not upload.name.lower().endswith(ALLOWED_EXTENSIONS):
             raise forms.ValidationError("Upload a .csv, .tsv, .txt or .xlsx file.")
         return upload
@@ -65,23 +125,79 @@ class ImportUploadForm(forms.Form):
         return self.cleaned_data.get("other_encoding") or self.cleaned_data["encoding"]
 
 
+@dataclass(frozen=True)
+class MappingColumn:
+    """One file column on the preview page: its header, examples and its two fields."""
+
+    index: int
+    header: str
+    examples: tuple[str, ...]
+    target: forms.BoundField
+    attribute: forms.BoundField
+
+
 class ImportMappingForm(forms.Form):
-    """One text field per column: email, name, first_name, last_name, skip or an attribute."""
+    """Per column: what it becomes (``col_N``) and, for an attribute, its name (``col_N_attr``).
+
+    ``col_N`` may also be posted as a target directly: email, name, first_name, last_name,
+    skip or an attribute name.
+    """
 
     encoding = forms.CharField(
-        max_length=40, help_text="auto or a codec name (utf-8, gb18030 ...)."
+        max_length=40,
+        help_text="Pick another encoding and re-read if the preview shows garbled text.",
     )
 
-    def __init__(self, *args, headers: tuple[str, ...], mapping: dict[str, str], **kwargs):
+    def __init__(
+        self,
+        *args,
+        headers: tuple[str, ...],
+        mapping: dict[str, str],
+        examples: list[tuple[str, ...]] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.headers = headers
+        self.examples = examples or [() for _ in headers]
+        encoding = str(self.initial.get("encoding") or "auto")
+        known = [value for value, _ in ENCODING_CHOICES]
+        self.fields["encoding"].widget = UnfoldAdminSelectWidget(
+            choices=ENCODING_CHOICES + ([] if encoding in known else [(encoding, encoding)])
+        )
         for index, header in enumerate(headers):
+            target = mapping.get(header, "skip")
+            is_core = target in CORE_TARGETS
             self.fields[f"col_{index}"] = forms.CharField(
                 label=header or f"(column {index + 1})",
-                initial=mapping.get(header, "skip"),
+                initial=target if is_core else ATTRIBUTE,
                 max_length=100,
-                help_text=" | ".join(CORE_TARGETS) + " | or an attribute name",
+                widget=UnfoldAdminSelectWidget(
+                    choices=COLUMN_CHOICES, attrs={"data-column": index}
+                ),
             )
+            self.fields[f"col_{index}_attr"] = forms.CharField(
+                label=f"Attribute name for {header or f'column {index + 1}'}",
+                initial=attribute_key(target if not is_core else header or "column"),
+                max_length=100,
+                required=False,
+                widget=UnfoldAdminTextInputWidget(attrs={"placeholder": "attribute name"}),
+            )
+
+    @staticmethod
+    def posted_kinds(data, headers: tuple[str, ...]) -> dict[str, str]:
+        """What each column was set to in ``data``, by position, for a re-read.
+
+        The headers may read differently in the new encoding, so an attribute's name is made
+        again from its header.
+        """
+        kinds = {}
+        for index, header in enumerate(headers):
+            chosen = (data.get(f"col_{index}") or "").strip()
+            if chosen in CORE_TARGETS:
+                kinds[header] = chosen
+            elif chosen:
+                kinds[header] = attribute_key(header or f"column {index + 1}")
+        return kinds
 
     def clean_encoding(self) -> str:
         name = self.cleaned_data["encoding"].strip() or "auto"
@@ -92,15 +208,35 @@ class ImportMappingForm(forms.Form):
                 raise forms.ValidationError(f"Unknown encoding {name!r}.") from None
         return name
 
+    def _target(self, index: int) -> str:
+        chosen = (self.cleaned_data.get(f"col_{index}") or "").strip() or "skip"
+        if chosen != ATTRIBUTE:
+            return chosen
+        return (self.cleaned_data.get(f"col_{index}_attr") or "").strip()
+
     def clean(self):
         cleaned = super().clean()
-        targets = [cleaned.get(f"col_{i}", "").strip() for i in range(len(self.headers))]
+        targets = []
+        for index in range(len(self.headers)):
+            target = self._target(index)
+            if not target:
+                self.add_error(f"col_{index}_attr", "Name the attribute, or do not import it.")
+            targets.append(target)
         if targets.count("email") != 1:
-            raise forms.ValidationError("Map exactly one column to email.")
+            raise forms.ValidationError("Map exactly one column to Email address.")
         return cleaned
 
     def mapping(self) -> dict[str, str]:
-        return {
-            header: self.cleaned_data[f"col_{index}"].strip() or "skip"
+        return {header: self._target(index) for index, header in enumerate(self.headers)}
+
+    def columns(self) -> list[MappingColumn]:
+        return [
+            MappingColumn(
+                index=index,
+                header=header or f"(column {index + 1})",
+                examples=self.examples[index] if index < len(self.examples) else (),
+                target=self[f"col_{index}"],
+                attribute=self[f"col_{index}_attr"],
+            )
             for index, header in enumerate(self.headers)
-        }
+        ]

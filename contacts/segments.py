@@ -98,7 +98,8 @@ OP_LABELS = {
 }
 SUBSCRIPTION_STATUSES = ("subscribed", "unconfirmed", "unsubscribed", "any")
 CONTACT_STATUSES = ("active", "unsubscribed", "bounced", "complained")
-_ATTRIBUTE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_\- ]{0,99}")
+# Letters of any script: imports keep Chinese headers as attribute names (城市, 会员等级).
+_ATTRIBUTE_KEY = re.compile(r"\w[\w\- ]{0,99}")
 # A number as text: what the numeric comparisons accept (anything else never matches).
 _NUMBER_RE = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
 

@@ -218,3 +218,30 @@ def test_segment_editor_page_renders(people, admin_client):
     response = admin_client.get("/admin/contacts/segment/add/")
     assert response.status_code == 200
     assert b"segment-preview" in response.content
+
+
+def test_segment_editor_offers_field_labels_and_known_attribute_names(people, admin_client):
+    response = admin_client.get("/admin/contacts/segment/add/")
+    editor = response.context["segment_editor"]
+    assert editor["field_labels"]["created_at"] == "Date added"
+    assert {"city", "age", "joined"} <= set(editor["attribute_keys"])
+    html = response.content.decode()
+    assert '<datalist id="segment-attribute-names">' in html
+    assert '<option value="city">' in html
+    assert "docs/contacts.md" not in html  # a marketer is not sent to read the docs
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected"),
+    [
+        (_rule("attributes.会员等级", "eq", "金卡"), ["gold"]),
+        (_rule("attributes.会员等级", "contains", "卡"), ["gold", "silver"]),
+        (_rule("attributes.城市", "is_set"), ["gold"]),
+        (_rule("attributes.城市", "is_not_set"), ["silver"]),
+    ],
+)
+def test_attribute_names_in_chinese_as_imports_keep_them(db, rule, expected):
+    # A file with the header 会员等级 becomes that attribute (csvparse.attribute_key).
+    ContactFactory(email="gold@example.com", attributes={"会员等级": "金卡", "城市": "杭州"})
+    ContactFactory(email="silver@example.com", attributes={"会员等级": "银卡"})
+    assert _names([rule]) == expected
