@@ -113,9 +113,16 @@ def _mostly_utf8(sample: bytes) -> bool:
     return good_multibyte >= 8 and bad * 20 <= good_multibyte
 
 
+# A CJK character glued between Latin letters ("K闤n" for "Köln"): a Latin-1 accent read
+# as the lead byte of a double-byte codec, not something people type.
+_CJK_INSIDE_LATIN_WORD = re.compile(
+    r"(?<=[A-Za-z])[\u3000-\u9fff\uac00-\ud7af\uf900-\ufaff](?=[A-Za-z])"
+)
+
+
 def _implausible_chars(text: str) -> int:
     # Half-width katakana and control characters are what a wrong legacy codec tends to produce.
-    return sum(
+    return len(_CJK_INSIDE_LATIN_WORD.findall(text)) + sum(
         1
         for ch in text
         if "\uff61" <= ch <= "\uff9f"
@@ -145,9 +152,20 @@ def detect_encoding(sample: bytes, *, complete: bool = False) -> str:
         return "utf-8"  # undecodable rows are then rejected one by one, never mis-decoded
     best = min(
         matches,
-        key=lambda m: (m.chaos + _implausible_chars(str(m)) / max(1, len(str(m))), m.encoding),
+        # Ties (a few characters are valid in several codecs) go to the order of the
+        # candidates: GB18030 first, as most of our Chinese files are.
+        key=lambda m: (
+            m.chaos + _implausible_chars(str(m)) / max(1, len(str(m))),
+            _candidate_rank(m.encoding),
+        ),
     )
     return canonical_encoding(best.encoding)
+
+
+def _candidate_rank(encoding: str) -> int:
+    name = canonical_encoding(encoding)
+    ranks = [canonical_encoding(candidate) for candidate in _DETECT_CANDIDATES]
+    return ranks.index(name) if name in ranks else len(ranks)
 
 
 def _delimiter_from_counts(lines: list[str]) -> str:

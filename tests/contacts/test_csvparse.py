@@ -98,6 +98,20 @@ def test_latin1_file_is_detected_and_decoded():
     assert valid(rows)[0].name == "José Müller Françoise 0"
 
 
+@pytest.mark.parametrize(
+    ("text", "encoding", "city"),
+    [
+        # One accented byte before a letter is also a valid Big5/GB18030 double byte ("K闤n").
+        ("email;name;city\nann@example.com;Ann;Köln\n", "cp1252", "Köln"),
+        ("email,name,city\nann@example.com,Ann,北京\n", "gb18030", "北京"),
+        ("email,name,city\nann@example.com,Ann,iPhone手机\n", "gb18030", "iPhone手机"),
+    ],
+)
+def test_a_tiny_file_is_not_read_in_a_codec_that_glues_cjk_into_latin_words(text, encoding, city):
+    reader, rows = read_all(text.encode(encoding))
+    assert valid(rows)[0].attributes == {"city": city}
+
+
 def test_explicit_encoding_overrides_detection():
     data = "email,name\na@example.com,José\n".encode("latin-1")
     reader, rows = read_all(data, encoding="latin-1")
