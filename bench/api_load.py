@@ -103,9 +103,13 @@ def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def start_gunicorn(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+def start_gunicorn(
+    env: dict[str, str], port: int, log: Path, *, keep_alive: bool = False
+) -> subprocess.Popen:
     argv = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", "2", "-b", f"127.0.0.1:{port}"]
     argv += ["--backlog", "2048", "--log-level", "warning"]
+    if keep_alive:  # threaded workers keep client connections open between requests
+        argv += ["-k", "gthread", "--threads", "4", "--keep-alive", "30"]
     process = start(argv, env, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -141,7 +145,50 @@ async def _post(port: int, secret: str, body: bytes) -> int:
     return int(status_line.split()[1]) if status_line else 0
 
 
-async def load(port: int, secret: str, *, seconds: float, connections: int, rate: float = 0):
+class _KeepAliveClient:
+    """One HTTP/1.1 connection reused for every request (an application's HTTP client)."""
+
+    def __init__(self, port: int, secret: str) -> None:
+        self.port, self.secret = port, secret
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def post(self, body: bytes) -> int:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection("127.0.0.1", self.port)
+        reader, writer = self.streams
+        writer.write(
+            (
+                f"POST /api/v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {self.secret}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length, closing = 0, False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+            elif name.strip().lower() == b"connection" and b"close" in value.lower():
+                closing = True
+        await reader.readexactly(length)
+        if closing:
+            writer.close()
+            self.streams = None
+        return int(head.split()[1])
+
+
+async def load(
+    port: int,
+    secret: str,
+    *,
+    seconds: float,
+    connections: int,
+    rate: float = 0,
+    keep_alive: bool = False,
+):
     """Post for `seconds` with `connections` in flight (or at `rate` per second); codes."""
     codes: dict[int, int] = {}
     per_second: list[int] = []
@@ -149,6 +196,7 @@ async def load(port: int, secret: str, *, seconds: float, connections: int, rate
     tick = {"next": time.monotonic()}
 
     async def client() -> None:
+        session = _KeepAliveClient(port, secret) if keep_alive else None
         while time.monotonic() < deadline:
             if rate:
                 now = time.monotonic()
@@ -157,9 +205,11 @@ async def load(port: int, secret: str, *, seconds: float, connections: int, rate
                 if wait > 0:
                     await asyncio.sleep(wait)
             try:
-                code = await _post(port, secret, BODY)
-            except OSError:
+                code = await (session.post(BODY) if session else _post(port, secret, BODY))
+            except (OSError, asyncio.IncompleteReadError):
                 code = 0
+                if session is not None:
+                    session.streams = None
             codes[code] = codes.get(code, 0) + 1
             second = int(seconds - (deadline - time.monotonic()))
             while len(per_second) <= second:
@@ -173,12 +223,19 @@ async def load(port: int, secret: str, *, seconds: float, connections: int, rate
 
 def phase_accept(args, env, secret, logs) -> None:
     port = free_port()
-    gunicorn = start_gunicorn(env, port, logs / "gunicorn.log")
+    keep_alive = args.keep_alive
+    gunicorn = start_gunicorn(env, port, logs / "gunicorn.log", keep_alive=keep_alive)
     try:
-        asyncio.run(load(port, secret, seconds=2, connections=8))  # warm-up
+        asyncio.run(load(port, secret, seconds=2, connections=8, keep_alive=keep_alive))
         started = time.perf_counter()
         codes, per_second = asyncio.run(
-            load(port, secret, seconds=args.seconds, connections=args.connections)
+            load(
+                port,
+                secret,
+                seconds=args.seconds,
+                connections=args.connections,
+                keep_alive=keep_alive,
+            )
         )
         elapsed = time.perf_counter() - started
     finally:
@@ -286,6 +343,11 @@ def main() -> None:
     parser.add_argument("--priority-seconds", type=float, default=30)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--skip-campaign", action="store_true")
+    parser.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="gthread workers and clients that reuse their connections (accept phase)",
+    )
     parser.add_argument("--skip-accept", action="store_true")
     args = parser.parse_args()
     var_dir = Path(tempfile.mkdtemp(prefix="skylark-api-bench-"))
