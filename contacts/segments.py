@@ -452,12 +452,24 @@ def segment_contacts(*, rules: Any, match: str = MATCH_ALL, check_lists: bool = 
 
 
 def rules_describe(rules: Sequence[Rule], *, match: str = MATCH_ALL) -> str:
-    """A one-line human description ("city equals Paris and age > 30")."""
+    """A one-line human description ("city equals Paris and age > 30", "is in list
+    Newsletter", "subscribed_at within the last 30 days"): lists by name, not by id."""
+    from contacts.models import ContactList
+
+    list_ids = {rule.value for rule in rules if rule.field == "list"}
+    names = dict(ContactList.objects.filter(id__in=list_ids).values_list("id", "name"))
     parts = []
     for rule in rules:
-        label = OP_LABELS.get(rule.op, rule.op)
-        value = "" if rule.op in SET_OPS else f" {rule.value}"
-        parts.append(f"{rule.attribute or rule.field} {label}{value}")
+        subject = rule.attribute or rule.field
+        if rule.op in SET_OPS:
+            parts.append(f"{subject} {OP_LABELS[rule.op]}")
+        elif rule.op == "within_days":
+            parts.append(f"{subject} within the last {rule.value} days")
+        elif rule.field == "list":
+            list_name = names.get(rule.value, f"#{rule.value} (deleted)")
+            parts.append(f"{OP_LABELS[rule.op]} {list_name}")
+        else:
+            parts.append(f"{subject} {OP_LABELS.get(rule.op, rule.op)} {rule.value}")
     return f" {'and' if match == MATCH_ALL else 'or'} ".join(parts)
 
 

@@ -245,3 +245,21 @@ def test_attribute_names_in_chinese_as_imports_keep_them(db, rule, expected):
     ContactFactory(email="gold@example.com", attributes={"会员等级": "金卡", "城市": "杭州"})
     ContactFactory(email="silver@example.com", attributes={"会员等级": "银卡"})
     assert _names([rule]) == expected
+
+
+def test_description_names_lists_and_reads_as_a_sentence(db):
+    newsletter = ContactListFactory(name="Newsletter")
+    rules = rules_validate(
+        [
+            {"field": "list", "op": "in", "value": newsletter.pk},
+            {"field": "subscribed_at", "op": "within_days", "value": 30},
+            {"field": "attributes.city", "op": "eq", "value": "Paris"},
+            {"field": "name", "op": "is_set"},
+        ]
+    )
+    from contacts.segments import rules_describe
+
+    assert rules_describe(rules) == (
+        "is in list Newsletter and subscribed_at within the last 30 days"
+        " and city equals Paris and name is set"
+    )
