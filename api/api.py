@@ -27,10 +27,9 @@ class _Throttled(Exception):
 
 
 def _authenticate(token: str) -> ApiKey | None:
-    key = services.api_key_authenticate(token or "")
+    key, retry_after = services.api_key_authorize(token or "")
     if key is None:
         return None
-    retry_after = services.api_key_throttle(api_key=key)
     if retry_after:
         raise _Throttled(retry_after)
     return key

@@ -15,3 +15,17 @@ class ApiConfig(AppConfig):
         from delivery.intake import correlator_register
 
         correlator_register(name="transactional", correlator=TransactionalCorrelator())
+
+        # Any saved or deleted key (admin edits included) ends every process's cached copy.
+        from django.db.models.signals import post_delete, post_save
+
+        from api.models import ApiKey
+        from api.services import api_keys_changed
+
+        def _changed(sender, **kwargs) -> None:
+            api_keys_changed()
+
+        post_save.connect(_changed, sender=ApiKey, weak=False, dispatch_uid="api_keys_changed_save")
+        post_delete.connect(
+            _changed, sender=ApiKey, weak=False, dispatch_uid="api_keys_changed_delete"
+        )

@@ -8,18 +8,22 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
 from email.utils import formatdate, getaddresses
 
+import redis
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, models, transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
@@ -172,7 +176,7 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
     """Revoke a key at once; it is kept (its messages refer to it) but never accepted again."""
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
-        api_key.save(update_fields=["revoked_at"])
+        api_key.save(update_fields=["revoked_at"])  # post_save: api_keys_changed()
         logger.info("API key %s revoked", api_key.prefix)
     return api_key
 
@@ -185,11 +189,131 @@ def api_key_authenticate(token: str) -> ApiKey | None:
     key = ApiKey.objects.filter(prefix=match.group(1), revoked_at__isnull=True).first()
     if key is None or not secrets.compare_digest(key.secret_hash, _hash_secret(token.strip())):
         return None
-    now = timezone.now()
+    _touch(key, timezone.now())
+    return key
+
+
+def _touch(key: ApiKey, now: datetime) -> None:
     # One write a minute at most, not one per request.
     if key.last_used_at is None or now - key.last_used_at > timedelta(seconds=60):
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-    return key
+        key.last_used_at = now
+
+
+# -- the per-process key cache -----------------------------------------------------------------
+# The web API looks a key up in the database once per process and cache period, not once per
+# request. What keeps a revocation immediate: every change to any key (a save, a delete, a
+# revocation) writes a new random generation to Redis, before and after its commit, and every
+# request reads the generation (in the rate limit's round trip) before trusting its cached key.
+# The generation is read before the database is, so a key read from the database is never
+# cached under a generation older than a revocation it missed. Without Redis, no cache.
+
+_KEYS_GENERATION = "skylark:api-keys:generation"
+_KEY_CACHE_MAX = 1000
+
+
+@dataclass
+class _CachedKey:
+    key: ApiKey
+    generation: bytes | None
+    loaded_at: float
+
+
+_key_cache: dict[str, _CachedKey] = {}  # by SHA-256 of the secret
+_redis_client: tuple[int, redis.Redis] | None = None
+
+
+def _redis() -> redis.Redis:
+    """One client (and connection pool) per process, not a new connection per request."""
+    global _redis_client
+    if _redis_client is None or _redis_client[0] != os.getpid():
+        _redis_client = (os.getpid(), get_redis())
+    return _redis_client[1]
+
+
+def api_keys_changed() -> None:
+    """Make every process drop its cached keys: call on any change to an ApiKey row.
+
+    Bumped now (a request that reads the key after this sees the change) and again after the
+    commit (a request that read the old row before the commit cached it under the first bump).
+    """
+
+    def bump() -> None:
+        try:
+            _redis().set(_KEYS_GENERATION, secrets.token_hex(8))
+        except redis.RedisError as exc:  # the cache period bounds staleness then
+            logger.error("API key cache not invalidated: redis: %s", exc)
+
+    bump()
+    transaction.on_commit(bump)
+    _key_cache.clear()
+
+
+def api_key_authorize(token: str, *, now: float | None = None) -> tuple[ApiKey | None, int]:
+    """(the active key of this secret or None, seconds to wait under its rate limit or 0).
+
+    What the web API calls on every request: api_key_authenticate and api_key_throttle, from
+    the per-process cache with one Redis round trip when the key was seen recently.
+    """
+    token = token.strip()
+    if _KEY_FORMAT.fullmatch(token) is None:
+        return None, 0
+    now = time.time() if now is None else now
+    cache_seconds = settings.EDM_API_KEY_CACHE_SECONDS
+    digest = _hash_secret(token)
+    cached = _key_cache.get(digest) if cache_seconds > 0 else None
+    counted: int | None = None
+    if cached is not None and time.monotonic() - cached.loaded_at < cache_seconds:
+        try:
+            generation, counted = _generation_and_count(cached.key, now)
+        except redis.RedisError as exc:
+            logger.warning("API key cache not used: redis: %s", exc)
+        else:
+            if generation == cached.generation:
+                _touch(cached.key, timezone.now())
+                return cached.key, _retry_after(cached.key, counted, now)
+    _key_cache.pop(digest, None)
+    generation: bytes | None = None
+    if cache_seconds > 0:
+        try:
+            generation = _redis().get(_KEYS_GENERATION)
+        except redis.RedisError as exc:
+            logger.warning("API key cache not used: redis: %s", exc)
+            cache_seconds = 0
+    key = api_key_authenticate(token)
+    if key is None:
+        return None, 0
+    if cache_seconds > 0:
+        if len(_key_cache) >= _KEY_CACHE_MAX:
+            _key_cache.clear()
+        _key_cache[digest] = _CachedKey(key, generation, time.monotonic())
+    if counted is not None and cached is not None and cached.key.pk == key.pk:
+        return key, _retry_after(key, counted, now)  # this request is counted already
+    return key, api_key_throttle(api_key=key, now=now)
+
+
+def _rate_limit(api_key: ApiKey) -> int:
+    return api_key.rate_limit_per_minute or settings.EDM_API_RATE_PER_MINUTE
+
+
+def _generation_and_count(api_key: ApiKey, now: float) -> tuple[bytes | None, int | None]:
+    """The key generation, and this request counted in the key's window (None: no limit)."""
+    pipe = _redis().pipeline(transaction=False)
+    pipe.get(_KEYS_GENERATION)
+    limit = _rate_limit(api_key)
+    if limit > 0:
+        rate_key = f"{_RATE_PREFIX}{api_key.pk}:{int(now // 60)}"
+        pipe.incr(rate_key)
+        pipe.expire(rate_key, 120)
+    replies = pipe.execute()
+    return replies[0], (replies[1] if limit > 0 else None)
+
+
+def _retry_after(api_key: ApiKey, count: int | None, now: float) -> int:
+    limit = _rate_limit(api_key)
+    if count is None or limit <= 0 or count <= limit:
+        return 0
+    return max(1, int((int(now // 60) + 1) * 60 - now))
 
 
 def api_key_throttle(*, api_key: ApiKey, now: float | None = None) -> int:
@@ -198,27 +322,20 @@ def api_key_throttle(*, api_key: ApiKey, now: float | None = None) -> int:
     Returns 0 when allowed, else the seconds until the window ends. Without Redis, allow:
     the limit protects capacity, it is not a security boundary.
     """
-    import time
-
-    import redis
-
-    limit = api_key.rate_limit_per_minute or settings.EDM_API_RATE_PER_MINUTE
+    limit = _rate_limit(api_key)
     if limit <= 0:
         return 0
     now = time.time() if now is None else now
-    window = int(now // 60)
-    key = f"{_RATE_PREFIX}{api_key.pk}:{window}"
+    key = f"{_RATE_PREFIX}{api_key.pk}:{int(now // 60)}"
     try:
-        pipe = get_redis().pipeline(transaction=False)
+        pipe = _redis().pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, 120)
         count = pipe.execute()[0]
     except redis.RedisError as exc:
         logger.warning("API rate limit not applied: redis: %s", exc)
         return 0
-    if count > limit:
-        return max(1, int((window + 1) * 60 - now))
-    return 0
+    return _retry_after(api_key, count, now)
 
 
 # -- accepting messages ----------------------------------------------------------------------
@@ -438,9 +555,8 @@ def message_accept(
         raw=raw,
     )
     try:
-        with transaction.atomic():
-            message.save()
-            _enqueue(message)
+        _insert(message)
+        _enqueue(message)
     except IntegrityError:
         if not idempotency_key:
             raise
@@ -462,6 +578,42 @@ def _idempotent_message(
             "this Idempotency-Key was used with a different request; use a new key"
         )
     return existing
+
+
+@functools.cache
+def _insert_statement(vendor: str) -> tuple[str, tuple[models.Field, ...]]:
+    """INSERT ... RETURNING id of a TransactionalMessage, built once from the model's fields."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    quote = connection.ops.quote_name
+    meta = TransactionalMessage._meta
+    fields = tuple(f for f in meta.concrete_fields if not f.primary_key)
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(meta.pk.column)}"
+    )
+    return sql, fields
+
+
+def _insert(message: TransactionalMessage) -> None:
+    """Store a new message: one INSERT ... RETURNING, its own transaction in autocommit mode
+    (no BEGIN and COMMIT round trips), or under a savepoint in the caller's transaction.
+
+    The statement is what Model.save() sends, less the ORM's per-call query compiling (about
+    a tenth of a request's CPU): values are prepared by the fields themselves (auto_now,
+    JSON, binary); the model has no save() override and no pre/post_save receivers.
+    """
+    connection = connections[DEFAULT_DB_ALIAS]
+    if not connection.features.can_return_columns_from_insert:
+        message.save(force_insert=True)
+        return
+    sql, fields = _insert_statement(connection.vendor)
+    values = [f.get_db_prep_save(f.pre_save(message, True), connection) for f in fields]
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            message.pk = cursor.fetchone()[0]
+    message._state.adding = False
+    message._state.db = DEFAULT_DB_ALIAS
 
 
 def _enqueue(message: TransactionalMessage) -> None:

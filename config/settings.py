@@ -261,6 +261,10 @@ EDM_WORKER_QUEUES = f"{CELERY_TASK_DEFAULT_QUEUE},{EDM_CONTROL_QUEUE}"
 # Requests per minute per API key unless the key sets its own limit (fixed window in Redis).
 EDM_API_RATE_PER_MINUTE = env_int("EDM_API_RATE_PER_MINUTE", 6000)
 EDM_API_MAX_ATTACHMENT_BYTES = env_int("EDM_API_MAX_ATTACHMENT_BYTES", 10 * 1024 * 1024)
+# Each web process keeps the API keys it has authenticated for this long; a revocation or an
+# edit still applies to the next request (a generation in Redis is checked on every request,
+# in the same round trip as the rate limit). 0: look the key up in the database every time.
+EDM_API_KEY_CACHE_SECONDS = env_int("EDM_API_KEY_CACHE_SECONDS", 60)
 # SMTP relay for applications (`manage.py relay_server`): submission with AUTH by API key.
 EDM_RELAY_HOST = os.environ.get("EDM_RELAY_HOST", "127.0.0.1")
 EDM_RELAY_PORT = env_int("EDM_RELAY_PORT", 2587)

@@ -106,3 +106,88 @@ def test_openapi_schema_and_docs_are_served(client, db):
     assert schema.status_code == 200
     assert "/api/v1/messages" in schema.json()["paths"]
     assert client.get("/api/v1/docs").status_code == 200
+
+
+# -- the per-process key cache -----------------------------------------------------------------
+
+
+def _key_lookups(queries) -> list[str]:
+    return [q["sql"] for q in queries if 'FROM "api_apikey"' in q["sql"]]
+
+
+def test_a_cached_key_is_not_looked_up_again(client, api_key, django_assert_num_queries):
+    _, secret = api_key
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 202
+    with django_assert_num_queries(3) as queries:  # SAVEPOINT (the test's transaction), INSERT
+        assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 202
+    assert not _key_lookups(queries.captured_queries)
+
+
+def test_revocation_applies_to_the_next_request_with_the_key_cached(client, api_key):
+    key, secret = api_key
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 202
+    services.api_key_revoke(api_key=key)
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 401
+    assert post(client, "/api/v1/contacts", {"email": "bob@example.com"}, secret).status_code == 401
+    assert TransactionalMessage.objects.count() == 1
+    assert not Contact.objects.exists()
+
+
+def test_revocation_in_another_process_applies_at_once(client, api_key, redis_client):
+    key, secret = api_key
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 202
+    # What api_key_revoke in another process leaves: the row revoked, a new generation in
+    # Redis; this process's cache is untouched.
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at="2026-01-01T00:00:00Z")
+    redis_client.set("skylark:api-keys:generation", "from-another-process")
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 401
+    assert TransactionalMessage.objects.count() == 1
+
+
+def test_the_generation_moves_again_after_the_revocation_commits(
+    api_key, redis_client, django_capture_on_commit_callbacks
+):
+    key, _ = api_key
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        services.api_key_revoke(api_key=key)
+        before_commit = redis_client.get("skylark:api-keys:generation")
+    assert callbacks  # a request that read the row before the commit cached a stale copy
+    assert redis_client.get("skylark:api-keys:generation") not in (None, before_commit)
+
+
+def test_an_admin_edit_of_scopes_applies_to_the_next_request(client, api_key):
+    key, secret = api_key
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 202
+    key.scopes = [Scope.MESSAGES_READ]
+    key.save()
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 403
+
+
+def test_without_redis_keys_are_checked_in_the_database(client, api_key, monkeypatch):
+    import redis
+
+    key, secret = api_key
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 202
+
+    def down():
+        raise redis.ConnectionError("down")
+
+    monkeypatch.setattr(services, "_redis", down)
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at="2026-01-01T00:00:00Z")
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 401
+
+
+def test_a_wrong_secret_is_refused_while_the_right_one_is_cached(client, api_key):
+    key, secret = api_key
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 202
+    forged = f"sky_{key.prefix}_" + "A" * 43
+    assert post(client, "/api/v1/messages", MESSAGE, forged).status_code == 401
+
+
+def test_the_cache_can_be_turned_off(client, api_key, settings, django_assert_num_queries):
+    settings.EDM_API_KEY_CACHE_SECONDS = 0
+    _, secret = api_key
+    assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 202
+    with django_assert_num_queries(4) as queries:
+        assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 202
+    assert len(_key_lookups(queries.captured_queries)) == 1
