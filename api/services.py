@@ -11,10 +11,11 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
@@ -27,6 +28,7 @@ from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, models, tra
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
+from kombu import Producer
 
 from api import correlation
 from api.errors import (
@@ -617,10 +619,44 @@ def _insert(message: TransactionalMessage) -> None:
 
 
 def _enqueue(message: TransactionalMessage) -> None:
+    """send_message.delay_on_commit(message.pk), published through this thread's producer."""
     from api.tasks import send_message
 
     # No MessageEvent row for "accepted": created_at says it, and one INSERT less per call.
-    send_message.delay_on_commit(message.pk)
+    message_pk = message.pk
+    transaction.on_commit(
+        lambda: send_message.apply_async((message_pk,), producer=_task_producer())
+    )
+
+
+_producers = threading.local()
+
+
+def _task_producer() -> Producer:
+    """This thread's Celery producer, whose Redis channel publishes through one client.
+
+    kombu's Redis channel builds a new redis.Redis client for every message it publishes
+    (Channel.conn_or_acquire: about 0.15 ms of CPU, a quarter of a publish); a channel of our
+    own reuses one (thread-safe, on the channel's connection pool). A channel kombu revives
+    after a broker error is taken over the same way on the next call.
+    """
+    from config.celery import app
+
+    state = getattr(_producers, "state", None)
+    if state is None or state[0] != os.getpid():
+        connection = app.connection_for_write()
+        state = _producers.state = (os.getpid(), app.amqp.Producer(connection))
+    producer = state[1]
+    channel = producer.channel
+    if hasattr(channel, "_create_client") and not getattr(channel, "_skylark_client", None):
+        channel._skylark_client = client = channel._create_client()
+
+        @contextmanager
+        def conn_or_acquire(given=None):
+            yield given or client
+
+        channel.conn_or_acquire = conn_or_acquire
+    return producer
 
 
 _HEADER_PARSER = BytesHeaderParser(policy=SMTP_POLICY)

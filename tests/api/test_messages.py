@@ -223,3 +223,25 @@ def test_suppression_rules_by_category(api_key, smtp, reason, category, expected
     message = accept(api_key, category=category)
     assert services.message_send(message_id=message.pk) == expected
     assert len(smtp.messages) == (1 if expected == "sent" else 0)
+
+
+def test_an_accepted_message_is_published_on_the_priority_queue_after_its_commit(
+    client, api_key, redis_client, settings, django_capture_on_commit_callbacks
+):
+    _, secret = api_key
+    queue = settings.EDM_PRIORITY_QUEUE
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = post(client, {"to": "a@example.org", "subject": "S", "text": "T"}, secret)
+    assert response.status_code == 202
+    assert redis_client.llen(queue) == 0  # nothing before the row is committed
+    for callback in callbacks:
+        callback()
+    assert redis_client.llen(queue) == 1
+    task = json.loads(redis_client.lindex(queue, 0))
+    message = TransactionalMessage.objects.get(public_id=response.json()["id"])
+    assert task["headers"]["task"] == "api.send_message"
+    assert json.loads(base64.b64decode(task["body"]))[0] == [message.pk]
+    # A second message goes through the same producer and its reused Redis client.
+    with django_capture_on_commit_callbacks(execute=True):
+        post(client, {"to": "b@example.org", "subject": "S", "text": "T"}, secret)
+    assert redis_client.llen(queue) == 2
