@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/api_load.py [--seconds 20] [--connections 32] [--recipients 100000]
         [--database-url postgres://postgres@127.0.0.1:5432/skylark_bench] [--skip-campaign]
+        [--workers 2] [--threads 4] [--no-keep-alive]
 
-1. Accept rate: gunicorn (-w 2, sync workers) serves the app; an asyncio HTTP client with
-   --connections concurrent requests posts transactional messages (inline subject/text, one
-   recipient each) for --seconds and counts the 202s per second. No priority worker runs in
+1. Accept rate: gunicorn serves the app as docs/operations.md recommends (--workers 2
+   gthread workers, --threads 4, keep-alive; --no-keep-alive: sync workers and a connection
+   per request); an asyncio HTTP client with --connections concurrent requests posts
+   transactional messages (inline subject/text, one recipient each) for --seconds and
+   counts the 202s per second. No priority worker runs in
    this phase, so what is measured is the API: auth, rate limit, compose, INSERT, enqueue.
 2. Priority lane under a campaign: a campaign to --recipients contacts is sending through
    Postfix's smtp-sink (campaign worker, default queue), while the API gets --rate messages
@@ -104,12 +107,18 @@ def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def start_gunicorn(
-    env: dict[str, str], port: int, log: Path, *, keep_alive: bool = False
+    env: dict[str, str],
+    port: int,
+    log: Path,
+    *,
+    keep_alive: bool = False,
+    workers: int = 2,
+    threads: int = 4,
 ) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", "2", "-b", f"127.0.0.1:{port}"]
-    argv += ["--backlog", "2048", "--log-level", "warning"]
+    argv = [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", str(workers)]
+    argv += ["-b", f"127.0.0.1:{port}", "--backlog", "2048", "--log-level", "warning"]
     if keep_alive:  # threaded workers keep client connections open between requests
-        argv += ["-k", "gthread", "--threads", "4", "--keep-alive", "30"]
+        argv += ["-k", "gthread", "--threads", str(threads), "--keep-alive", "30"]
     process = start(argv, env, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -224,7 +233,14 @@ async def load(
 def phase_accept(args, env, secret, logs) -> None:
     port = free_port()
     keep_alive = args.keep_alive
-    gunicorn = start_gunicorn(env, port, logs / "gunicorn.log", keep_alive=keep_alive)
+    gunicorn = start_gunicorn(
+        env,
+        port,
+        logs / "gunicorn.log",
+        keep_alive=keep_alive,
+        workers=args.workers,
+        threads=args.threads,
+    )
     try:
         asyncio.run(load(port, secret, seconds=2, connections=8, keep_alive=keep_alive))
         started = time.perf_counter()
@@ -334,6 +350,19 @@ def phase_priority(args, env, secret, logs) -> None:
         )
 
 
+def _drop_queues(env: dict[str, str]) -> None:
+    """The tasks this run left in Redis (nobody consumes them once it ends)."""
+    import redis
+    from django.conf import settings
+
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        queue = env["EDM_CELERY_QUEUE"]  # the priority and control queues share its prefix
+        client.delete(*client.keys(f"{queue}*"), *client.keys(f"_kombu.binding*.{queue}*"), queue)
+    except (redis.RedisError, KeyError):
+        pass
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20)
@@ -345,9 +374,13 @@ def main() -> None:
     parser.add_argument("--skip-campaign", action="store_true")
     parser.add_argument(
         "--keep-alive",
-        action="store_true",
-        help="gthread workers and clients that reuse their connections (accept phase)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gthread workers (the deployment docs/operations.md recommends) and clients that "
+        "reuse their connections; --no-keep-alive: sync workers, a connection per request",
     )
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (accept phase)")
+    parser.add_argument("--threads", type=int, default=4, help="threads a gthread worker runs")
     parser.add_argument("--skip-accept", action="store_true")
     args = parser.parse_args()
     var_dir = Path(tempfile.mkdtemp(prefix="skylark-api-bench-"))
@@ -366,6 +399,7 @@ def main() -> None:
     finally:
         sink.terminate()
         sink.wait(10)
+        _drop_queues(env)
         from config import embedded_redis
 
         embedded_redis.stop(_REDIS)
