@@ -624,9 +624,14 @@ def _enqueue(message: TransactionalMessage) -> None:
 
     # No MessageEvent row for "accepted": created_at says it, and one INSERT less per call.
     message_pk = message.pk
-    transaction.on_commit(
-        lambda: send_message.apply_async((message_pk,), producer=_task_producer())
-    )
+
+    def publish() -> None:
+        if send_message.app.conf.task_always_eager:  # runs here: no broker to connect to
+            send_message.delay(message_pk)
+        else:
+            send_message.apply_async((message_pk,), producer=_task_producer())
+
+    transaction.on_commit(publish)
 
 
 _producers = threading.local()

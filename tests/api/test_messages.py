@@ -245,3 +245,20 @@ def test_an_accepted_message_is_published_on_the_priority_queue_after_its_commit
     with django_capture_on_commit_callbacks(execute=True):
         post(client, {"to": "b@example.org", "subject": "S", "text": "T"}, secret)
     assert redis_client.llen(queue) == 2
+
+
+def test_with_eager_tasks_no_broker_connection_is_made(
+    client, api_key, celery_eager, monkeypatch, django_capture_on_commit_callbacks
+):
+    _, secret = api_key
+    sent = []
+    monkeypatch.setattr(services, "message_send", lambda *, message_id: sent.append(message_id))
+
+    def no_broker():
+        raise AssertionError("connected to the broker")
+
+    monkeypatch.setattr(services, "_task_producer", no_broker)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post(client, {"to": "a@example.org", "subject": "S", "text": "T"}, secret)
+    assert response.status_code == 202
+    assert sent == [TransactionalMessage.objects.get(public_id=response.json()["id"]).pk]
