@@ -1004,8 +1004,10 @@ def contact_upsert(
 
 def contact_unsubscribe(*, email: str, lists: Sequence[str] = (), source: str = "api") -> int:
     """Unsubscribe from ``lists``, or from everything (contact status + suppression) when
-    none is named; returns how many subscriptions changed. Idempotent."""
-    from contacts.models import Subscription, SubscriptionStatus
+    none is named; returns how many subscriptions changed, each with a consent record.
+    Idempotent."""
+    from contacts.models import Subscription
+    from contacts.signup import subscriptions_unsubscribe
 
     contact = _contacts_by_address(email.strip()).first()
     if contact is None:
@@ -1014,10 +1016,10 @@ def contact_unsubscribe(*, email: str, lists: Sequence[str] = (), source: str = 
         if not lists:
             changed, _ = _unsubscribe_everywhere(email=contact.email, source=source)
             return changed
-        subscriptions = Subscription.objects.filter(
-            contact=contact, contact_list__name__in=list(lists)
-        ).exclude(status=SubscriptionStatus.UNSUBSCRIBED)
-        return subscriptions.update(status=SubscriptionStatus.UNSUBSCRIBED)
+        return subscriptions_unsubscribe(
+            Subscription.objects.filter(contact=contact, contact_list__name__in=list(lists)),
+            source=source,
+        )
 
 
 def _unsubscribe_everywhere(
@@ -1031,26 +1033,16 @@ def _unsubscribe_everywhere(
     messages for it, while transactional mail still goes. Returns (subscriptions ended,
     whether anything changed). Runs inside the caller's transaction.
     """
-    from contacts.models import Subscription, SubscriptionStatus
-    from contacts.signup import consent_record_add
-    from contacts.signup_models import ConsentAction
+    from contacts.models import Subscription
+    from contacts.signup import subscriptions_unsubscribe
 
     contacts = list(_contacts_by_address(email).values_list("pk", flat=True))
-    subscriptions = list(
-        Subscription.objects.select_for_update()
-        .filter(contact_id__in=contacts)
-        .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
+    changed = subscriptions_unsubscribe(
+        Subscription.objects.filter(contact_id__in=contacts),
+        source=source,
+        ip=ip,
+        user_agent=user_agent,
     )
-    for subscription in subscriptions:
-        subscription.status = SubscriptionStatus.UNSUBSCRIBED
-        subscription.save(update_fields=["status", "updated_at"])
-        consent_record_add(
-            subscription=subscription,
-            action=ConsentAction.UNSUBSCRIBED,
-            source=source,
-            ip=ip,
-            user_agent=user_agent,
-        )
     contact_changed = Contact.objects.filter(pk__in=contacts, status=ContactStatus.ACTIVE).update(
         status=ContactStatus.UNSUBSCRIBED
     )
@@ -1059,7 +1051,7 @@ def _unsubscribe_everywhere(
         scope=SuppressionScope.ADDRESS,
         defaults={"reason": SuppressionReason.UNSUBSCRIBE, "source": source[:200]},
     )
-    return len(subscriptions), bool(subscriptions or contact_changed or suppressed)
+    return changed, bool(changed or contact_changed or suppressed)
 
 
 def message_unsubscribe(

@@ -857,8 +857,7 @@ def delivery_unsubscribe(
     """
     from campaigns.tracking import tracking_record_unsubscribe
     from contacts.models import Contact, ContactStatus, Subscription
-    from contacts.signup import consent_record_add
-    from contacts.signup_models import ConsentAction
+    from contacts.signup import subscriptions_unsubscribe
     from delivery.models import Delivery, DeliveryEvent, EventKind
 
     delivery = Delivery.objects.select_related("campaign").filter(pk=delivery_id).first()
@@ -866,25 +865,15 @@ def delivery_unsubscribe(
         return False
     now = timezone.now()
     with transaction.atomic():
-        subscriptions = list(
-            Subscription.objects.select_for_update()
-            .filter(
+        changed = subscriptions_unsubscribe(
+            Subscription.objects.filter(
                 contact_id=delivery.contact_id,
                 contact_list__in=delivery.campaign.lists.all(),
-            )
-            .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
+            ),
+            source=f"campaign {delivery.campaign_id}: {source}",
+            ip=ip,
+            user_agent=user_agent,
         )
-        for subscription in subscriptions:
-            subscription.status = SubscriptionStatus.UNSUBSCRIBED
-            subscription.save(update_fields=["status", "updated_at"])
-            consent_record_add(
-                subscription=subscription,
-                action=ConsentAction.UNSUBSCRIBED,
-                source=f"campaign {delivery.campaign_id}: {source}",
-                ip=ip,
-                user_agent=user_agent,
-            )
-        changed = len(subscriptions)
         member = Subscription.objects.filter(
             contact_id=delivery.contact_id, contact_list__in=delivery.campaign.lists.all()
         ).exists()

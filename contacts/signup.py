@@ -17,6 +17,7 @@ from celery import current_app
 from django.conf import settings
 from django.core import signing
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.html import escape
 
@@ -141,6 +142,27 @@ def consent_record_add(
         form=form,
         form_text=form_text,
     )
+
+
+def subscriptions_unsubscribe(
+    subscriptions: QuerySet[Subscription], *, source: str, ip: str = "", user_agent: str = ""
+) -> int:
+    """End the given subscriptions that are not ended yet, each with a consent record; the
+    rows are locked first (run inside a transaction). Returns how many changed."""
+    changed = list(
+        subscriptions.select_for_update().exclude(status=SubscriptionStatus.UNSUBSCRIBED)
+    )
+    for subscription in changed:
+        subscription.status = SubscriptionStatus.UNSUBSCRIBED
+        subscription.save(update_fields=["status", "updated_at"])
+        consent_record_add(
+            subscription=subscription,
+            action=ConsentAction.UNSUBSCRIBED,
+            source=source,
+            ip=ip,
+            user_agent=user_agent,
+        )
+    return len(changed)
 
 
 # --- submit and confirm --------------------------------------------------------------------

@@ -143,3 +143,21 @@ def test_forged_or_foreign_tokens_are_404_and_change_nothing(client, api_key):
     ):
         assert client.post(bad, {"List-Unsubscribe": "One-Click"}).status_code == 404
     assert not Suppression.objects.exists()
+
+
+@pytest.mark.django_db
+def test_contact_unsubscribe_from_named_lists_keeps_a_consent_record_each():
+    contact = ContactFactory(email="bo@example.com")
+    news = SubscriptionFactory(contact=contact, contact_list__name="News")
+    offers = SubscriptionFactory(contact=contact, contact_list__name="Offers")
+
+    assert services.contact_unsubscribe(email="BO@example.com", lists=["News"]) == 1
+    assert services.contact_unsubscribe(email="bo@example.com", lists=["News"]) == 0
+
+    news.refresh_from_db()
+    offers.refresh_from_db()
+    assert (news.status, offers.status) == ("unsubscribed", "subscribed")
+    records = ConsentRecord.objects.filter(contact=contact)
+    assert [(r.subscription_id, r.action, r.source) for r in records] == [
+        (news.pk, "unsubscribed", "api")
+    ]
