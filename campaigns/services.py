@@ -378,6 +378,8 @@ def _contact_id_chunks(size: int) -> list[tuple[int, int]]:
 class _InlineLane:
     """Runs database work at once, in the calling thread (SQLite; inside a transaction)."""
 
+    background = False  # nothing is claimed ahead: it would only hold rows longer
+
     def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
         future: Future[T] = Future()
         try:
@@ -385,9 +387,6 @@ class _InlineLane:
         except Exception as exc:  # raised where the result is asked for, as with a thread
             future.set_exception(exc)
         return future
-
-    def close(self) -> None:
-        pass
 
 
 class _ThreadLane:
@@ -398,6 +397,8 @@ class _ThreadLane:
     One per worker process, reused by its tasks (a new one after a fork), so its connection
     lives as long as CONN_MAX_AGE allows instead of one connection per task.
     """
+
+    background = True
 
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -415,8 +416,11 @@ class _ThreadLane:
     def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
         return self._executor.submit(function, *args)
 
-    def close(self) -> None:
-        pass  # kept for the process's next task
+    def shutdown(self) -> None:
+        from django.db import connection
+
+        self._executor.submit(lambda: connection.close()).result()
+        self._executor.shutdown(wait=True)
 
 
 _lane: _ThreadLane | None = None
@@ -428,10 +432,7 @@ def database_lane_close() -> None:
     global _lane
     lane, _lane = _lane, None
     if lane is not None and lane.pid == os.getpid():
-        from django.db import connection
-
-        lane.submit(lambda: connection.close()).result()
-        lane._executor.shutdown(wait=True)
+        lane.shutdown()
 
 
 def _database_lane() -> _InlineLane | _ThreadLane:
@@ -512,7 +513,7 @@ class _BatchRun:
         else:
             kept, claimed = self._fetch_chunk()
         self.held.update((row.id, row) for row in kept)
-        if claimed and not self.stopping:
+        if claimed and not self.stopping and self.lane.background:
             self.next_chunk = self.lane.submit(self._fetch_chunk)
         return claimed
 
@@ -641,20 +642,17 @@ class _BatchRun:
         try:
             self.tick(force=True)
         finally:
-            try:
-                if self.next_chunk is not None:
-                    # A chunk claimed ahead and never used goes back with the held rows.
-                    future, self.next_chunk = self.next_chunk, None
-                    with contextlib.suppress(Exception):
-                        self.held.update((row.id, row) for row in future.result()[0])
-                if self.writing is not None:  # an error in tick(): let the write end first
-                    with contextlib.suppress(Exception):
-                        self.writing.result()
-                delivery_services.deliveries_release(list(self.held))
-                quota_refund(self.route.key, len(self.held), daily_quota=self.route.daily_quota)
-                self.held.clear()
-            finally:
-                self.lane.close()
+            if self.next_chunk is not None:
+                # A chunk claimed ahead and never used goes back with the held rows.
+                future, self.next_chunk = self.next_chunk, None
+                with contextlib.suppress(Exception):
+                    self.held.update((row.id, row) for row in future.result()[0])
+            if self.writing is not None:  # an error in tick(): let the write end first
+                with contextlib.suppress(Exception):
+                    self.writing.result()
+            delivery_services.deliveries_release(list(self.held))
+            quota_refund(self.route.key, len(self.held), daily_quota=self.route.daily_quota)
+            self.held.clear()
         if self._status() == CampaignStatus.CANCELLED:
             # Rows that came back deferred after the cancel: nothing more will be tried.
             delivery_services.deliveries_cancel(campaign_id=self.campaign_id)
