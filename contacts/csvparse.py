@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import datetime as dt
 import os
 import re
 import unicodedata
@@ -504,6 +505,11 @@ def _cell_text(value: object) -> str:
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, dt.datetime):
+        # Excel has only date-times: a date cell comes as midnight, and reads as a date.
+        if value.time() == dt.time(0) and value.tzinfo is None:
+            return value.date().isoformat()
+        return value.isoformat(timespec="seconds" if not value.microsecond else "auto")
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
@@ -528,6 +534,14 @@ _HEADER_GUESSES = {
         "mailaddress",
         "emailadres",
         "courriel",
+        "adresseemail",
+        "adressemail",
+        "adresseelectronique",
+        "adresseélectronique",
+        "correo",
+        "correoelectronico",
+        "correoelectrónico",
+        "emailadresse",
         "邮箱",
         "电子邮件",
         "邮件地址",
@@ -544,14 +558,26 @@ _HEADER_GUESSES = {
         "fullname",
         "displayname",
         "contactname",
+        "nom",
+        "nomcomplet",
+        "nombre",
         "姓名",
         "名字",
         "名称",
         "名前",
         "氏名",
     },
-    FIRST_NAME: {"firstname", "givenname", "forename", "first", "名"},
-    LAST_NAME: {"lastname", "surname", "familyname", "last", "姓"},
+    FIRST_NAME: {
+        "firstname",
+        "givenname",
+        "forename",
+        "first",
+        "prenom",
+        "prénom",
+        "vorname",
+        "名",
+    },
+    LAST_NAME: {"lastname", "surname", "familyname", "last", "nomdefamille", "nachname", "姓"},
     "phone": {
         "phone",
         "mobile",
@@ -565,9 +591,9 @@ _HEADER_GUESSES = {
         "联系电话",
         "電話",
     },
-    "city": {"city", "town", "城市", "所在城市"},
+    "city": {"city", "town", "ville", "stadt", "ciudad", "城市", "所在城市"},
     "company": {"company", "organization", "organisation", "公司", "单位", "公司名称"},
-    "country": {"country", "国家"},
+    "country": {"country", "pays", "land", "país", "国家"},
     "province": {"province", "state", "省份", "省"},
     "gender": {"gender", "sex", "性别"},
 }

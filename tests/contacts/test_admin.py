@@ -187,11 +187,11 @@ def test_preview_guesses_the_email_column_from_its_values_and_maps_by_menu(admin
     preview_url = reverse("admin:contacts_importjob_preview", args=[job.pk])
     form = admin_client.get(preview_url).context["form"]
     assert [form.fields[f"col_{i}"].initial for i in range(3)] == [
-        "email",
-        "attribute",
+        "email",  # from its values: "Adresse" may be a postal address
+        "name",  # French "Nom"
         "attribute",
     ]
-    assert form.fields["col_2_attr"].initial == "ville"
+    assert form.fields["col_2_attr"].initial == "city"  # French "Ville"
 
     missing_name = admin_client.post(
         preview_url,

@@ -281,6 +281,36 @@ def test_xlsx_first_sheet_is_read_with_row_numbers(tmp_path):
     ]
 
 
+def test_xlsx_date_cells_read_as_dates_and_times_as_date_times(tmp_path):
+    import datetime as dt
+
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.append(["email", "joined", "last_login"])
+    sheet.append(["a@example.com", dt.datetime(2024, 1, 1), dt.datetime(2024, 3, 5, 9, 30)])
+    path = tmp_path / "dates.xlsx"
+    workbook.save(path)
+    with ContactFileReader(path) as reader:
+        rows = list(contact_rows(iter(reader), plan_columns(reader.info.headers, None)))
+    assert valid(rows)[0].attributes == {
+        "joined": "2024-01-01",
+        "last_login": "2024-03-05T09:30:00",
+    }
+
+
+def test_mapping_guesses_french_and_german_headers():
+    headers = ("Adresse e-mail", "Prénom", "Nom de famille", "Ville", "Adresse", "Pays")
+    assert guess_mapping(headers) == {
+        "Adresse e-mail": "email",
+        "Prénom": "first_name",
+        "Nom de famille": "last_name",
+        "Ville": "city",
+        "Adresse": "adresse",  # a postal address, not an email column
+        "Pays": "country",
+    }
+    assert guess_mapping(("E-Mail-Adresse", "Vorname", "Nachname", "Nom"))["Nom"] == "name"
+
+
 def test_mapping_guesses_english_and_chinese_headers():
     headers = (
         "E-mail",
