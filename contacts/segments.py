@@ -192,13 +192,7 @@ def _validate_rule(index: int, raw: Any, *, list_ids: set[int] | None) -> tuple[
         except (TypeError, ValueError):
             errors.append(f"{where}: {op} needs a date as YYYY-MM-DD, not {value!r}.")
     elif op in LIST_OPS:
-        try:
-            value = int(value)
-        except (TypeError, ValueError):
-            errors.append(f"{where}: choose a list (a list id), not {value!r}.")
-        else:
-            if list_ids is not None and value not in list_ids:
-                errors.append(f"{where}: no contact list with id {value}.")
+        value = _list_id(value, where, list_ids, errors, "choose a list (a list id)")
     elif field == "status":
         if value not in CONTACT_STATUSES:
             errors.append(f"{where}: status must be one of {', '.join(CONTACT_STATUSES)}.")
@@ -221,18 +215,24 @@ def _validate_rule(index: int, raw: Any, *, list_ids: set[int] | None) -> tuple[
                 f"{where}: subscription status must be one of {', '.join(SUBSCRIPTION_STATUSES)}."
             )
     if field == "subscribed_at" and list_id not in (None, ""):
-        try:
-            list_id = int(list_id)
-        except (TypeError, ValueError):
-            errors.append(f"{where}: list must be a list id, not {list_id!r}.")
-        else:
-            if list_ids is not None and list_id not in list_ids:
-                errors.append(f"{where}: no contact list with id {list_id}.")
+        list_id = _list_id(list_id, where, list_ids, errors, "list must be a list id")
     else:
         list_id = None
     if errors:
         return None, errors
     return Rule(field=field, op=op, value=value, status=status, list_id=list_id), []
+
+
+def _list_id(value: Any, where: str, list_ids: set[int] | None, errors: list[str], need: str):
+    """``value`` as a list id, or the value unchanged with an error appended."""
+    try:
+        list_id = int(value)
+    except (TypeError, ValueError):
+        errors.append(f"{where}: {need}, not {value!r}.")
+        return value
+    if list_ids is not None and list_id not in list_ids:
+        errors.append(f"{where}: no contact list with id {list_id}.")
+    return list_id
 
 
 def rules_validate(

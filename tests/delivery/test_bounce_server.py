@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import smtplib
-import socket
 
 import pytest
 from django.conf import settings
@@ -13,22 +12,8 @@ from django.db import DatabaseError
 
 from contacts.models import Contact, ContactStatus, Suppression
 from delivery.bounce_models import BounceMessage, BounceMessageStatus
-from delivery.bounce_server import bounce_server_start
 from delivery.models import DeliveryStatus
 from tests.delivery.test_intake import make_dsn, make_sent_delivery, verp_of
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def bounce_server(transactional_db):
-    controller = bounce_server_start(host="127.0.0.1", port=_free_port(), max_bytes=64 * 1024)
-    yield controller
-    controller.stop()
 
 
 def test_a_dsn_over_smtp_bounces_the_delivery_and_suppresses_the_address(bounce_server):

@@ -20,18 +20,13 @@ from django.core.management import call_command
 from delivery.bounce_models import BounceMessage, Mailbox
 from delivery.models import DeliveryStatus
 from delivery.poller import mailbox_poll
+from tests.conftest import free_port
 from tests.delivery.test_intake import make_auto_reply, make_dsn, make_sent_delivery, verp_of
 
 DOVECOT = shutil.which("dovecot") or (
     "/usr/sbin/dovecot" if Path("/usr/sbin/dovecot").exists() else None
 )
 USER, PASSWORD = "bounce", "secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -103,7 +98,7 @@ def _run_dovecot(root: Path, *, tls_files=None) -> Iterator[Dovecot]:
         mail = pwd.getpwuid(os.getuid())
         internal_user = login_user = mail.pw_name
     (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::\n")
-    imap_port, pop3_port = _free_port(), _free_port()
+    imap_port, pop3_port = free_port(), free_port()
     if tls_files is not None:
         ssl_lines = (
             f"ssl = required\nssl_cert = <{tls_files.cert_file}\nssl_key = <{tls_files.key_file}\n"
