@@ -522,8 +522,6 @@ class _BatchRun:
         if time.monotonic() > self.deadline:
             self.more = True
             return [], False
-        if self._status() != CampaignStatus.SENDING:
-            return [], False
         route = self.route
         limit = settings.EDM_BATCH_SIZE
         if route.daily_quota:
@@ -539,6 +537,7 @@ class _BatchRun:
             id_from=self.id_from,
             id_to=self.id_to,
             list_ids=self.list_ids,
+            only_if_sending=True,  # nothing once paused or cancelled
         )
         self.claimed += len(claimed)
         kept = delivery_services.deliveries_drop_suppressed(

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Exists, F, Q, QuerySet
 from django.utils import timezone
 
 from contacts.models import (
@@ -51,10 +51,12 @@ class ClaimedDelivery:
     attributes: dict
     attempts: int
     first_attempt_at: datetime | None
-    # Known when the claim could tell (PostgreSQL): the contact is active, and subscribed to
-    # one of the lists the claimer asked about. None: not looked at.
+    # Known when the claim could tell (PostgreSQL): the contact is active, subscribed to one
+    # of the lists the claimer asked about, and the address or its domain is suppressed.
+    # None: not looked at.
     active: bool | None = None
     subscribed: bool | None = None
+    suppressed: bool | None = None
 
 
 def deliveries_materialize(
@@ -141,19 +143,31 @@ def deliveries_claim(
     id_to: int | None = None,
     lease_seconds: int | None = None,
     list_ids: Sequence[int] | None = None,
+    only_if_sending: bool = False,
 ) -> list[ClaimedDelivery]:
     """Claim up to `limit` due deliveries (pending, or deferred and due) with a lease.
 
     On PostgreSQL concurrent claimers skip each other's locked rows, and one statement
-    claims, returns the contacts' fields and tells whether each contact is active and (with
-    ``list_ids``) still subscribed to one of those lists. On SQLite the IMMEDIATE transaction
-    serializes claimers. Either way each row goes to one claimer; rows come in id order.
+    claims, returns the contacts' fields and tells whether each contact is active, whether
+    its address or domain is suppressed and (with ``list_ids``) whether it is still
+    subscribed to one of those lists. On SQLite the IMMEDIATE transaction serializes
+    claimers. Either way each row goes to one claimer; rows come in id order.
+    ``only_if_sending``: claim nothing unless the campaign is sending (paused or cancelled
+    meanwhile).
     """
     now = timezone.now()
     lease = now + timedelta(seconds=lease_seconds or settings.EDM_LEASE_SECONDS)
     if connection.vendor == "postgresql":
-        return _claim_postgresql(campaign_id, limit, id_from, id_to, now, lease, list_ids)
+        return _claim_postgresql(
+            campaign_id, limit, id_from, id_to, now, lease, list_ids, only_if_sending
+        )
     due = Delivery.objects.filter(_due(now), campaign_id=campaign_id)
+    if only_if_sending:
+        from campaigns.models import Campaign, CampaignStatus
+
+        due = due.filter(
+            Exists(Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.SENDING))
+        )
     if id_from is not None:
         due = due.filter(id__gte=id_from)
     if id_to is not None:
@@ -192,12 +206,17 @@ def _claim_postgresql(
     now: datetime,
     lease: datetime,
     list_ids: Sequence[int] | None,
+    only_if_sending: bool,
 ) -> list[ClaimedDelivery]:
     """The claim as one statement: 1 round trip instead of 3 (pick, update, read back) plus
-    the contact-status and subscription look-ups, each with a 500-id parameter list."""
+    the campaign-status, contact-status, suppression and subscription look-ups, each with a
+    500-value parameter list."""
+    from campaigns.models import Campaign, CampaignStatus
+
     table = Delivery._meta.db_table
     contacts = Contact._meta.db_table
     subscriptions = Subscription._meta.db_table
+    suppressions = Suppression._meta.db_table
     bounds = ""
     params: dict[str, Any] = {
         "campaign": campaign_id,
@@ -210,7 +229,15 @@ def _claim_postgresql(
         "active": ContactStatus.ACTIVE.value,
         "subscribed": SubscriptionStatus.SUBSCRIBED.value,
         "lists": list(list_ids or ()),
+        "address": SuppressionScope.ADDRESS.value,
+        "domain": SuppressionScope.DOMAIN.value,
+        "campaign_sending": CampaignStatus.SENDING.value,
     }
+    if only_if_sending:
+        bounds += (
+            f" AND EXISTS (SELECT FROM {Campaign._meta.db_table} WHERE id = %(campaign)s"
+            " AND status = %(campaign_sending)s)"
+        )
     if id_from is not None:
         bounds += " AND id >= %(id_from)s"
         params["id_from"] = id_from
@@ -240,7 +267,11 @@ def _claim_postgresql(
             FROM picked, {contacts} AS c
             WHERE d.id = picked.id AND c.id = d.contact_id
             RETURNING d.id, d.contact_id, d.email, c.name, c.attributes, d.attempts,
-                d.first_attempt_at, c.status = %(active)s, {subscribed}
+                d.first_attempt_at, c.status = %(active)s, {subscribed},
+                EXISTS (SELECT FROM {suppressions} AS x
+                        WHERE (x.value = lower(d.email) AND x.scope = %(address)s)
+                           OR (x.value = lower(split_part(d.email, '@', 2))
+                               AND x.scope = %(domain)s))
             """,  # noqa: S608 - table names from model metadata
             params,
         )
@@ -264,14 +295,19 @@ def deliveries_drop_suppressed(
     """
     if not claimed:
         return claimed
-    emails = {c.email.lower() for c in claimed}
-    domains = {e.rpartition("@")[2] for e in emails}
-    blocked_values = set(
-        Suppression.objects.filter(
-            Q(scope=SuppressionScope.ADDRESS, value__in=emails)
-            | Q(scope=SuppressionScope.DOMAIN, value__in=domains)
-        ).values_list("value", flat=True)
-    )
+    if all(c.suppressed is not None for c in claimed):  # the claim looked already
+        blocked_ids = {c.id for c in claimed if c.suppressed}
+        blocked_values: set[str] = set()
+    else:
+        emails = {c.email.lower() for c in claimed}
+        domains = {e.rpartition("@")[2] for e in emails}
+        blocked_ids = set()
+        blocked_values = set(
+            Suppression.objects.filter(
+                Q(scope=SuppressionScope.ADDRESS, value__in=emails)
+                | Q(scope=SuppressionScope.DOMAIN, value__in=domains)
+            ).values_list("value", flat=True)
+        )
     if all(c.active is not None for c in claimed):  # the claim looked already
         inactive = {c.contact_id for c in claimed if not c.active}
     else:
@@ -284,7 +320,8 @@ def deliveries_drop_suppressed(
     for item in claimed:
         email = item.email.lower()
         if (
-            email in blocked_values
+            item.id in blocked_ids
+            or email in blocked_values
             or email.rpartition("@")[2] in blocked_values
             or item.contact_id in inactive
             or (targeted is not None and item.contact_id not in targeted)
@@ -328,19 +365,26 @@ def deliveries_record(outcomes: Iterable[Outcome]) -> int:
 def _rows_source(types: tuple[str, ...], rows: list[tuple]) -> tuple[str, list]:
     """A FROM item `v(column1, column2, ...)` holding `rows`, and its parameters.
 
-    PostgreSQL gets one array per column (`unnest(%s::bigint[], ...)`): a handful of
-    parameters however many rows, where a VALUES list of thousands of placeholders costs more
-    to build and parse than the statement costs to run. SQLite gets a VALUES list.
+    PostgreSQL gets the rows as one JSON text parameter, taken apart by the server
+    (`json_array_elements`): the C JSON encoder builds it in a fraction of the time psycopg
+    takes to quote one array per column (or a VALUES list of thousands of placeholders), and
+    the server parses it as fast. SQLite gets a VALUES list.
     """
-    names = ", ".join(f"column{i + 1}" for i in range(len(types)))
     if connection.vendor == "postgresql":
-        arrays = ", ".join(f"%s::{pg_type}[]" for pg_type in types)
-        return f"unnest({arrays}) AS v({names})", [
-            list(column) for column in zip(*rows, strict=True)
-        ]
+        columns = ", ".join(
+            f"(x->>{i})::{pg_type} AS column{i + 1}" for i, pg_type in enumerate(types)
+        )
+        payload = json.dumps(rows, default=_json_default, separators=(",", ":"))
+        return f"(SELECT {columns} FROM json_array_elements(%s::json) AS x) AS v", [payload]
     placeholders = "(" + ", ".join(["%s"] * len(types)) + ")"
     params = [value for row in rows for value in row]
     return f"(VALUES {', '.join([placeholders] * len(rows))}) AS v", params
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def _insert_events(outcomes: list[Outcome]) -> None:

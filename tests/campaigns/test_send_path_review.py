@@ -199,3 +199,51 @@ def test_idn_domain_recipient_is_sent_without_smtputf8(smtp_server_factory, sett
 def test_greylisting_is_not_a_request_to_slow_the_whole_server_down():
     # Postfix postgrey's stock reply; it is about one recipient domain, not our rate.
     assert not is_slow_down(450, "4.2.0 Recipient address rejected: Greylisted, try again later")
+
+
+# 9 -------------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_suppressions_and_bounces_since_the_dispatch_are_honoured_at_send_time(
+    smtp_settings, no_broker
+):
+    """Checked again when each chunk is claimed (on PostgreSQL inside the claim itself): an
+    address suppressed, a whole domain suppressed (in another case), and a contact marked
+    bounced after the dispatch get nothing and end suppressed, with an event."""
+    from contacts.models import Contact, ContactStatus, Suppression
+    from delivery.models import DeliveryEvent
+
+    shared = audience(3)
+    other = audience(2, name="Other", domain="Blocked.Example")
+    SubscriptionFactory(contact=ContactFactory(email="bounced@example.com"), contact_list=shared)
+    campaign = CampaignFactory(lists=[shared, other])
+    start(campaign)
+    Suppression.objects.create(value="r1@example.com", scope="address", reason="manual")
+    Suppression.objects.create(value="blocked.example", scope="domain", reason="manual")
+    Contact.objects.filter(email="bounced@example.com").update(status=ContactStatus.BOUNCED)
+    campaign_send_batch(campaign_id=campaign.pk)
+    received = sorted(m.rcpt_tos[0] for m in smtp_settings.messages)
+    assert received == ["r0@example.com", "r2@example.com"]
+    assert statuses(campaign) == {
+        "r0@example.com": DeliveryStatus.SENT,
+        "r1@example.com": DeliveryStatus.SUPPRESSED,
+        "r2@example.com": DeliveryStatus.SENT,
+        "r0@Blocked.Example": DeliveryStatus.SUPPRESSED,
+        "r1@Blocked.Example": DeliveryStatus.SUPPRESSED,
+        "bounced@example.com": DeliveryStatus.SUPPRESSED,
+    }
+    assert DeliveryEvent.objects.filter(delivery__campaign=campaign, kind="suppressed").count() == 4
+
+
+@pytest.mark.django_db
+def test_the_claim_takes_nothing_once_the_campaign_is_paused(smtp_settings, no_broker):
+    from campaigns.services import campaign_pause
+
+    campaign = CampaignFactory(lists=[audience(2)])
+    start(campaign)
+    campaign_pause(campaign_id=campaign.pk)
+    assert not delivery_services.deliveries_claim(
+        campaign_id=campaign.pk, limit=10, only_if_sending=True
+    )
+    assert set(statuses(campaign).values()) == {DeliveryStatus.PENDING}
+    claimed = delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=10)
+    assert len(claimed) == 2  # without the condition (the sweeper's own use)
