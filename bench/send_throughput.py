@@ -124,6 +124,14 @@ def configure(args: argparse.Namespace, var_dir: Path, sink_port: int) -> dict[s
     return env
 
 
+def contact_fields(i: int) -> tuple[str, str, dict]:
+    """The i-th bench contact: email, name, attributes (the same in the database and in the
+    bare pipeline's rows)."""
+    cities = ["北京", "Paris", "上海", "Berlin", "深圳"]
+    name = "张伟" if i % 3 == 0 else f"User {i}"
+    return f"user{i}@example{i % 50}.org", name, {"city": cities[i % 5], "plan": "pro" if i % 2 else "free"}  # fmt: skip
+
+
 def prepare_database(args: argparse.Namespace) -> None:
     import django
 
@@ -140,16 +148,13 @@ def prepare_database(args: argparse.Namespace) -> None:
     from delivery.models import DkimKey
 
     contact_list = ContactList.objects.create(name="Bench")
-    cities = ["北京", "Paris", "上海", "Berlin", "深圳"]
     batch = 5000
     for start in range(0, args.recipients, batch):
         contacts = Contact.objects.bulk_create(
-            Contact(
-                email=f"user{i}@example{i % 50}.org",
-                name=("张伟" if i % 3 == 0 else f"User {i}"),
-                attributes={"city": cities[i % 5], "plan": "pro" if i % 2 else "free"},
+            Contact(email=email, name=name, attributes=attributes)
+            for email, name, attributes in map(
+                contact_fields, range(start, min(start + batch, args.recipients))
             )
-            for i in range(start, min(start + batch, args.recipients))
         )
         Subscription.objects.bulk_create(
             Subscription(contact=c, contact_list=contact_list) for c in contacts
@@ -173,7 +178,10 @@ def start_worker(env: dict[str, str], processes: int, log: Path) -> subprocess.P
     )  # fmt: skip
 
 
-def end_to_end(args: argparse.Namespace, env: dict[str, str], processes: int, log: Path) -> float:
+def end_to_end(
+    args: argparse.Namespace, env: dict[str, str], processes: int, log: Path
+) -> tuple[float, int]:
+    """Messages per second end to end, and the campaign's id."""
     from campaigns.models import Campaign, CampaignStatus
     from campaigns.services import campaign_create, campaign_send
     from config.celery import app
@@ -193,6 +201,7 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], processes: int, lo
             if time.monotonic() > deadline or worker.poll() is not None:
                 sys.exit(f"worker did not start; see {log}")
         started = time.perf_counter()
+        wall = time.time()
         campaign_send(campaign_id=campaign.pk)
         while True:
             status = Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
@@ -203,47 +212,48 @@ def end_to_end(args: argparse.Namespace, env: dict[str, str], processes: int, lo
         sent = campaign.deliveries.filter(status="sent").count()
         if sent != args.recipients:
             sys.exit(f"only {sent} of {args.recipients} sent; see {log}")
-        return args.recipients / elapsed
+        if args.cpu:  # where the time went: start-up, sending, the end
+            from django.db.models import Max, Min
+
+            span = campaign.deliveries.aggregate(first=Min("sent_at"), last=Max("sent_at"))
+            first, last = (span[k].timestamp() - wall for k in ("first", "last"))
+            print(
+                f"  timeline: first message sent at +{first:.2f} s, last at +{last:.2f} s, "
+                f"campaign marked sent at +{elapsed:.2f} s; "
+                f"{args.recipients / (last - first):.0f}/s between first and last"
+            )
+        return args.recipients / elapsed, campaign.pk
     finally:
         worker.terminate()
         worker.wait(30)
 
 
-def _bare_part(job: tuple[int, int, int, str, int]) -> tuple[int, float, float]:
-    """Render, compose, sign and send a share of the messages: no database, no Celery."""
-    start, count, port, dkim, pool_size = job
+def _bare_part(job: tuple[int, int, int, int, int]) -> tuple[int, float, float]:
+    """Render, compose, sign and send a share of the messages: no database, no Celery.
+
+    The messages are the end-to-end run's, byte for byte but for the per-message ids: the
+    campaign is prepared exactly as a worker prepares it (tracked links, open pixel, List-Id
+    and List-Unsubscribe, its DKIM key), read from the database once during set-up.
+    """
+    start, count, port, campaign_id, pool_size = job
     import django
 
     django.setup()
-    from campaigns.services import PreparedCampaign
-    from delivery.compose import Composer, MessageSpec
-    from delivery.dkim import DkimSigner, generate_dkim_key
-    from delivery.render import TemplateSource, compile_templates
+    from campaigns.models import Campaign
+    from campaigns.services import campaign_prepare
     from delivery.runner import send_envelopes, shutdown
     from delivery.services import ClaimedDelivery
     from delivery.smtp import SmtpConfig
 
-    signer = None
-    if dkim != "none":
-        pem, _ = generate_dkim_key(algorithm=dkim)
-        signer = DkimSigner(domain="bench.skylark.test", selector="bench", private_key_pem=pem)
-    prepared = PreparedCampaign(
-        campaign_id=1,
-        campaign_name="Bare",
-        compiled=compile_templates(TemplateSource(subject=SUBJECT, html=HTML)),
-        composer=Composer(MessageSpec(from_email=FROM_EMAIL, from_name="Skylark Bench")),
-        signer=signer,
-        message_id_domain="bench.skylark.test",
-    )
+    prepared = campaign_prepare(Campaign.objects.get(pk=campaign_id))
+    from django.db import connection
+
+    connection.close()
     smtp = SmtpConfig(host="127.0.0.1", port=port, security="none", pool_size=pool_size)
-    cities = ["北京", "Paris", "上海", "Berlin", "深圳"]
     rows = (
-        ClaimedDelivery(
-            i, i, f"user{i}@example{i % 50}.org", "张伟" if i % 3 == 0 else f"User {i}",
-            {"city": cities[i % 5]}, 0, None,
-        )
+        ClaimedDelivery(i + 1, i + 1, *contact_fields(i), 0, None)
         for i in range(start, start + count)
-    )  # fmt: skip
+    )
     started = time.time()  # after set-up: only the pipeline is measured
     sent = sum(1 for r in send_envelopes(smtp, map(prepared.envelope, rows)) if r.tag)
     ended = time.time()
@@ -325,12 +335,14 @@ def main() -> None:
         for processes in [int(p) for p in args.workers.split(",")]:
             connection.close()
             with CpuMeter() as e2e_cpu:
-                e2e = end_to_end(args, env, processes, var_dir / f"worker-{processes}.log")
+                e2e, campaign_id = end_to_end(
+                    args, env, processes, var_dir / f"worker-{processes}.log"
+                )
             connection.close()
             with CpuMeter() as bare_cpu:
                 bare = in_processes(
                     _bare_part,
-                    [(s, n, port, args.dkim, args.pool_size) for s, n in shares(args.recipients, processes)],
+                    [(s, n, port, campaign_id, args.pool_size) for s, n in shares(args.recipients, processes)],
                 )  # fmt: skip
             raw = in_processes(
                 _raw_part,
