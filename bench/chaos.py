@@ -290,7 +290,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="")
     parser.add_argument("--processes", type=int, default=2, help="worker pool processes")
     parser.add_argument("--pool-size", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=1200.0)
     parser.add_argument("--redis-down", type=float, default=1.0, help="seconds Redis stays down")
     args = parser.parse_args()

@@ -303,7 +303,7 @@ def main() -> None:
     parser.add_argument("--dkim", choices=["none", "rsa", "ed25519"], default="none")
     parser.add_argument("--database-url", default="")
     parser.add_argument("--pool-size", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument(
         "--cpu", action="store_true", help="print CPU ms per message of each process group"
     )

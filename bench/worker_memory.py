@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--pool-size", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args()
     args.dkim = "none"
 

@@ -205,7 +205,7 @@ def campaign_validate(campaign: Campaign, *, sample_size: int = 50) -> list[str]
     """Problems that stop a send (the pre-flight's errors): found before the first message."""
     from campaigns.preflight import campaign_preflight
 
-    report = campaign_preflight(campaign, sample_size=sample_size)
+    report = campaign_preflight(campaign, sample_size=sample_size, at_send=True)
     problems = [finding.message for finding in report.errors]
     if problems:
         return problems
@@ -333,7 +333,8 @@ def campaign_dispatch(*, campaign_id: int) -> int:
     created = batches = 0
     last_enqueued = None
     existing = campaign.deliveries.count()  # a re-run: what an earlier dispatch made
-    for contact_ids in _contact_id_chunks(settings.EDM_DISPATCH_CHUNK):
+    chunks = _contact_id_chunks(settings.EDM_DISPATCH_CHUNK, first=settings.EDM_BATCH_SIZE)
+    for contact_ids in chunks:
         created += delivery_services.deliveries_materialize(
             campaign_id=campaign_id,
             list_ids=list_ids,
@@ -362,8 +363,9 @@ def campaign_dispatch(*, campaign_id: int) -> int:
     return batches
 
 
-def _contact_id_chunks(size: int) -> list[tuple[int, int]]:
-    """Ranges of contact ids (both ends included) covering every contact, ``size`` ids each."""
+def _contact_id_chunks(size: int, *, first: int | None = None) -> list[tuple[int, int]]:
+    """Ranges of contact ids (both ends included) covering every contact, ``size`` ids each;
+    the first one ``first`` ids (a small first chunk: the first batch starts sooner)."""
     from django.db.models import Max, Min
 
     from contacts.models import Contact
@@ -372,7 +374,11 @@ def _contact_id_chunks(size: int) -> list[tuple[int, int]]:
     low, high = bounds["low"], bounds["high"]
     if low is None:
         return []
-    return [(start, min(start + size - 1, high)) for start in range(low, high + 1, size)]
+    chunks = []
+    if first and first < size:
+        chunks.append((low, min(low + first - 1, high)))
+        low += first
+    return chunks + [(start, min(start + size - 1, high)) for start in range(low, high + 1, size)]
 
 
 class _InlineLane:
@@ -406,11 +412,13 @@ class _ThreadLane:
 
     def begin(self) -> _ThreadLane:
         """At the start of a task: drop the lane's connection if broken or too old (what
-        Celery does for the task's own connection)."""
+        Celery does for the task's own connection). Not waited for: the previous task's
+        last writes may still be running, and the check runs after them, before this
+        task's work."""
         from django.db import connection
 
         # Looked up in the lane thread: that thread's own connection.
-        self._executor.submit(lambda: connection.close_if_unusable_or_obsolete()).result()
+        self._executor.submit(lambda: connection.close_if_unusable_or_obsolete())
         return self
 
     def submit(self, function: Callable[..., T], *args: Any) -> Future[T]:
@@ -524,6 +532,11 @@ class _BatchRun:
             return [], False
         route = self.route
         limit = settings.EDM_BATCH_SIZE
+        if self.lane.background and not self.claimed:
+            # The task's first chunk is claimed while nothing is on the wire: a small one
+            # gets the pipeline going, and the rest of the chunk is claimed on the lane
+            # while those messages are out.
+            limit = max(1, limit // 5)
         if route.daily_quota:
             limit = quota_take(route.key, wanted=limit, daily_quota=route.daily_quota)
             if not limit:
@@ -636,25 +649,47 @@ class _BatchRun:
         delivery_services.deliveries_record(outcomes)
         campaign_check_error_rate(campaign_id=self.campaign_id)
 
-    def finish(self) -> None:
-        """Write what is left and give back what was claimed but never handed over."""
+    def finish(self, then: Callable[[], object] | None = None) -> Future[None]:
+        """Write what is left, give back what was claimed but never handed over, then call
+        ``then`` (the range's continuation, or finishing the campaign): all of it on the
+        lane, so that on PostgreSQL the worker's next task starts while this one's last
+        outcomes are written. The lane is one thread, so it runs after this task's earlier
+        writes and claims, and before the next task's."""
+        while self.render_failures:
+            self.outcomes.append(self.render_failures.popleft())
+        outcomes, self.outcomes = self.outcomes, []
+        writing, self.writing = self.writing, None
+        next_chunk, self.next_chunk = self.next_chunk, None
+        held, self.held = self.held, {}
+        self.stopping = True
+        return self.lane.submit(self._end, outcomes, writing, next_chunk, held, then)
+
+    def _end(
+        self,
+        outcomes: list[Outcome],
+        writing: Future[None] | None,
+        next_chunk: Future[tuple[list[ClaimedDelivery], bool]] | None,
+        held: dict[int, ClaimedDelivery],
+        then: Callable[[], object] | None,
+    ) -> None:
+        # Earlier lane work is done by now (one thread, in order): only its results are read.
+        if next_chunk is not None:
+            # A chunk claimed ahead and never used goes back with the held rows.
+            with contextlib.suppress(Exception):
+                held.update((row.id, row) for row in next_chunk.result()[0])
         try:
-            self.tick(force=True)
+            if writing is not None:
+                writing.result()  # an earlier write's error ends the task here too
+            if outcomes:
+                self._write(outcomes)
         finally:
-            if self.next_chunk is not None:
-                # A chunk claimed ahead and never used goes back with the held rows.
-                future, self.next_chunk = self.next_chunk, None
-                with contextlib.suppress(Exception):
-                    self.held.update((row.id, row) for row in future.result()[0])
-            if self.writing is not None:  # an error in tick(): let the write end first
-                with contextlib.suppress(Exception):
-                    self.writing.result()
-            delivery_services.deliveries_release(list(self.held))
-            quota_refund(self.route.key, len(self.held), daily_quota=self.route.daily_quota)
-            self.held.clear()
+            delivery_services.deliveries_release(list(held))
+            quota_refund(self.route.key, len(held), daily_quota=self.route.daily_quota)
         if self._status() == CampaignStatus.CANCELLED:
             # Rows that came back deferred after the cancel: nothing more will be tried.
             delivery_services.deliveries_cancel(campaign_id=self.campaign_id)
+        if then is not None:
+            then()
 
 
 def _still_targeted(campaign: Campaign, claimed: list[ClaimedDelivery]) -> set[int]:
@@ -686,14 +721,20 @@ def _still_targeted(campaign: Campaign, claimed: list[ClaimedDelivery]) -> set[i
 
 
 def campaign_send_batch(
-    *, campaign_id: int, id_from: int | None = None, id_to: int | None = None
+    *,
+    campaign_id: int,
+    id_from: int | None = None,
+    id_to: int | None = None,
+    wait: bool = True,
 ) -> int:
     """Claim, render, send and record the due deliveries of a campaign (in an id range).
 
     Claims are taken lazily, a chunk at a time, while earlier messages are still on the
     wire, so the SMTP pipeline never drains between chunks (see _BatchRun). The task stops
     after EDM_TASK_SECONDS and hands the rest of its range to a new task, so that a graceful
-    worker stop is never long.
+    worker stop is never long. With ``wait=False`` (the Celery task) it returns once every
+    message has its result, and its last outcomes are written on the process's database
+    lane while the next task starts; a worker process drains its lane before it exits.
     """
     from campaigns.tasks import campaign_send_batch as batch_task
 
@@ -710,6 +751,17 @@ def campaign_send_batch(
         return 0
     run = _BatchRun(campaign, prepared, id_from=id_from, id_to=id_to)
     limiter = run.route.limiter
+
+    def then() -> None:
+        if run.more and (id_from is not None or id_to is not None):
+            # A ranged task hands the rest of its range on (after giving its held rows
+            # back); the sweeper's open-ended tasks just stop (the sweeper sends another
+            # while work remains).
+            batch_task.delay(campaign_id, id_from, id_to)
+        else:
+            campaign_finish_if_done(campaign_id=campaign_id)
+
+    ended = False
     try:
         for result in send_envelopes(
             run.route.config,
@@ -720,15 +772,21 @@ def campaign_send_batch(
             if result is not None:
                 run.record(result)
             run.tick()
+        ended = True
     finally:
-        run.finish()
-    if run.more and (id_from is not None or id_to is not None):
-        # A ranged task hands the rest of its range on; the sweeper's open-ended tasks
-        # just stop (the sweeper sends another while work remains).
-        batch_task.delay(campaign_id, id_from, id_to)
-    else:
-        campaign_finish_if_done(campaign_id=campaign_id)
+        # After an error, only what was written and given back matters: no continuation.
+        tail = run.finish(then if ended else None)
+        if wait or not ended:
+            tail.result()
+        else:
+            tail.add_done_callback(_log_tail_error)
     return run.claimed
+
+
+def _log_tail_error(tail: Future[None]) -> None:
+    if tail.exception() is not None:
+        # The rows stay leased: the sweeper gives them back when the lease runs out.
+        logger.error("a batch's last outcomes were not written", exc_info=tail.exception())
 
 
 def campaign_finish_if_done(*, campaign_id: int) -> bool:

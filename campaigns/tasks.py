@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import worker_process_shutdown
 
 from campaigns import services
 
@@ -14,7 +15,7 @@ def campaign_dispatch(campaign_id: int) -> None:
 
 @shared_task(name="campaigns.send_batch")
 def campaign_send_batch(campaign_id: int, id_from: int | None, id_to: int | None) -> None:
-    services.campaign_send_batch(campaign_id=campaign_id, id_from=id_from, id_to=id_to)
+    services.campaign_send_batch(campaign_id=campaign_id, id_from=id_from, id_to=id_to, wait=False)
 
 
 @shared_task(name="campaigns.resume")
@@ -25,6 +26,13 @@ def campaign_resume(campaign_id: int) -> None:
 @shared_task(name="campaigns.sweep")
 def campaigns_sweep() -> None:
     services.campaigns_sweep()
+
+
+@worker_process_shutdown.connect
+def _drain_database_lane(**kwargs: object) -> None:
+    """A pool process that stops (warm shutdown, max tasks) first writes what its last
+    batch left on the database lane."""
+    services.database_lane_close()
 
 
 import campaigns.tracking_tasks  # noqa: E402,F401  (registers the tracking tasks)

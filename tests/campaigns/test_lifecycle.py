@@ -162,3 +162,46 @@ def test_transient_errors_never_pause_a_campaign(smtp_settings, no_broker, setti
     assert campaign.status == CampaignStatus.SENDING
     assert set(statuses(campaign).values()) == {"deferred"}
     assert all(d.next_attempt_at > timezone.now() for d in Delivery.objects.all())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_that_does_not_wait_leaves_its_last_outcomes_to_the_lane(smtp_settings, no_broker):
+    """The Celery task returns once every message has its result; its last outcomes, the
+    rows it gives back and the campaign's end are written on the process's database lane
+    (a thread of its own on PostgreSQL), which a stopping worker process drains."""
+    from campaigns.services import database_lane_close
+
+    campaign = CampaignFactory(lists=[audience(5)])
+    campaign_send(campaign_id=campaign.pk)
+    campaign_dispatch(campaign_id=campaign.pk)
+    ((_, (_, id_from, id_to)),) = [item for item in no_broker if item[0] == "campaign_send_batch"]
+    assert campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to, wait=False)
+    assert len(smtp_settings.messages) == 5  # on the wire before it returns
+    database_lane_close()  # what worker_process_shutdown does
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.SENT
+    assert set(statuses(campaign).values()) == {"sent"}
+
+
+@pytest.mark.django_db
+def test_dispatch_materializes_a_small_first_chunk_then_full_ones(
+    smtp_settings, no_broker, settings
+):
+    from campaigns.services import _contact_id_chunks
+
+    settings.EDM_BATCH_SIZE = 2
+    settings.EDM_DISPATCH_CHUNK = 4
+    campaign = CampaignFactory(lists=[audience(9)])
+    chunks = _contact_id_chunks(4, first=2)
+    ids = sorted(campaign.lists.get().contacts.values_list("id", flat=True))
+    first_id = chunks[0][0]
+    assert chunks[0] == (first_id, first_id + 1)
+    assert all(b - a == 3 for a, b in chunks[1:-1])
+    covered = [i for a, b in chunks for i in range(a, b + 1)]
+    assert covered == list(range(first_id, chunks[-1][1] + 1))  # contiguous, no overlap
+    assert set(ids) <= set(covered)
+    campaign_send(campaign_id=campaign.pk)
+    campaign_dispatch(campaign_id=campaign.pk)
+    batches = [args for name, args in no_broker if name == "campaign_send_batch"]
+    assert Delivery.objects.filter(campaign=campaign).count() == 9
+    assert sum(1 for _ in batches) == 5  # 2 + 2 + 2 + 2 + 1, in id ranges

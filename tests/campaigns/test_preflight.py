@@ -210,3 +210,40 @@ def test_preview_is_the_composed_message_with_headers_and_size():
     assert headers["To"].endswith(f"<{preview.contact.email}>")
     assert "DKIM-Signature" in headers and "List-Unsubscribe" in headers
     assert preview.size == len(preview.raw) > preview.html_bytes
+
+
+def test_the_check_at_send_samples_a_window_from_a_random_point_and_finds_the_same_errors():
+    """At Send the audience is not counted nor sorted at random (a full read of a large
+    audience): a window of recipients from a random point, wrapping round, is rendered."""
+    from campaigns.preflight import _sample_window
+
+    campaign = _campaign(contacts=12)
+    contact_list = campaign.lists.get()
+    SubscriptionFactory(
+        contact=ContactFactory(email="gone@example.org", status=ContactStatus.BOUNCED),
+        contact_list=contact_list,
+    )
+    ContactFactory(email="not-targeted@example.org")
+    targeted = {s.contact.email for s in contact_list.subscriptions.select_related("contact")}
+    starts = set()
+    for _ in range(10):
+        window = _sample_window(campaign, size=5)
+        emails = [s.email for s in window]
+        assert len(emails) == 5 and len(set(emails)) == 5
+        assert set(emails) <= targeted - {"gone@example.org"}
+        starts.add(window[0].contact_id)
+    assert len(starts) > 1  # not always the same rows
+    everyone = _sample_window(campaign, size=50)  # wraps round to the lowest ids
+    assert len(everyone) == 12
+
+    report = campaign_preflight(campaign, at_send=True)
+    assert report.ok and report.sampled == 12 and report.recipients == 1
+    contact = contact_list.contacts.exclude(status=ContactStatus.BOUNCED).first()
+    campaign.html = GOOD_HTML + "\n{{ (1 / 0) if boom else '' }}"
+    campaign.save()
+    contact.attributes = {"boom": True}
+    contact.save()
+    (finding,) = _by_code(campaign_preflight(campaign, at_send=True), "render_error")
+    assert f"contact #{contact.pk}" in finding.message
+    contact_list.subscriptions.update(status=SubscriptionStatus.UNSUBSCRIBED)
+    assert _by_code(campaign_preflight(campaign, at_send=True), "no_recipients")
