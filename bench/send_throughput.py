@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/send_throughput.py [--recipients 20000] [--workers 1,2]
         [--dkim none|rsa|ed25519] [--database-url postgres://postgres@127.0.0.1:5432/skylark_bench]
+        [--repeat 5] [--cpu]
 
 For each worker count it prints messages per second:
 - end to end: a campaign sent by a real Celery worker with that many processes (claim, render,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,9 +115,10 @@ def configure(args: argparse.Namespace, var_dir: Path, sink_port: int) -> dict[s
         "EDM_CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
         "EDM_SMTP_URL": f"smtp://127.0.0.1:{sink_port}?security=none",
         "EDM_SMTP_POOL_SIZE": str(args.pool_size),
-        "EDM_BATCH_SIZE": str(args.batch_size),
         "LOG_LEVEL": "WARNING",
     }
+    if args.batch_size:
+        env["EDM_BATCH_SIZE"] = str(args.batch_size)
     if args.database_url:
         env["DATABASE_URL"] = args.database_url
     else:
@@ -296,6 +299,35 @@ def shares(total: int, parts: int) -> list[tuple[int, int]]:
     return [(i * size, size if i < parts - 1 else total - i * size) for i in range(parts)]
 
 
+def measure(
+    args: argparse.Namespace, env: dict[str, str], processes: int, port: int, var_dir: Path
+) -> float:
+    """One end-to-end run and the two ceilings beside it; prints them, returns e2e/bare."""
+    from django.db import connection
+
+    connection.close()
+    with CpuMeter() as e2e_cpu:
+        e2e, campaign_id = end_to_end(args, env, processes, var_dir / f"worker-{processes}.log")
+    connection.close()
+    with CpuMeter() as bare_cpu:
+        bare = in_processes(
+            _bare_part,
+            [(s, n, port, campaign_id, args.pool_size) for s, n in shares(args.recipients, processes)],
+        )  # fmt: skip
+    raw = in_processes(
+        _raw_part, [(s, n, port, args.pool_size) for s, n in shares(args.recipients, processes)]
+    )
+    print(
+        f"{processes:>9} {e2e:>9.0f}/s {bare:>6.0f}/s {raw:>6.0f}/s "
+        f"{e2e / bare:>9.2f} {e2e / raw:>8.2f}",
+        flush=True,
+    )
+    if args.cpu:
+        print(f"  CPU ms/message end to end: {e2e_cpu.describe(args.recipients)}")
+        print(f"  CPU ms/message bare:       {bare_cpu.describe(args.recipients)}")
+    return e2e / bare
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipients", type=int, default=20000)
@@ -303,7 +335,14 @@ def main() -> None:
     parser.add_argument("--dkim", choices=["none", "rsa", "ed25519"], default="none")
     parser.add_argument("--database-url", default="")
     parser.add_argument("--pool-size", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, help="EDM_BATCH_SIZE (default: Skylark's)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each process count this many times (the host's speed drifts between "
+        "phases: the median ratio of several runs is the figure to keep)",
+    )
     parser.add_argument(
         "--cpu", action="store_true", help="print CPU ms per message of each process group"
     )
@@ -327,35 +366,22 @@ def main() -> None:
         print(
             f"{args.recipients} recipients, DKIM {args.dkim}, database {connection.vendor}, "
             f"redis {'embedded' if settings.EDM_EMBEDDED_REDIS else settings.REDIS_URL}, "
-            f"pool {args.pool_size}/process, batch {args.batch_size}"
+            f"pool {args.pool_size}/process, batch {settings.EDM_BATCH_SIZE}"
         )
         print(
             f"{'processes':>9} {'end-to-end':>11} {'bare':>8} {'raw':>8} {'e2e/bare':>9} {'e2e/raw':>8}"
         )
         for processes in [int(p) for p in args.workers.split(",")]:
-            connection.close()
-            with CpuMeter() as e2e_cpu:
-                e2e, campaign_id = end_to_end(
-                    args, env, processes, var_dir / f"worker-{processes}.log"
+            ratios = []
+            for _ in range(args.repeat):
+                ratios.append(measure(args, env, processes, port, var_dir))
+            if args.repeat > 1:
+                ratios.sort()
+                print(
+                    f"  {processes} processes, {args.repeat} runs: e2e/bare median "
+                    f"{statistics.median(ratios):.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f})",
+                    flush=True,
                 )
-            connection.close()
-            with CpuMeter() as bare_cpu:
-                bare = in_processes(
-                    _bare_part,
-                    [(s, n, port, campaign_id, args.pool_size) for s, n in shares(args.recipients, processes)],
-                )  # fmt: skip
-            raw = in_processes(
-                _raw_part,
-                [(s, n, port, args.pool_size) for s, n in shares(args.recipients, processes)],
-            )
-            print(
-                f"{processes:>9} {e2e:>9.0f}/s {bare:>6.0f}/s {raw:>6.0f}/s "
-                f"{e2e / bare:>9.2f} {e2e / raw:>8.2f}",
-                flush=True,
-            )
-            if args.cpu:
-                print(f"  CPU ms/message end to end: {e2e_cpu.describe(args.recipients)}")
-                print(f"  CPU ms/message bare:       {bare_cpu.describe(args.recipients)}")
     finally:
         sink.terminate()
         sink.wait(5)
