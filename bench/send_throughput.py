@@ -210,7 +210,7 @@ def end_to_end(
             status = Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
             if status == CampaignStatus.SENT:
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
         elapsed = time.perf_counter() - started
         sent = campaign.deliveries.filter(status="sent").count()
         if sent != args.recipients:

@@ -616,25 +616,20 @@ class _BatchRun:
             )
         )
 
-    def tick(self, *, force: bool = False) -> None:
-        """Every EDM_FLUSH_SECONDS: write outcomes, renew leases, look at the campaign."""
+    def tick(self) -> None:
+        """Every EDM_FLUSH_SECONDS: write outcomes, renew leases, look at the campaign. On a
+        background lane, also as soon as EDM_FLUSH_ROWS outcomes are waiting: smaller writes
+        overlap the sending, and leave less to write (and to repeat after a crash) when the
+        task ends."""
         while self.render_failures:
             self.outcomes.append(self.render_failures.popleft())
         now = time.monotonic()
-        if not force and now - self.last_tick < settings.EDM_FLUSH_SECONDS:
+        if self.lane.background and len(self.outcomes) >= settings.EDM_FLUSH_ROWS:
+            self._flush()
+        if now - self.last_tick < settings.EDM_FLUSH_SECONDS:
             return
         self.last_tick = now
-        if self.writing is not None and (force or self.writing.done()):
-            writing, self.writing = self.writing, None
-            writing.result()  # the previous write's error, if any, stops the task
-        if self.outcomes and self.writing is None:
-            # While a write is still running, outcomes wait for the next tick (bounded by
-            # what one process sends meanwhile).
-            self.writing = self.lane.submit(self._write, self.outcomes)
-            self.outcomes = []
-            if force:
-                writing, self.writing = self.writing, None
-                writing.result()
+        self._flush()
         if now - self.lease_renewed >= settings.EDM_LEASE_SECONDS / 3:
             # Well before the lease runs out, not at every flush: each renewal rewrites rows.
             delivery_services.deliveries_renew_lease([*self.held, *self.in_flight])
@@ -644,6 +639,16 @@ class _BatchRun:
             self.stopping = True
         if self._status() != CampaignStatus.SENDING:
             self.stopping = True
+
+    def _flush(self) -> None:
+        """Hand the waiting outcomes to the lane, unless its previous write is still running
+        (they wait for the next tick then, bounded by what one process sends meanwhile)."""
+        if self.writing is not None and self.writing.done():
+            writing, self.writing = self.writing, None
+            writing.result()  # the previous write's error, if any, stops the task
+        if self.outcomes and self.writing is None:
+            self.writing = self.lane.submit(self._write, self.outcomes)
+            self.outcomes = []
 
     def _write(self, outcomes: list[Outcome]) -> None:
         delivery_services.deliveries_record(outcomes)

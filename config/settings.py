@@ -191,6 +191,9 @@ EDM_BATCH_SIZE = env_int("EDM_BATCH_SIZE", 1000)
 EDM_DISPATCH_CHUNK = env_int("EDM_DISPATCH_CHUNK", 5000)
 EDM_LEASE_SECONDS = env_int("EDM_LEASE_SECONDS", 300)
 EDM_FLUSH_SECONDS = env_float("EDM_FLUSH_SECONDS", 1.0)
+# On PostgreSQL outcomes are also written as soon as this many are waiting (in the sending
+# process's database lane, while it goes on sending).
+EDM_FLUSH_ROWS = env_int("EDM_FLUSH_ROWS", 250)
 # A batch task stops claiming after this long and hands the rest of its range on, so a
 # graceful worker stop (SIGTERM) waits for at most one chunk.
 EDM_TASK_SECONDS = env_float("EDM_TASK_SECONDS", 30.0)

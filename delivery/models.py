@@ -110,7 +110,9 @@ class Delivery(models.Model):
             models.UniqueConstraint(fields=["campaign", "contact"], name="uniq_delivery"),
         ]
         indexes = [
-            models.Index(fields=["campaign", "status"], name="delivery_campaign_status"),
+            # With the id, a claim's id range is part of the index condition: a batch
+            # task reads its own rows, not every pending row of the campaign.
+            models.Index(fields=["campaign", "status", "id"], name="delivery_campaign_status_id"),
             # Partial: only deferred rows wait for a retry and only sending rows hold a
             # lease, so the other status changes never touch these indexes.
             models.Index(
