@@ -28,19 +28,23 @@ def django_db_modify_db_settings(tmp_path_factory) -> None:
         _drop_databases_of_dead_sessions(database, prefix)
 
 
+def _admin_params(database: dict) -> dict:
+    """Where and as whom to reach the server (for the `postgres` maintenance database)."""
+    return {
+        "host": database.get("HOST") or None,
+        "port": database.get("PORT") or None,
+        "user": database.get("USER") or None,
+        "password": database.get("PASSWORD") or None,
+    }
+
+
 def _drop_databases_of_dead_sessions(database: dict, prefix: str) -> None:
     """Drop test databases a killed session (or a connection still open at teardown) left."""
     import os
 
     import psycopg
 
-    params = {
-        "host": database.get("HOST") or None,
-        "port": database.get("PORT") or None,
-        "user": database.get("USER") or None,
-        "password": database.get("PASSWORD") or None,
-    }
-    with psycopg.connect(dbname="postgres", autocommit=True, **params) as admin:
+    with psycopg.connect(dbname="postgres", autocommit=True, **_admin_params(database)) as admin:
         names = [
             name
             for (name,) in admin.execute(
@@ -62,6 +66,26 @@ def _database_lane_closed_at_the_end(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock():
         database_lane_close()
+        _end_other_sessions_of_the_test_database()
+
+
+def _end_other_sessions_of_the_test_database() -> None:
+    """Connections other threads of this session left open (an import writer, a test's
+    server thread) would make Django's DROP DATABASE fail with "being accessed by other
+    users" and leave the database behind: end them first (PostgreSQL)."""
+    import psycopg
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    own = connection.connection.info.backend_pid if connection.connection else 0
+    database = connection.settings_dict
+    with psycopg.connect(dbname="postgres", autocommit=True, **_admin_params(database)) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> %s AND pid <> pg_backend_pid()",
+            [database["NAME"], own],
+        )
 
 
 def free_port() -> int:
