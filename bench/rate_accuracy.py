@@ -40,7 +40,7 @@ def main() -> None:
     sink = start_smtp_sink(port)
     options = argparse.Namespace(
         recipients=recipients, dkim="none", database_url=args.database_url,
-        pool_size=8, batch_size=1000,
+        pool_size=8, batch_size=None, cpu=False,
     )  # fmt: skip
     env = st.configure(options, var_dir, port)
     env["EDM_SMTP_RATE"] = str(args.rate)
