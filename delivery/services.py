@@ -244,9 +244,13 @@ def _claim_postgresql(
     if id_to is not None:
         bounds += " AND id <= %(id_to)s"
         params["id_to"] = id_to
+    # Looked up by contact (the unique (contact, list) index). The list is compared as
+    # `contact_list_id + 0` so that it can never lead the lookup: on statistics older than a
+    # large import the planner took the (list, status) index and read the whole list for
+    # each claimed row (28 ms a row on a 200,000-contact list).
     subscribed = (
         f"""EXISTS (SELECT FROM {subscriptions} AS s WHERE s.contact_id = d.contact_id
-            AND s.contact_list_id = ANY(%(lists)s) AND s.status = %(subscribed)s)"""
+            AND s.contact_list_id + 0 = ANY(%(lists)s) AND s.status = %(subscribed)s)"""
         if list_ids is not None
         else "NULL"
     )
