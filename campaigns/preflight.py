@@ -254,7 +254,8 @@ def campaign_preflight(
     ``at_send``: the check the Send button runs, on the critical path of a large audience:
     it asks whether anyone is targeted rather than counting them (the report's recipients
     is then 0 or 1) and samples a window of the audience from a random point rather than
-    the whole audience uniformly. The same checks, the same errors.
+    the whole audience uniformly. The same checks; the recipients rendered are consecutive
+    ones rather than spread over the audience.
     """
     findings: list[Finding] = []
 
@@ -369,8 +370,12 @@ def campaign_preflight(
         add(
             Level.INFO,
             "sampled",
-            f"Rendered {len(samples)} random recipients of {recipients}; "
-            f"largest HTML {max_html / 1024:.1f} KB.",
+            (
+                f"Rendered {len(samples)} recipients from a random point of the audience; "
+                if at_send
+                else f"Rendered {len(samples)} random recipients of {recipients}; "
+            )
+            + f"largest HTML {max_html / 1024:.1f} KB.",
         )
     return PreflightReport(
         tuple(findings),

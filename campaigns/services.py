@@ -6,6 +6,7 @@ import collections
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -408,7 +409,7 @@ class _ThreadLane:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skylark-db")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_LANE_THREAD)
 
     def begin(self) -> _ThreadLane:
         """At the start of a task: drop the lane's connection if broken or too old (what
@@ -432,11 +433,13 @@ class _ThreadLane:
 
 
 _lane: _ThreadLane | None = None
+_LANE_THREAD = "skylark-db"
 
 
 def database_lane_close() -> None:
-    """Close this process's database lane and its connection (tests, before dropping their
-    database; a worker's lane just ends with the process)."""
+    """Run what is queued on this process's database lane, then close it and its connection
+    (a stopping worker process, on worker_process_shutdown; tests, before dropping their
+    database)."""
     global _lane
     lane, _lane = _lane, None
     if lane is not None and lane.pid == os.getpid():
@@ -450,6 +453,11 @@ def _database_lane() -> _InlineLane | _ThreadLane:
     # Another connection could not see the rows of a transaction the caller holds open; and
     # SQLite writes in this process anyway (a second writer would only wait for the lock).
     if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return _InlineLane()
+    if threading.current_thread().name.startswith(_LANE_THREAD):
+        # A task run from the lane itself (Celery in eager mode, a task's tail enqueueing
+        # the rest of its range): queueing work for its own thread and waiting for it
+        # would never end.
         return _InlineLane()
     if _lane is None or _lane.pid != os.getpid():
         _lane = _ThreadLane()
@@ -680,11 +688,21 @@ class _BatchRun:
         # Earlier lane work is done by now (one thread, in order): only its results are read.
         if next_chunk is not None:
             # A chunk claimed ahead and never used goes back with the held rows.
-            with contextlib.suppress(Exception):
+            try:
                 held.update((row.id, row) for row in next_chunk.result()[0])
+            except Exception:
+                # Its rows stay leased until the sweeper takes them back.
+                logger.exception("campaign %s: a chunk claimed ahead failed", self.campaign_id)
+        failed: Exception | None = None
+        if writing is not None:
+            try:
+                writing.result()
+            except Exception as exc:  # its outcomes are lost; this task's last ones are not
+                failed = exc
+                logger.error(
+                    "campaign %s: outcomes were not written", self.campaign_id, exc_info=exc
+                )
         try:
-            if writing is not None:
-                writing.result()  # an earlier write's error ends the task here too
             if outcomes:
                 self._write(outcomes)
         finally:
@@ -695,6 +713,10 @@ class _BatchRun:
             delivery_services.deliveries_cancel(campaign_id=self.campaign_id)
         if then is not None:
             then()
+        if failed is not None:
+            # The rows of those outcomes stay leased: when the lease runs out the sweeper
+            # takes them back and they are sent again (at least once, never lost).
+            raise failed
 
 
 def _still_targeted(campaign: Campaign, claimed: list[ClaimedDelivery]) -> set[int]:
@@ -790,7 +812,8 @@ def campaign_send_batch(
 
 def _log_tail_error(tail: Future[None]) -> None:
     if tail.exception() is not None:
-        # The rows stay leased: the sweeper gives them back when the lease runs out.
+        # Rows whose outcomes were not written stay leased; when the lease runs out the
+        # sweeper takes them back and they are sent again: repeated, never lost.
         logger.error("a batch's last outcomes were not written", exc_info=tail.exception())
 
 

@@ -210,7 +210,7 @@ def _claim_postgresql(
 ) -> list[ClaimedDelivery]:
     """The claim as one statement: 1 round trip instead of 3 (pick, update, read back) plus
     the campaign-status, contact-status, suppression and subscription look-ups, each with a
-    500-value parameter list."""
+    parameter list of a whole chunk."""
     from campaigns.models import Campaign, CampaignStatus
 
     table = Delivery._meta.db_table

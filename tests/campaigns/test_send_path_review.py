@@ -246,4 +246,4 @@ def test_the_claim_takes_nothing_once_the_campaign_is_paused(smtp_settings, no_b
     )
     assert set(statuses(campaign).values()) == {DeliveryStatus.PENDING}
     claimed = delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=10)
-    assert len(claimed) == 2  # without the condition (the sweeper's own use)
+    assert len(claimed) == 2  # without the condition
