@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.db import connection
 
@@ -489,3 +491,34 @@ def test_a_failing_chunk_stops_a_parallel_import_with_its_error(write_file, sett
     with pytest.raises(Exception, match="foreign key|FOREIGN KEY"):
         run(path, ghost, ImportMode.ADD_NEW, batch_size=20)
     assert not Subscription.objects.filter(contact_list_id=ghost.pk).exists()
+
+
+def test_a_large_import_refreshes_the_planner_statistics(write_file, monkeypatch):
+    """On PostgreSQL a large import ANALYZEs contacts and subscriptions, so that a campaign
+    sent right after it is not planned on the sizes of the tables before the import."""
+    from django.core.management import call_command
+
+    from contacts import services
+    from contacts.services import contacts_statistics_refresh
+
+    def addresses(prefix: str) -> str:
+        return "email\n" + "".join(f"{prefix}{i}@example.com\n" for i in range(6))
+
+    summary = run(write_file(addresses("a"), "a.csv"), ContactListFactory(), ImportMode.ADD_NEW)
+    assert not contacts_statistics_refresh(summary=summary)  # under ANALYZE_AFTER_ROWS
+    monkeypatch.setattr(services, "ANALYZE_AFTER_ROWS", 5)
+    with open(os.devnull, "w") as devnull:
+        call_command(
+            "import_contacts", str(write_file(addresses("b"), "b.csv")), "--list", "Big",
+            stdout=devnull,
+        )  # fmt: skip
+    if connection.vendor != "postgresql":
+        assert not contacts_statistics_refresh(summary=summary)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, reltuples FROM pg_class WHERE relname IN (%s, %s)",
+            [Contact._meta.db_table, Subscription._meta.db_table],
+        )
+        tuples = dict(cursor.fetchall())
+    assert tuples == {Contact._meta.db_table: 12, Subscription._meta.db_table: 12}

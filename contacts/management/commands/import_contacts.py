@@ -9,7 +9,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from contacts.errors import ContactsError
 from contacts.models import ImportMode
-from contacts.services import contact_list_get_or_create, contacts_import
+from contacts.services import (
+    contact_list_get_or_create,
+    contacts_import,
+    contacts_statistics_refresh,
+)
 
 JSON_REJECTED_ROWS = 100
 
@@ -51,6 +55,7 @@ class Command(BaseCommand):
             )
         except ContactsError as exc:
             raise CommandError(str(exc)) from exc
+        contacts_statistics_refresh(summary=summary)
         if options["json"]:
             document = {
                 "file": str(path),
