@@ -674,7 +674,6 @@ class _BatchRun:
         writing, self.writing = self.writing, None
         next_chunk, self.next_chunk = self.next_chunk, None
         held, self.held = self.held, {}
-        self.stopping = True
         return self.lane.submit(self._end, outcomes, writing, next_chunk, held, then)
 
     def _end(
@@ -698,10 +697,7 @@ class _BatchRun:
             try:
                 writing.result()
             except Exception as exc:  # its outcomes are lost; this task's last ones are not
-                failed = exc
-                logger.error(
-                    "campaign %s: outcomes were not written", self.campaign_id, exc_info=exc
-                )
+                failed = exc  # raised at the end, to the caller or _log_tail_error
         try:
             if outcomes:
                 self._write(outcomes)
