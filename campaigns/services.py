@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from delivery.compose import (
 from delivery.dkim import DkimSigner
 from delivery.errors import DeliveryError, TemplateError
 from delivery.health import quota_refund, quota_take, record_result
-from delivery.models import Delivery, DeliveryStatus
+from delivery.models import Delivery, DeliveryLease, DeliveryStatus
 from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
 from delivery.ratelimit import is_slow_down, slow_down, slow_down_keys
 from delivery.redis import claim_once, get_redis, release
@@ -482,11 +483,18 @@ class _BatchRun:
         *,
         id_from: int | None,
         id_to: int | None,
+        holder: str = "",
     ) -> None:
         self.campaign = campaign
         self.campaign_id = campaign.pk
         self.prepared = prepared
         self.id_from, self.id_to = id_from, id_to
+        # A range is leased as a whole and read a chunk at a time (no write per row); an
+        # open-ended task (the sweeper's retries) claims row by row.
+        self.ranged = id_from is not None and id_to is not None
+        self.holder = holder or uuid.uuid4().hex
+        self.lease: DeliveryLease | None = None
+        self.read_after = (id_from or 0) - 1
         # One route (server) per task: tasks spread over the servers by weight, and a server
         # that keeps failing or is down is left to rest while the others carry the traffic.
         self.route = delivery_selectors.choose_route(list(prepared.routes))
@@ -552,20 +560,41 @@ class _BatchRun:
                     "campaign %s waits: %s used its daily quota", self.campaign_id, route.key
                 )
                 return [], False
-        claimed = delivery_services.deliveries_claim(
-            campaign_id=self.campaign_id,
-            limit=limit,
-            id_from=self.id_from,
-            id_to=self.id_to,
-            list_ids=self.list_ids,
-            only_if_sending=True,  # nothing once paused or cancelled
-        )
+        claimed = self._take(limit)
         self.claimed += len(claimed)
         kept = delivery_services.deliveries_drop_suppressed(
             claimed, targeted=_still_targeted(self.campaign, claimed)
         )
         quota_refund(route.key, limit - len(kept), daily_quota=route.daily_quota)
         return kept, bool(claimed)
+
+    def _take(self, limit: int) -> list[ClaimedDelivery]:
+        """Up to ``limit`` rows to send: read from the task's leased range, or claimed one by
+        one. Nothing once the campaign is paused or cancelled, or the range is another's."""
+        if not self.ranged:
+            return delivery_services.deliveries_claim(
+                campaign_id=self.campaign_id,
+                limit=limit,
+                id_from=self.id_from,
+                id_to=self.id_to,
+                list_ids=self.list_ids,
+                only_if_sending=True,
+            )
+        if self.lease is None:
+            self.lease = delivery_services.deliveries_lease(
+                campaign_id=self.campaign_id,
+                id_from=self.id_from,
+                id_to=self.id_to,
+                holder=self.holder,
+            )
+            if self.lease is None:
+                return []
+        rows = delivery_services.deliveries_read(
+            lease=self.lease, after=self.read_after, limit=limit, list_ids=self.list_ids
+        )
+        if rows:
+            self.read_after = rows[-1].id
+        return rows
 
     def _status(self) -> str | None:
         return Campaign.objects.filter(pk=self.campaign_id).values_list("status", flat=True).first()
@@ -640,8 +669,15 @@ class _BatchRun:
         self._flush()
         if now - self.lease_renewed >= settings.EDM_LEASE_SECONDS / 3:
             # Well before the lease runs out, not at every flush: each renewal rewrites rows.
-            delivery_services.deliveries_renew_lease([*self.held, *self.in_flight])
             self.lease_renewed = now
+            if not self.ranged:
+                delivery_services.deliveries_renew_lease([*self.held, *self.in_flight])
+            elif self.lease is not None and not delivery_services.deliveries_lease_renew(
+                self.lease
+            ):
+                # Taken back after this task stalled past its lease: its rows are another's.
+                logger.warning("campaign %s: a batch lost its lease", self.campaign_id)
+                self.stopping = True
         if now > self.deadline and self.held:
             self.more = True
             self.stopping = True
@@ -702,7 +738,11 @@ class _BatchRun:
             if outcomes:
                 self._write(outcomes)
         finally:
-            delivery_services.deliveries_release(list(held))
+            # Rows read under the lease and never sent are pending again once it ends.
+            if self.lease is not None:
+                delivery_services.deliveries_lease_end(self.lease)
+            elif not self.ranged:
+                delivery_services.deliveries_release(list(held))
             quota_refund(self.route.key, len(held), daily_quota=self.route.daily_quota)
         if self._status() == CampaignStatus.CANCELLED:
             # Rows that came back deferred after the cancel: nothing more will be tried.
@@ -749,6 +789,7 @@ def campaign_send_batch(
     id_from: int | None = None,
     id_to: int | None = None,
     wait: bool = True,
+    holder: str = "",
 ) -> int:
     """Claim, render, send and record the due deliveries of a campaign (in an id range).
 
@@ -772,7 +813,7 @@ def campaign_send_batch(
         with contextlib.suppress(CampaignStateError):
             campaign_pause(campaign_id=campaign_id, reason=f"Cannot prepare the messages: {exc}")
         return 0
-    run = _BatchRun(campaign, prepared, id_from=id_from, id_to=id_to)
+    run = _BatchRun(campaign, prepared, id_from=id_from, id_to=id_to, holder=holder)
     limiter = run.route.limiter
 
     def then() -> None:

@@ -13,9 +13,17 @@ def campaign_dispatch(campaign_id: int) -> None:
     services.campaign_dispatch(campaign_id=campaign_id)
 
 
-@shared_task(name="campaigns.send_batch")
-def campaign_send_batch(campaign_id: int, id_from: int | None, id_to: int | None) -> None:
-    services.campaign_send_batch(campaign_id=campaign_id, id_from=id_from, id_to=id_to, wait=False)
+@shared_task(name="campaigns.send_batch", bind=True)
+def campaign_send_batch(self, campaign_id: int, id_from: int | None, id_to: int | None) -> None:
+    # The task's id holds its range's lease: delivered again after its worker died, the
+    # task takes its own lease back at once.
+    services.campaign_send_batch(
+        campaign_id=campaign_id,
+        id_from=id_from,
+        id_to=id_to,
+        wait=False,
+        holder=self.request.id or "",
+    )
 
 
 @shared_task(name="campaigns.resume")

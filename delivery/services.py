@@ -11,7 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, F, Q, QuerySet
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from contacts.models import (
@@ -26,7 +26,14 @@ from contacts.models import (
 from delivery import selectors
 from delivery.compose import needs_smtputf8, validate_address
 from delivery.errors import InvalidAddressError
-from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
+from delivery.models import (
+    OPEN_STATUSES,
+    Delivery,
+    DeliveryEvent,
+    DeliveryLease,
+    DeliveryStatus,
+    EventKind,
+)
 from delivery.outcomes import Outcome
 from delivery.runner import send_envelopes
 from delivery.smtp import Envelope, SendResult, SendStatus
@@ -145,9 +152,11 @@ def deliveries_claim(
     list_ids: Sequence[int] | None = None,
     only_if_sending: bool = False,
 ) -> list[ClaimedDelivery]:
-    """Claim up to `limit` due deliveries (pending, or deferred and due) with a lease.
+    """Claim up to `limit` due deliveries (pending, or deferred and due) with a lease each.
 
-    On PostgreSQL concurrent claimers skip each other's locked rows, and one statement
+    The per-row claim of the open-ended tasks (the sweeper's retries, a resumed campaign's
+    stragglers): a ranged batch task leases its whole range instead (deliveries_lease).
+    Rows inside a leased range are never taken here. On PostgreSQL concurrent claimers skip each other's locked rows, and one statement
     claims, returns the contacts' fields and tells whether each contact is active, whether
     its address or domain is suppressed and (with ``list_ids``) whether it is still
     subscribed to one of those lists. On SQLite the IMMEDIATE transaction serializes
@@ -161,7 +170,15 @@ def deliveries_claim(
         return _claim_postgresql(
             campaign_id, limit, id_from, id_to, now, lease, list_ids, only_if_sending
         )
-    due = Delivery.objects.filter(_due(now), campaign_id=campaign_id)
+    due = Delivery.objects.filter(_due(now), campaign_id=campaign_id).exclude(
+        Exists(
+            DeliveryLease.objects.filter(
+                campaign_id=OuterRef("campaign_id"),
+                id_from__lte=OuterRef("id"),
+                id_to__gte=OuterRef("id"),
+            )
+        )
+    )
     if only_if_sending:
         from campaigns.models import Campaign, CampaignStatus
 
@@ -214,9 +231,6 @@ def _claim_postgresql(
     from campaigns.models import Campaign, CampaignStatus
 
     table = Delivery._meta.db_table
-    contacts = Contact._meta.db_table
-    subscriptions = Subscription._meta.db_table
-    suppressions = Suppression._meta.db_table
     bounds = ""
     params: dict[str, Any] = {
         "campaign": campaign_id,
@@ -226,12 +240,8 @@ def _claim_postgresql(
         "now": now,
         "lease": lease,
         "limit": limit,
-        "active": ContactStatus.ACTIVE.value,
-        "subscribed": SubscriptionStatus.SUBSCRIBED.value,
-        "lists": list(list_ids or ()),
-        "address": SuppressionScope.ADDRESS.value,
-        "domain": SuppressionScope.DOMAIN.value,
         "campaign_sending": CampaignStatus.SENDING.value,
+        **_flag_params(list_ids),
     }
     if only_if_sending:
         bounds += (
@@ -244,48 +254,257 @@ def _claim_postgresql(
     if id_to is not None:
         bounds += " AND id <= %(id_to)s"
         params["id_to"] = id_to
-    # Looked up by contact (the unique (contact, list) index). The list is compared as
-    # `contact_list_id + 0` so that it can never lead the lookup: on statistics older than a
-    # large import the planner took the (list, status) index and read the whole list for
-    # each claimed row (28 ms a row on a 200,000-contact list).
-    subscribed = (
-        f"""EXISTS (SELECT FROM {subscriptions} AS s WHERE s.contact_id = d.contact_id
-            AND s.contact_list_id + 0 = ANY(%(lists)s) AND s.status = %(subscribed)s)"""
-        if list_ids is not None
-        else "NULL"
-    )
     with transaction.atomic(), connection.cursor() as cursor:
+        _lock_campaign_claims(campaign_id)
         cursor.execute(
             f"""
             WITH picked AS (
-                SELECT id FROM {table}
+                SELECT id FROM {table} AS p
                 WHERE campaign_id = %(campaign)s
                   AND (status = %(pending)s
                        OR (status = %(deferred)s AND next_attempt_at <= %(now)s)){bounds}
+                  AND NOT EXISTS (SELECT FROM {DeliveryLease._meta.db_table} AS l
+                                  WHERE l.campaign_id = %(campaign)s
+                                    AND l.id_from <= p.id AND l.id_to >= p.id)
                 ORDER BY id
                 LIMIT %(limit)s
                 FOR UPDATE SKIP LOCKED
             )
             UPDATE {table} AS d
             SET status = %(sending)s, lease_expires_at = %(lease)s, updated_at = %(now)s
-            FROM picked, {contacts} AS c
+            FROM picked, {Contact._meta.db_table} AS c
             WHERE d.id = picked.id AND c.id = d.contact_id
             RETURNING d.id, d.contact_id, d.email, c.name, c.attributes, d.attempts,
-                d.first_attempt_at, c.status = %(active)s, {subscribed},
-                EXISTS (SELECT FROM {suppressions} AS x
-                        WHERE (x.value = lower(d.email) AND x.scope = %(address)s)
-                           OR (x.value = lower(split_part(d.email, '@', 2))
-                               AND x.scope = %(domain)s))
+                d.first_attempt_at, {_flag_columns(list_ids)}
             """,  # noqa: S608 - table names from model metadata
             params,
         )
         rows = cursor.fetchall()
     rows.sort()  # RETURNING follows no order; messages go out in id order
+    return _claimed(rows)
+
+
+def _claimed(rows: list[tuple]) -> list[ClaimedDelivery]:
     loads = json.loads  # Django has psycopg hand jsonb over as text
     return [
         ClaimedDelivery(i, contact, email, name, loads(attributes), *rest)
         for i, contact, email, name, attributes, *rest in rows
     ]
+
+
+# Advisory locks taken per campaign by whoever takes rows for sending (a range lease, a
+# per-row claim), namespaced by this number ("Sky").
+_CLAIM_LOCK = 0x536B79
+
+
+def _lock_campaign_claims(campaign_id: int) -> None:
+    """Serialize, within one campaign, taking a range lease with the per-row claims: a claim
+    either committed before the lease (its rows are no longer pending when the lease's task
+    reads them) or sees the lease (and leaves its rows alone). SQLite's IMMEDIATE
+    transactions serialize every writer already."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", [_CLAIM_LOCK, campaign_id % 2**31]
+            )
+
+
+def deliveries_lease(
+    *,
+    campaign_id: int,
+    id_from: int,
+    id_to: int,
+    holder: str,
+    lease_seconds: int | None = None,
+) -> DeliveryLease | None:
+    """Lease a range of a sending campaign's deliveries (ids ``id_from``..``id_to``) to one
+    task: its rows are then read with deliveries_read, with no write per row.
+
+    None when the campaign is not sending, or when another task's lease covers part of the
+    range (that task sends those rows; if it died, the sweeper takes its lease back when it
+    expires). A lease of the same ``holder`` (the same task, delivered again after its
+    worker died) or an expired one is taken back at once, as the sweeper would.
+    """
+    from campaigns.models import Campaign, CampaignStatus
+
+    now = timezone.now()
+    expires = now + timedelta(seconds=lease_seconds or settings.EDM_LEASE_SECONDS)
+    with transaction.atomic():
+        _lock_campaign_claims(campaign_id)
+        if not Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.SENDING).exists():
+            return None
+        overlapping = DeliveryLease.objects.select_for_update().filter(
+            campaign_id=campaign_id, id_from__lte=id_to, id_to__gte=id_from
+        )
+        for lease in overlapping:
+            if lease.holder != holder and lease.expires_at >= now:
+                return None
+            _reclaim_lease(lease, now)
+        return DeliveryLease.objects.create(
+            campaign_id=campaign_id, id_from=id_from, id_to=id_to, holder=holder, expires_at=expires
+        )
+
+
+def deliveries_read(
+    *,
+    lease: DeliveryLease,
+    after: int,
+    limit: int,
+    list_ids: Sequence[int] | None = None,
+) -> list[ClaimedDelivery]:
+    """The next due deliveries (pending, or deferred and due) of a leased range with an id
+    above ``after``, up to ``limit``, in id order; the lease records how far it has read.
+
+    Nothing once the lease is gone (it expired and was taken back) or the campaign stopped
+    sending. The rows are not written: they stay pending under the lease. On PostgreSQL one
+    statement also tells, as deliveries_claim does, whether each contact is active,
+    subscribed to one of ``list_ids`` and suppressed.
+    """
+    now = timezone.now()
+    if connection.vendor == "postgresql":
+        return _read_postgresql(lease, after, limit, now, list_ids)
+    from campaigns.models import Campaign, CampaignStatus
+
+    with transaction.atomic():
+        live = DeliveryLease.objects.filter(pk=lease.pk).exists()
+        sending = Campaign.objects.filter(
+            pk=lease.campaign_id, status=CampaignStatus.SENDING
+        ).exists()
+        if not (live and sending):
+            return []
+        rows = list(
+            Delivery.objects.filter(
+                _due(now), campaign_id=lease.campaign_id, id__gt=after, id__lte=lease.id_to
+            )
+            .order_by("id")
+            .values_list(
+                "id",
+                "contact_id",
+                "email",
+                "contact__name",
+                "contact__attributes",
+                "attempts",
+                "first_attempt_at",
+            )[:limit]
+        )
+        if rows:
+            DeliveryLease.objects.filter(pk=lease.pk).update(read_to=rows[-1][0])
+    return [ClaimedDelivery(*row) for row in rows]
+
+
+def _read_postgresql(
+    lease: DeliveryLease,
+    after: int,
+    limit: int,
+    now: datetime,
+    list_ids: Sequence[int] | None,
+) -> list[ClaimedDelivery]:
+    from campaigns.models import Campaign, CampaignStatus
+
+    params: dict[str, Any] = {
+        "campaign": lease.campaign_id,
+        "lease": lease.pk,
+        "after": after,
+        "id_to": lease.id_to,
+        "limit": limit,
+        "now": now,
+        "pending": DeliveryStatus.PENDING.value,
+        "deferred": DeliveryStatus.DEFERRED.value,
+        "campaign_sending": CampaignStatus.SENDING.value,
+        **_flag_params(list_ids),
+    }
+    leases = DeliveryLease._meta.db_table
+    # The lease's UPDATE returns its row only if the lease still exists when the statement
+    # gets to it (a sweeper that took it back meanwhile has deleted it): no rows then.
+    sql = f"""
+        WITH picked AS (
+            SELECT id, contact_id, email, attempts, first_attempt_at
+            FROM {Delivery._meta.db_table}
+            WHERE campaign_id = %(campaign)s AND id > %(after)s AND id <= %(id_to)s
+              AND (status = %(pending)s
+                   OR (status = %(deferred)s AND next_attempt_at <= %(now)s))
+              AND EXISTS (SELECT FROM {Campaign._meta.db_table} WHERE id = %(campaign)s
+                          AND status = %(campaign_sending)s)
+            ORDER BY id
+            LIMIT %(limit)s
+        ), marked AS (
+            UPDATE {leases} SET read_to = (SELECT max(id) FROM picked)
+            WHERE id = %(lease)s AND EXISTS (SELECT FROM picked)
+            RETURNING id
+        )
+        SELECT d.id, d.contact_id, d.email, c.name, c.attributes, d.attempts,
+            d.first_attempt_at, {_flag_columns(list_ids)}
+        FROM picked AS d JOIN {Contact._meta.db_table} AS c ON c.id = d.contact_id
+        WHERE EXISTS (SELECT FROM marked)
+        ORDER BY d.id
+    """  # noqa: S608 - table names from model metadata
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return _claimed(cursor.fetchall())
+
+
+def _flag_params(list_ids: Sequence[int] | None) -> dict[str, Any]:
+    return {
+        "active": ContactStatus.ACTIVE.value,
+        "subscribed": SubscriptionStatus.SUBSCRIBED.value,
+        "lists": list(list_ids or ()),
+        "address": SuppressionScope.ADDRESS.value,
+        "domain": SuppressionScope.DOMAIN.value,
+    }
+
+
+def _flag_columns(list_ids: Sequence[int] | None) -> str:
+    """The claimed rows' flags, for a query with deliveries as ``d`` and contacts as ``c``:
+    the contact is active; subscribed to one of the lists (NULL without lists); its address
+    or domain suppressed.
+
+    Subscriptions are looked up by contact (the unique (contact, list) index). The list is
+    compared as `contact_list_id + 0` so that it can never lead the lookup: on statistics
+    older than a large import the planner took the (list, status) index and read the whole
+    list for each claimed row (28 ms a row on a 200,000-contact list).
+    """
+    subscribed = (
+        f"""EXISTS (SELECT FROM {Subscription._meta.db_table} AS s
+            WHERE s.contact_id = d.contact_id AND s.contact_list_id + 0 = ANY(%(lists)s)
+              AND s.status = %(subscribed)s)"""
+        if list_ids is not None
+        else "NULL"
+    )
+    return f"""c.status = %(active)s, {subscribed},
+        EXISTS (SELECT FROM {Suppression._meta.db_table} AS x
+                WHERE (x.value = lower(d.email) AND x.scope = %(address)s)
+                   OR (x.value = lower(split_part(d.email, '@', 2)) AND x.scope = %(domain)s))
+    """  # noqa: S608 - table names from model metadata
+
+
+def deliveries_lease_renew(lease: DeliveryLease, *, lease_seconds: int | None = None) -> bool:
+    """Extend a live task's lease; False when it is gone (expired and taken back)."""
+    expires = timezone.now() + timedelta(seconds=lease_seconds or settings.EDM_LEASE_SECONDS)
+    return bool(DeliveryLease.objects.filter(pk=lease.pk).update(expires_at=expires))
+
+
+def deliveries_lease_end(lease: DeliveryLease) -> None:
+    """End a task's lease (its outcomes written): the rows it did not send are pending."""
+    DeliveryLease.objects.filter(pk=lease.pk).delete()
+
+
+def _reclaim_lease(lease: DeliveryLease, now: datetime) -> int:
+    """Take back a dead task's lease: the rows it had read and that are still open may have
+    left, so they come back as a reclaim (the attempt counted, due now); the rest of its
+    range is pending and is simply read again."""
+    reclaimed = 0
+    if lease.read_to is not None:
+        rows = list(
+            Delivery.objects.filter(
+                _due(now),
+                campaign_id=lease.campaign_id,
+                id__gte=lease.id_from,
+                id__lte=min(lease.read_to, lease.id_to),
+            ).values_list("id", "attempts")
+        )
+        reclaimed = _reclaim_rows(rows, now)
+    lease.delete()
+    return reclaimed
 
 
 def deliveries_drop_suppressed(
@@ -337,7 +556,7 @@ def deliveries_drop_suppressed(
         now = timezone.now()
         ids = [d.id for d in dropped]
         with transaction.atomic():
-            Delivery.objects.filter(id__in=ids, status=DeliveryStatus.SENDING).update(
+            Delivery.objects.filter(id__in=ids, status__in=OPEN_STATUSES).update(
                 status=DeliveryStatus.SUPPRESSED,
                 reason="suppressed",
                 lease_expires_at=None,
@@ -468,12 +687,14 @@ def _update_from_values(outcomes: list[Outcome], *, chunk: int = 500) -> None:
             f"updated_at = {value['attempted_at']}, "
             f"first_attempt_at = COALESCE(first_attempt_at, {value['attempted_at']}) "
             f"FROM {source} WHERE {table}.id = v.column1 "
-            # A row that is no longer ours (cancelled, or reclaimed by the sweeper and
-            # claimed again) keeps its status; the events still record what happened.
+            # Rows of a leased range are pending, of a per-row claim sending; a row taken
+            # back by the sweeper (deferred) or cancelled meanwhile still gets what really
+            # happened to it. A row already final (sent by another worker after a lease
+            # ran out) keeps its status; the events still record both attempts.
             # Written as IS TRUE so that the planner looks each row up by primary key
             # instead of reading every leased row through the partial lease index (its
             # statistics lag far behind a running campaign): 2.6x cheaper per flush.
-            f"AND ({table}.status = 'sending') IS TRUE"
+            f"AND ({table}.status IN ('pending', 'sending', 'deferred', 'cancelled')) IS TRUE"
         )
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -501,46 +722,63 @@ def _suppress_deliveries(delivery_ids: list[int]) -> None:
 def deliveries_reclaim_expired(*, now: datetime | None = None) -> int:
     """Return deliveries whose lease expired (their worker died) to the due queue.
 
-    At-least-once: such a message may have left before the worker died, so it may repeat.
-    Rows are locked (skipped when another sweeper holds them) and the update re-checks the
+    Per-row leases (open-ended claims) and range leases (batch tasks) both. At-least-once:
+    such a message may have left before the worker died, so it may repeat. Rows and leases
+    are locked (skipped when another sweeper holds them) and the update re-checks the
     lease, so a row claimed again in the meantime is never taken from its new worker. A
     reclaim counts as an attempt; a delivery reclaimed EDM_MAX_RECLAIMS times (a recipient
     that crashes its worker every time) fails instead of taking workers down forever.
     """
     now = now or timezone.now()
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    reclaimed = 0
+    expired_leases = DeliveryLease.objects.filter(expires_at__lt=now).order_by("id")
+    with transaction.atomic():
+        if skip_locked:
+            expired_leases = expired_leases.select_for_update(skip_locked=True)
+        for lease in expired_leases[:1000]:
+            reclaimed += _reclaim_lease(lease, now)
     expired = Delivery.objects.filter(status=DeliveryStatus.SENDING, lease_expires_at__lt=now)
     with transaction.atomic():
         locking = expired.order_by("id")
-        if connection.features.has_select_for_update_skip_locked:
+        if skip_locked:
             locking = locking.select_for_update(skip_locked=True)
         ids = list(locking.values_list("id", flat=True)[:10000])
-        if not ids:
-            return 0
-        rows = list(expired.filter(id__in=ids).values_list("id", "attempts"))
-        poison = [i for i, attempts in rows if attempts + 1 >= settings.EDM_MAX_RECLAIMS]
-        retry = [i for i, attempts in rows if attempts + 1 < settings.EDM_MAX_RECLAIMS]
-        Delivery.objects.filter(id__in=retry).update(
-            status=DeliveryStatus.DEFERRED,
-            next_attempt_at=now,
-            lease_expires_at=None,
-            attempts=F("attempts") + 1,
-        )
-        Delivery.objects.filter(id__in=poison).update(
-            status=DeliveryStatus.FAILED,
-            reason="worker_lost",
-            smtp_reply="Failed: its worker was lost every time it tried this recipient.",
-            lease_expires_at=None,
-            attempts=F("attempts") + 1,
-        )
-        DeliveryEvent.objects.bulk_create(
-            [DeliveryEvent(delivery_id=i, kind=EventKind.RECLAIMED, created_at=now) for i in retry]
-            + [
-                DeliveryEvent(
-                    delivery_id=i, kind=EventKind.FAILED, created_at=now, detail="worker lost"
-                )
-                for i in poison
-            ]
-        )
+        if ids:
+            rows = list(expired.filter(id__in=ids).values_list("id", "attempts"))
+            reclaimed += _reclaim_rows(rows, now)
+    return reclaimed
+
+
+def _reclaim_rows(rows: list[tuple[int, int]], now: datetime) -> int:
+    """Reclaim these (id, attempts) rows: deferred and due now, or failed once reclaimed
+    EDM_MAX_RECLAIMS times. Runs inside the caller's transaction, which locked them."""
+    if not rows:
+        return 0
+    poison = [i for i, attempts in rows if attempts + 1 >= settings.EDM_MAX_RECLAIMS]
+    retry = [i for i, attempts in rows if attempts + 1 < settings.EDM_MAX_RECLAIMS]
+    Delivery.objects.filter(id__in=retry).update(
+        status=DeliveryStatus.DEFERRED,
+        next_attempt_at=now,
+        lease_expires_at=None,
+        attempts=F("attempts") + 1,
+    )
+    Delivery.objects.filter(id__in=poison).update(
+        status=DeliveryStatus.FAILED,
+        reason="worker_lost",
+        smtp_reply="Failed: its worker was lost every time it tried this recipient.",
+        lease_expires_at=None,
+        attempts=F("attempts") + 1,
+    )
+    DeliveryEvent.objects.bulk_create(
+        [DeliveryEvent(delivery_id=i, kind=EventKind.RECLAIMED, created_at=now) for i in retry]
+        + [
+            DeliveryEvent(
+                delivery_id=i, kind=EventKind.FAILED, created_at=now, detail="worker lost"
+            )
+            for i in poison
+        ]
+    )
     logger.warning(
         "reclaimed %d deliveries with expired leases (%d failed)", len(rows), len(poison)
     )

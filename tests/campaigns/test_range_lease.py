@@ -1,0 +1,213 @@
+"""Range leases: a batch task holds its range of deliveries with one lease row and reads
+them a chunk at a time, with no write per row before the send; the sweeper takes a dead
+task's lease back."""
+
+from __future__ import annotations
+
+import collections
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from campaigns import services as campaign_services
+from campaigns.models import CampaignStatus
+from campaigns.services import (
+    campaign_cancel,
+    campaign_dispatch,
+    campaign_send,
+    campaign_send_batch,
+)
+from delivery import services as delivery_services
+from delivery.models import Delivery, DeliveryEvent, DeliveryLease, DeliveryStatus, EventKind
+from delivery.outcomes import Outcome
+from tests.factories import CampaignFactory, audience
+
+
+def started(size: int, no_broker) -> tuple:
+    """A sending campaign of `size` recipients, dispatched: (campaign, its one batch range)."""
+    campaign = CampaignFactory(lists=[audience(size)])
+    campaign_send(campaign_id=campaign.pk)
+    campaign_dispatch(campaign_id=campaign.pk)
+    batches = [args for name, args in no_broker if name == "campaign_send_batch"]
+    assert len(batches) == 1
+    _, id_from, id_to = batches[0]
+    return campaign, id_from, id_to
+
+
+def rows(campaign) -> list[tuple[int, str, int]]:
+    return list(
+        Delivery.objects.filter(campaign=campaign)
+        .order_by("id")
+        .values_list("id", "status", "attempts")
+    )
+
+
+def expire(lease: DeliveryLease) -> None:
+    DeliveryLease.objects.filter(pk=lease.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_sends_its_range_under_one_lease_without_writing_rows_before_the_send(
+    smtp_settings, no_broker, monkeypatch
+):
+    campaign, id_from, id_to = started(6, no_broker)
+    seen = []
+    real = campaign_services.outcome_for_result
+
+    def look(*args, **kwargs):  # while the task sends: what the database holds
+        seen.append(
+            (
+                set(Delivery.objects.filter(campaign=campaign).values_list("status", flat=True)),
+                list(DeliveryLease.objects.values_list("campaign_id", "id_from", "id_to")),
+            )
+        )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(campaign_services, "outcome_for_result", look)
+    assert campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to) == 6
+    assert len(seen) == 6
+    for statuses, leases in seen:
+        assert DeliveryStatus.SENDING not in statuses  # no row was claimed one by one
+        assert leases == [(campaign.pk, id_from, id_to)]
+    assert DeliveryLease.objects.count() == 0  # ended with the task
+    assert {status for _, status, _ in rows(campaign)} == {"sent"}
+    assert all(attempts == 1 for _, _, attempts in rows(campaign))
+    recipients = collections.Counter(m.rcpt_tos[0] for m in smtp_settings.messages)
+    assert sorted(recipients) == [f"r{i}@example.com" for i in range(6)]
+    assert set(recipients.values()) == {1}
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.SENT
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_tasks_lease_is_taken_back_and_only_the_rows_it_read_count_an_attempt(
+    smtp_settings, no_broker
+):
+    campaign, id_from, id_to = started(8, no_broker)
+    lease = delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="dead-task"
+    )
+    read = delivery_services.deliveries_read(lease=lease, after=id_from - 1, limit=3)
+    assert [row.id for row in read] == [row_id for row_id, _, _ in rows(campaign)[:3]]
+    lease.refresh_from_db()
+    assert lease.read_to == read[-1].id
+    # The task dies. Until its lease expires, the sweeper leaves it alone.
+    assert delivery_services.deliveries_reclaim_expired() == 0
+    assert DeliveryLease.objects.filter(pk=lease.pk).exists()
+    expire(lease)
+    assert delivery_services.deliveries_reclaim_expired() == 3
+    assert not DeliveryLease.objects.exists()
+    after = rows(campaign)
+    assert [(status, attempts) for _, status, attempts in after[:3]] == [("deferred", 1)] * 3
+    assert [(status, attempts) for _, status, attempts in after[3:]] == [("pending", 0)] * 5
+    reclaimed = DeliveryEvent.objects.filter(kind=EventKind.RECLAIMED)
+    assert sorted(reclaimed.values_list("delivery_id", flat=True)) == [r.id for r in read]
+    # Sent again, everyone once (the reclaimed rows are due now).
+    campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to)
+    assert {status for _, status, _ in rows(campaign)} == {"sent"}
+    assert sorted(m.rcpt_tos[0] for m in smtp_settings.messages) == sorted(
+        f"r{i}@example.com" for i in range(8)
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_same_task_delivered_again_takes_its_own_lease_over_at_once(no_broker):
+    campaign, id_from, id_to = started(5, no_broker)
+    first = delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1"
+    )
+    delivery_services.deliveries_read(lease=first, after=id_from - 1, limit=2)
+    # Another task's live lease on the range: refused.
+    assert (
+        delivery_services.deliveries_lease(
+            campaign_id=campaign.pk, id_from=id_from + 1, id_to=id_to + 5, holder="task-2"
+        )
+        is None
+    )
+    # The same task again (its worker died, the broker delivered it anew): taken over.
+    again = delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1"
+    )
+    assert again is not None and again.pk != first.pk
+    assert list(DeliveryLease.objects.values_list("pk", flat=True)) == [again.pk]
+    assert [(s, a) for _, s, a in rows(campaign)] == [("deferred", 1)] * 2 + [("pending", 0)] * 3
+    # The old lease is gone: what the dead run would still read is nothing.
+    assert delivery_services.deliveries_read(lease=first, after=id_from - 1, limit=10) == []
+    assert delivery_services.deliveries_lease_renew(first) is False
+    # The new one reads the whole range again, the reclaimed rows included.
+    assert len(delivery_services.deliveries_read(lease=again, after=id_from - 1, limit=10)) == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_range_another_live_task_holds_sends_nothing(smtp_settings, no_broker):
+    campaign, id_from, id_to = started(4, no_broker)
+    delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="busy-task"
+    )
+    assert campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to) == 0
+    assert smtp_settings.messages == []
+    assert {status for _, status, _ in rows(campaign)} == {"pending"}
+    assert DeliveryLease.objects.count() == 1  # the other task's, untouched
+
+
+@pytest.mark.django_db(transaction=True)
+def test_per_row_claims_leave_a_leased_range_alone(no_broker):
+    campaign, id_from, id_to = started(6, no_broker)
+    lease = delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_from + 2, holder="task"
+    )
+    claimed = delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=100)
+    assert [row.id for row in claimed] == list(range(id_from + 3, id_to + 1))
+    assert delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=100) == []
+    delivery_services.deliveries_lease_end(lease)
+    assert [
+        row.id for row in delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=9)
+    ] == [
+        id_from,
+        id_from + 1,
+        id_from + 2,
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lease_reads_nothing_once_the_campaign_stops_sending(no_broker):
+    campaign, id_from, id_to = started(3, no_broker)
+    lease = delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task"
+    )
+    campaign_services.campaign_pause(campaign_id=campaign.pk)
+    assert delivery_services.deliveries_read(lease=lease, after=id_from - 1, limit=10) == []
+    assert (
+        delivery_services.deliveries_lease(
+            campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="other"
+        )
+        is None
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_row_cancelled_while_on_the_wire_still_gets_what_happened_to_it(no_broker):
+    campaign, id_from, id_to = started(3, no_broker)
+    lease = delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task"
+    )
+    on_the_wire = delivery_services.deliveries_read(lease=lease, after=id_from - 1, limit=1)[0]
+    campaign_cancel(campaign_id=campaign.pk)
+    assert {status for _, status, _ in rows(campaign)} == {"cancelled"}
+    delivery_services.deliveries_record(
+        [
+            Outcome(
+                delivery_id=on_the_wire.id,
+                status=DeliveryStatus.SENT,
+                reason="",
+                smtp_code=250,
+                enhanced_status="2.0.0",
+                reply="250 2.0.0 Ok: queued",
+                attempted_at=timezone.now(),
+            )
+        ]
+    )
+    assert [status for _, status, _ in rows(campaign)] == ["sent", "cancelled", "cancelled"]
