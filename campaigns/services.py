@@ -494,6 +494,7 @@ class _BatchRun:
         self.ranged = id_from is not None and id_to is not None
         self.holder = holder or uuid.uuid4().hex
         self.lease: DeliveryLease | None = None
+        self.refused = False  # the range (or part of it) is leased to another live task
         self.read_after = (id_from or 0) - 1
         # One route (server) per task: tasks spread over the servers by weight, and a server
         # that keeps failing or is down is left to rest while the others carry the traffic.
@@ -588,6 +589,7 @@ class _BatchRun:
                 holder=self.holder,
             )
             if self.lease is None:
+                self.refused = True
                 return []
         rows = delivery_services.deliveries_read(
             lease=self.lease, after=self.read_after, limit=limit, list_ids=self.list_ids
@@ -699,11 +701,12 @@ class _BatchRun:
         campaign_check_error_rate(campaign_id=self.campaign_id)
 
     def finish(self, then: Callable[[], object] | None = None) -> Future[None]:
-        """Write what is left, give back what was claimed but never handed over, then call
-        ``then`` (the range's continuation, or finishing the campaign): all of it on the
-        lane, so that on PostgreSQL the worker's next task starts while this one's last
-        outcomes are written. The lane is one thread, so it runs after this task's earlier
-        writes and claims, and before the next task's."""
+        """Write what is left, give back what was claimed but never handed over (end the
+        lease), then call ``then`` (the range's continuation, or finishing the campaign):
+        all of it on the lane, so that on PostgreSQL the worker's next task starts while
+        this one's last outcomes are written. The lane is one thread, so it runs after this
+        task's earlier writes and claims, and before the next task's. Without ``then`` (the
+        task failed, perhaps with messages on the wire) a range's lease is left to expire."""
         while self.render_failures:
             self.outcomes.append(self.render_failures.popleft())
         outcomes, self.outcomes = self.outcomes, []
@@ -734,15 +737,21 @@ class _BatchRun:
                 writing.result()
             except Exception as exc:  # its outcomes are lost; this task's last ones are not
                 failed = exc  # raised at the end, to the caller or _log_tail_error
+        written = False
         try:
             if outcomes:
                 self._write(outcomes)
+            written = failed is None
         finally:
-            # Rows read under the lease and never sent are pending again once it ends.
-            if self.lease is not None:
-                delivery_services.deliveries_lease_end(self.lease)
-            elif not self.ranged:
+            if not self.ranged:
                 delivery_services.deliveries_release(list(held))
+            elif self.lease is not None and written and then is not None:
+                # Rows read under the lease and never sent are pending again.
+                delivery_services.deliveries_lease_end(self.lease)
+            # Otherwise (outcomes not written, or the task failed with messages on the
+            # wire) the lease stays until it expires: the sweeper then takes the rows back
+            # and counts their attempt, as for a dead worker, instead of sending them again
+            # at once with nothing counted.
             quota_refund(self.route.key, len(held), daily_quota=self.route.daily_quota)
         if self._status() == CampaignStatus.CANCELLED:
             # Rows that came back deferred after the cancel: nothing more will be tried.
@@ -817,11 +826,18 @@ def campaign_send_batch(
     limiter = run.route.limiter
 
     def then() -> None:
-        if run.more and (id_from is not None or id_to is not None):
-            # A ranged task hands the rest of its range on (after giving its held rows
-            # back); the sweeper's open-ended tasks just stop (the sweeper sends another
-            # while work remains).
+        if run.more and run.ranged:
+            # A ranged task hands the rest of its range on (after ending its lease); the
+            # sweeper's open-ended tasks just stop (the sweeper sends another while work
+            # remains).
             batch_task.delay(campaign_id, id_from, id_to)
+        elif run.refused and _range_has_due_rows(campaign_id, id_from, id_to):
+            # Another live task holds part of the range (a resume while the paused tasks
+            # were still ending, a dispatch run twice): try again once it is likely done,
+            # rather than leave the rest to the sweeper's row-by-row claims.
+            batch_task.apply_async(
+                (campaign_id, id_from, id_to), countdown=settings.EDM_LEASE_RETRY_SECONDS
+            )
         else:
             campaign_finish_if_done(campaign_id=campaign_id)
 
@@ -845,6 +861,19 @@ def campaign_send_batch(
         else:
             tail.add_done_callback(_log_tail_error)
     return run.claimed
+
+
+def _range_has_due_rows(campaign_id: int, id_from: int | None, id_to: int | None) -> bool:
+    """Whether a sending campaign has due deliveries in the id range."""
+    if not Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.SENDING).exists():
+        return False
+    now = timezone.now()
+    return Delivery.objects.filter(
+        delivery_services.due_deliveries(now),
+        campaign_id=campaign_id,
+        id__gte=id_from,
+        id__lte=id_to,
+    ).exists()
 
 
 def _log_tail_error(tail: Future[None]) -> None:

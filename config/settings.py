@@ -190,6 +190,9 @@ EDM_BATCH_SIZE = env_int("EDM_BATCH_SIZE", 1000)
 # the first step, not after the whole audience.
 EDM_DISPATCH_CHUNK = env_int("EDM_DISPATCH_CHUNK", 5000)
 EDM_LEASE_SECONDS = env_int("EDM_LEASE_SECONDS", 300)
+# A batch task whose range another live task holds (a resume while the paused tasks are still
+# ending, a dispatch run twice) tries again after this long.
+EDM_LEASE_RETRY_SECONDS = env_float("EDM_LEASE_RETRY_SECONDS", 5.0)
 EDM_FLUSH_SECONDS = env_float("EDM_FLUSH_SECONDS", 1.0)
 # On PostgreSQL outcomes are also written as soon as this many are waiting (in the sending
 # process's database lane, while it goes on sending).

@@ -136,10 +136,14 @@ def deliveries_materialize(
         return max(cursor.rowcount, 0)
 
 
-def _due(now: datetime) -> Q:
+def due_deliveries(now: datetime) -> Q:
+    """Deliveries to send now: pending, or deferred and due."""
     return Q(status=DeliveryStatus.PENDING) | Q(
         status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now
     )
+
+
+_due = due_deliveries
 
 
 def deliveries_claim(
@@ -494,14 +498,17 @@ def _reclaim_lease(lease: DeliveryLease, now: datetime) -> int:
     range is pending and is simply read again."""
     reclaimed = 0
     if lease.read_to is not None:
-        rows = list(
-            Delivery.objects.filter(
-                _due(now),
-                campaign_id=lease.campaign_id,
-                id__gte=lease.id_from,
-                id__lte=min(lease.read_to, lease.id_to),
-            ).values_list("id", "attempts")
+        read = Delivery.objects.filter(
+            _due(now),
+            campaign_id=lease.campaign_id,
+            id__gte=lease.id_from,
+            id__lte=min(lease.read_to, lease.id_to),
         )
+        # Locked, like the per-row reclaim: a stalled holder's flush either committed
+        # before (its rows are no longer due and are left alone) or waits for this and
+        # then records what happened.
+        locked = read.select_for_update() if connection.vendor == "postgresql" else read
+        rows = list(locked.order_by("id").values_list("id", "attempts"))
         reclaimed = _reclaim_rows(rows, now)
     lease.delete()
     return reclaimed

@@ -24,4 +24,7 @@ def no_broker(monkeypatch):
         task = getattr(tasks, name)
         monkeypatch.setattr(task, "delay", lambda *a, _n=name: enqueued.append((_n, a)))
         monkeypatch.setattr(task, "delay_on_commit", lambda *a, _n=name: enqueued.append((_n, a)))
+        monkeypatch.setattr(
+            task, "apply_async", lambda a=(), k=None, _n=name, **o: enqueued.append((_n, tuple(a)))
+        )
     return enqueued

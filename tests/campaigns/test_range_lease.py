@@ -142,15 +142,60 @@ def test_the_same_task_delivered_again_takes_its_own_lease_over_at_once(no_broke
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_whose_range_another_live_task_holds_sends_nothing(smtp_settings, no_broker):
+def test_a_batch_whose_range_another_live_task_holds_tries_again_later(
+    smtp_settings, no_broker, settings
+):
+    settings.EDM_LEASE_RETRY_SECONDS = 7
     campaign, id_from, id_to = started(4, no_broker)
-    delivery_services.deliveries_lease(
-        campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="busy-task"
+    other = delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_from + 1, holder="busy-task"
     )
+    no_broker.clear()
     assert campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to) == 0
     assert smtp_settings.messages == []
     assert {status for _, status, _ in rows(campaign)} == {"pending"}
-    assert DeliveryLease.objects.count() == 1  # the other task's, untouched
+    assert list(DeliveryLease.objects.values_list("holder", flat=True)) == ["busy-task"]
+    # Enqueued again (with the countdown) rather than left to the sweeper's slow path.
+    assert no_broker == [("campaign_send_batch", (campaign.pk, id_from, id_to))]
+    # Once the other task is done, the retry sends the whole range.
+    delivery_services.deliveries_lease_end(other)
+    campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to)
+    assert {status for _, status, _ in rows(campaign)} == {"sent"}
+    assert len(smtp_settings.messages) == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_batch_of_a_paused_campaign_is_not_tried_again(smtp_settings, no_broker):
+    campaign, id_from, id_to = started(2, no_broker)
+    delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="busy-task"
+    )
+    campaign_services.campaign_pause(campaign_id=campaign.pk)
+    no_broker.clear()
+    assert campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to) == 0
+    assert no_broker == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_outcomes_could_not_be_written_keeps_its_lease_until_it_expires(
+    smtp_settings, no_broker, monkeypatch
+):
+    """The messages left; their outcomes did not reach the database. Ending the lease would
+    make them pending again and send them again at once with no attempt counted."""
+    campaign, id_from, id_to = started(3, no_broker)
+
+    def broken(outcomes):
+        raise RuntimeError("database went away")
+
+    with monkeypatch.context() as patched, pytest.raises(RuntimeError):
+        patched.setattr(delivery_services, "deliveries_record", broken)
+        campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to)
+    assert len(smtp_settings.messages) == 3
+    lease = DeliveryLease.objects.get()
+    assert lease.read_to == id_to
+    expire(lease)
+    assert delivery_services.deliveries_reclaim_expired() == 3
+    assert [(s, a) for _, s, a in rows(campaign)] == [("deferred", 1)] * 3
 
 
 @pytest.mark.django_db(transaction=True)
