@@ -495,6 +495,11 @@ class _BatchRun:
         self.holder = holder or uuid.uuid4().hex
         self.lease: DeliveryLease | None = None
         self.refused = False  # the range (or part of it) is leased to another live task
+        # After taking a dead task's lease over: up to this id, rows are sent one at a time,
+        # each outcome written before the next row is read, so that a recipient that kills
+        # its worker is the only one charged with the next reclaim (EDM_MAX_RECLAIMS).
+        self.careful_to: int | None = None
+        self.careful = False
         self.read_after = (id_from or 0) - 1
         # One route (server) per task: tasks spread over the servers by weight, and a server
         # that keeps failing or is down is left to rest while the others carry the traffic.
@@ -538,7 +543,7 @@ class _BatchRun:
         else:
             kept, claimed = self._fetch_chunk()
         self.held.update((row.id, row) for row in kept)
-        if claimed and not self.stopping and self.lane.background:
+        if claimed and not self.stopping and self.lane.background and not self.careful:
             self.next_chunk = self.lane.submit(self._fetch_chunk)
         return claimed
 
@@ -549,7 +554,10 @@ class _BatchRun:
             return [], False
         route = self.route
         limit = settings.EDM_BATCH_SIZE
-        if self.lane.background and not self.claimed:
+        if self.careful:
+            self._write_now()
+            limit = 1
+        elif self.lane.background and not self.claimed:
             # The task's first chunk is claimed while nothing is on the wire: a small one
             # gets the pipeline going, and the rest of the chunk is claimed on the lane
             # while those messages are out.
@@ -569,6 +577,27 @@ class _BatchRun:
         quota_refund(route.key, limit - len(kept), daily_quota=route.daily_quota)
         return kept, bool(claimed)
 
+    def start(self) -> None:
+        """Lease the task's range (a ranged task): refused when another live task holds part
+        of it; after taking a dead task's lease over, the rows it left are sent carefully."""
+        if not self.ranged:
+            return
+        self.lease = delivery_services.deliveries_lease(
+            campaign_id=self.campaign_id,
+            id_from=self.id_from,
+            id_to=self.id_to,
+            holder=self.holder,
+        )
+        if self.lease is None:
+            self.refused = True
+        elif self.lease.suspects_to is not None:
+            self.careful_to = self.lease.suspects_to
+            logger.warning(
+                "campaign %s: a dead task's rows up to %s are sent one at a time",
+                self.campaign_id,
+                self.careful_to,
+            )
+
     def _take(self, limit: int) -> list[ClaimedDelivery]:
         """Up to ``limit`` rows to send: read from the task's leased range, or claimed one by
         one. Nothing once the campaign is paused or cancelled, or the range is another's."""
@@ -582,15 +611,7 @@ class _BatchRun:
                 only_if_sending=True,
             )
         if self.lease is None:
-            self.lease = delivery_services.deliveries_lease(
-                campaign_id=self.campaign_id,
-                id_from=self.id_from,
-                id_to=self.id_to,
-                holder=self.holder,
-            )
-            if self.lease is None:
-                self.refused = True
-                return []
+            return []
         rows = delivery_services.deliveries_read(
             lease=self.lease, after=self.read_after, limit=limit, list_ids=self.list_ids
         )
@@ -602,8 +623,11 @@ class _BatchRun:
         return Campaign.objects.filter(pk=self.campaign_id).values_list("status", flat=True).first()
 
     def rows(self):
-        """Claimed rows, one at a time, as the pool has room for them."""
+        """Claimed rows, one at a time, as the pool has room for them (in the careful phase,
+        up to the last row a dead task left)."""
         while not self.stopping:
+            if self.careful and not self.held and self.read_after >= (self.careful_to or 0):
+                return
             if not self.held and not self._claim():
                 return
             if not self.held:
@@ -695,6 +719,17 @@ class _BatchRun:
         if self.outcomes and self.writing is None:
             self.writing = self.lane.submit(self._write, self.outcomes)
             self.outcomes = []
+
+    def _write_now(self) -> None:
+        """Write every outcome recorded so far, and wait for it (the careful phase)."""
+        while self.render_failures:
+            self.outcomes.append(self.render_failures.popleft())
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            writing.result()
+        if self.outcomes:
+            outcomes, self.outcomes = self.outcomes, []
+            self.lane.submit(self._write, outcomes).result()
 
     def _write(self, outcomes: list[Outcome]) -> None:
         delivery_services.deliveries_record(outcomes)
@@ -843,15 +878,22 @@ def campaign_send_batch(
 
     ended = False
     try:
-        for result in send_envelopes(
-            run.route.config,
-            run.envelopes(),
-            before_send=limiter.wait if limiter is not None else None,
-            heartbeat=settings.EDM_FLUSH_SECONDS,
-        ):
-            if result is not None:
-                run.record(result)
-            run.tick()
+        run.start()
+        # After a takeover, first the dead task's rows one at a time, then the rest.
+        for careful in (True, False) if run.careful_to is not None else (False,):
+            run.careful = careful
+            for result in send_envelopes(
+                run.route.config,
+                run.envelopes(),
+                concurrency=1 if careful else None,
+                before_send=limiter.wait if limiter is not None else None,
+                heartbeat=settings.EDM_FLUSH_SECONDS,
+            ):
+                if result is not None:
+                    run.record(result)
+                run.tick()
+            if run.stopping:
+                break
         ended = True
     finally:
         # After an error, only what was written and given back matters: no continuation.

@@ -154,6 +154,10 @@ class DeliveryLease(models.Model):
     expires_at = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # Not stored: set by deliveries_lease when it took a dead task's lease over, the last id
+    # of the rows that came back from it (one of them may be what killed that task).
+    suspects_to: int | None = None
+
     class Meta:
         indexes = [
             models.Index(fields=["campaign", "id_from"], name="delivery_lease_range"),

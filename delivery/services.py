@@ -340,13 +340,16 @@ def deliveries_lease(
         overlapping = DeliveryLease.objects.select_for_update().filter(
             campaign_id=campaign_id, id_from__lte=id_to, id_to__gte=id_from
         )
+        suspects: list[int] = []
         for lease in overlapping:
             if lease.holder != holder and lease.expires_at >= now:
                 return None
-            _reclaim_lease(lease, now)
-        return DeliveryLease.objects.create(
+            suspects += _reclaim_lease(lease, now)
+        lease = DeliveryLease.objects.create(
             campaign_id=campaign_id, id_from=id_from, id_to=id_to, holder=holder, expires_at=expires
         )
+        lease.suspects_to = max(suspects, default=None)
+        return lease
 
 
 def deliveries_read(
@@ -492,11 +495,11 @@ def deliveries_lease_end(lease: DeliveryLease) -> None:
     DeliveryLease.objects.filter(pk=lease.pk).delete()
 
 
-def _reclaim_lease(lease: DeliveryLease, now: datetime) -> int:
+def _reclaim_lease(lease: DeliveryLease, now: datetime) -> list[int]:
     """Take back a dead task's lease: the rows it had read and that are still open may have
     left, so they come back as a reclaim (the attempt counted, due now); the rest of its
-    range is pending and is simply read again."""
-    reclaimed = 0
+    range is pending and is simply read again. Returns the ids of the rows reclaimed."""
+    rows: list[tuple[int, int]] = []
     if lease.read_to is not None:
         read = Delivery.objects.filter(
             _due(now),
@@ -509,9 +512,9 @@ def _reclaim_lease(lease: DeliveryLease, now: datetime) -> int:
         # then records what happened.
         locked = read.select_for_update() if connection.vendor == "postgresql" else read
         rows = list(locked.order_by("id").values_list("id", "attempts"))
-        reclaimed = _reclaim_rows(rows, now)
+        _reclaim_rows(rows, now)
     lease.delete()
-    return reclaimed
+    return [row_id for row_id, _ in rows]
 
 
 def deliveries_drop_suppressed(
@@ -744,7 +747,7 @@ def deliveries_reclaim_expired(*, now: datetime | None = None) -> int:
         if skip_locked:
             expired_leases = expired_leases.select_for_update(skip_locked=True)
         for lease in expired_leases[:1000]:
-            reclaimed += _reclaim_lease(lease, now)
+            reclaimed += len(_reclaim_lease(lease, now))
     expired = Delivery.objects.filter(status=DeliveryStatus.SENDING, lease_expires_at__lt=now)
     with transaction.atomic():
         locking = expired.order_by("id")

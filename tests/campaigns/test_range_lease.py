@@ -256,3 +256,39 @@ def test_a_row_cancelled_while_on_the_wire_still_gets_what_happened_to_it(no_bro
         ]
     )
     assert [status for _, status, _ in rows(campaign)] == ["sent", "cancelled", "cancelled"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_a_takeover_the_dead_tasks_rows_go_one_at_a_time_each_written_first(
+    smtp_settings, no_broker, monkeypatch
+):
+    """One of the rows a dead task had read may be what killed it: they are sent one at a
+    time, each outcome written before the next row is read, so a recipient that kills its
+    worker again is the only one charged with the reclaim (EDM_MAX_RECLAIMS)."""
+    campaign, id_from, id_to = started(6, no_broker)
+    dead = delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1"
+    )
+    delivery_services.deliveries_read(lease=dead, after=id_from - 1, limit=3)
+    ids = [row_id for row_id, _, _ in rows(campaign)]
+    seen = []
+    real = campaign_services.outcome_for_result
+
+    def look(*args, delivery_id, **kwargs):
+        lease = DeliveryLease.objects.get()
+        sent = set(
+            Delivery.objects.filter(campaign=campaign, status="sent").values_list("id", flat=True)
+        )
+        seen.append((delivery_id, lease.read_to, sent))
+        return real(*args, delivery_id=delivery_id, **kwargs)
+
+    monkeypatch.setattr(campaign_services, "outcome_for_result", look)
+    # The same task, delivered again after its worker died.
+    campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1")
+    assert [delivery_id for delivery_id, _, _ in seen] == ids
+    for k, (delivery_id, read_to, sent) in enumerate(seen[:3]):
+        assert read_to == delivery_id  # nothing read beyond the row on the wire
+        assert sent == set(ids[:k])  # everything before it written
+    assert [read_to for _, read_to, _ in seen[3:]] == [ids[-1]] * 3  # then a chunk again
+    assert [(s, a) for _, s, a in rows(campaign)] == [("sent", 2)] * 3 + [("sent", 1)] * 3
+    assert len(smtp_settings.messages) == 6
