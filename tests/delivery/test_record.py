@@ -1,0 +1,77 @@
+"""deliveries_record: each outcome's row and its event (one statement on PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from delivery.models import Delivery, DeliveryEvent, DeliveryStatus
+from delivery.outcomes import Outcome
+from delivery.services import deliveries_materialize, deliveries_record
+from tests.factories import CampaignFactory, audience
+
+
+@pytest.mark.django_db
+def test_outcomes_write_their_rows_and_events():
+    contact_list = audience(3)
+    campaign = CampaignFactory(lists=[contact_list])
+    deliveries_materialize(campaign_id=campaign.pk, list_ids=[contact_list.pk])
+    sent, deferred, bounced = Delivery.objects.filter(campaign=campaign).order_by("id")
+    now = timezone.now().replace(microsecond=123456)
+    retry = now + timedelta(minutes=5)
+    assert (
+        deliveries_record(
+            [
+                Outcome(
+                    sent.id,
+                    DeliveryStatus.SENT,
+                    "",
+                    250,
+                    "2.0.0",
+                    "250 2.0.0 Ok",
+                    now,
+                    message_id="<1@skylark.test>",
+                ),
+                Outcome(
+                    deferred.id,
+                    DeliveryStatus.DEFERRED,
+                    "greylisted",
+                    451,
+                    "4.7.1",
+                    "451 4.7.1 Try later",
+                    now,
+                    next_attempt_at=retry,
+                ),
+                Outcome(
+                    bounced.id,
+                    DeliveryStatus.BOUNCED,
+                    "unknown_user",
+                    550,
+                    "5.1.1",
+                    "550 5.1.1 No such user",
+                    now,
+                ),
+            ]
+        )  # fmt: skip
+        == 3
+    )
+    rows = {d.id: d for d in Delivery.objects.filter(campaign=campaign)}
+    assert rows[sent.id].status == "sent" and rows[sent.id].sent_at == now
+    assert rows[sent.id].message_id == "<1@skylark.test>"
+    assert rows[deferred.id].status == "deferred" and rows[deferred.id].next_attempt_at == retry
+    assert rows[deferred.id].reason == "greylisted" and rows[deferred.id].sent_at is None
+    assert rows[bounced.id].smtp_reply == "550 5.1.1 No such user"
+    assert all(d.attempts == 1 and d.first_attempt_at == now for d in rows.values())
+    events = {
+        e.delivery_id: (e.kind, e.created_at, e.smtp_code, e.enhanced_status, e.detail, e.data)
+        for e in DeliveryEvent.objects.all()
+    }
+    assert events == {
+        sent.id: ("sent", now, 250, "2.0.0", "250 2.0.0 Ok", {}),
+        deferred.id: ("deferred", now, 451, "4.7.1", "451 4.7.1 Try later",
+                      {"reason": "greylisted"}),
+        bounced.id: ("bounced", now, 550, "5.1.1", "550 5.1.1 No such user",
+                     {"reason": "unknown_user"}),
+    }  # fmt: skip
