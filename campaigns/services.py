@@ -501,6 +501,7 @@ class _BatchRun:
         self.careful_to: int | None = None
         self.careful = False
         self.read_after = (id_from or 0) - 1
+        self.read_all = False
         # One route (server) per task: tasks spread over the servers by weight, and a server
         # that keeps failing or is down is left to rest while the others carry the traffic.
         self.route = delivery_selectors.choose_route(list(prepared.routes))
@@ -610,13 +611,16 @@ class _BatchRun:
                 list_ids=self.list_ids,
                 only_if_sending=True,
             )
-        if self.lease is None:
+        if self.lease is None or self.read_all:
             return []
         rows = delivery_services.deliveries_read(
             lease=self.lease, after=self.read_after, limit=limit, list_ids=self.list_ids
         )
         if rows:
             self.read_after = rows[-1].id
+        # Fewer than asked: nothing more in the range is due (rows are read in id order and
+        # no other task takes rows from a leased range), so no read to find that out.
+        self.read_all = len(rows) < limit
         return rows
 
     def _status(self) -> str | None:
