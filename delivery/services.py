@@ -66,6 +66,18 @@ class ClaimedDelivery:
     suppressed: bool | None = None
 
 
+# A ClaimedDelivery's fields, in order, read through the ORM (SQLite).
+_CLAIMED_FIELDS = (
+    "id",
+    "contact_id",
+    "email",
+    "contact__name",
+    "contact__attributes",
+    "attempts",
+    "first_attempt_at",
+)
+
+
 def deliveries_materialize(
     *,
     campaign_id: int,
@@ -203,19 +215,7 @@ def deliveries_claim(
         Delivery.objects.filter(id__in=ids).update(
             status=DeliveryStatus.SENDING, lease_expires_at=lease, updated_at=now
         )
-    rows = (
-        Delivery.objects.filter(id__in=ids)
-        .order_by("id")
-        .values_list(
-            "id",
-            "contact_id",
-            "email",
-            "contact__name",
-            "contact__attributes",
-            "attempts",
-            "first_attempt_at",
-        )
-    )
+    rows = Delivery.objects.filter(id__in=ids).order_by("id").values_list(*_CLAIMED_FIELDS)
     return [ClaimedDelivery(*row) for row in rows]
 
 
@@ -384,15 +384,7 @@ def deliveries_read(
                 _due(now), campaign_id=lease.campaign_id, id__gt=after, id__lte=lease.id_to
             )
             .order_by("id")
-            .values_list(
-                "id",
-                "contact_id",
-                "email",
-                "contact__name",
-                "contact__attributes",
-                "attempts",
-                "first_attempt_at",
-            )[:limit]
+            .values_list(*_CLAIMED_FIELDS)[:limit]
         )
         if rows:
             DeliveryLease.objects.filter(pk=lease.pk).update(read_to=rows[-1][0])
