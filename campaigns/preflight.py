@@ -110,22 +110,41 @@ class SampleContact:
     attributes: dict = field(default_factory=dict)
 
 
-def _recipients(campaign: Campaign):
-    """Active contacts that are subscribed to a target list or match a target segment."""
-    from django.db.models import Q
+def _recipients(campaign: Campaign, *, ids: tuple[int, int] | None = None):
+    """Active contacts that are subscribed to a target list or match a target segment.
 
+    ``ids`` (low, high), both included: only contacts in that id range, with the range also
+    inside each subquery, so that a window reads that range and never a whole list.
+    """
+    from django.db.models import F, Q
+
+    subscriptions = Subscription.objects.all()
+    contacts = Contact.objects.all()
+    if ids is not None:
+        subscriptions = subscriptions.filter(contact_id__gte=ids[0], contact_id__lte=ids[1])
+        contacts = contacts.filter(id__range=ids)
     targets = Q()
     if campaign.pk and campaign.lists.exists():
+        if ids is None:
+            members = subscriptions.filter(contact_list__in=campaign.lists.all())
+        else:
+            # Compared as `contact_list_id + 0`, so that the list can never lead the look-up:
+            # on statistics older than a large insert the planner took the (list, status)
+            # index and read every member of the list to keep those in the range.
+            members = subscriptions.annotate(list_key=F("contact_list_id") + 0).filter(
+                list_key__in=list(campaign.lists.values_list("id", flat=True))
+            )
         targets |= Q(
-            id__in=Subscription.objects.filter(
-                contact_list__in=campaign.lists.all(), status=SubscriptionStatus.SUBSCRIBED
-            ).values("contact_id")
+            id__in=members.filter(status=SubscriptionStatus.SUBSCRIBED).values("contact_id")
         )
     for segment in campaign.segments.all() if campaign.pk else ():
-        targets |= Q(id__in=segment.contacts().values("id"))
+        matching = segment.contacts()
+        if ids is not None:
+            matching = matching.filter(id__range=ids)
+        targets |= Q(id__in=matching.values("id"))
     if not targets:
         return Contact.objects.none()
-    return Contact.objects.filter(targets, status=ContactStatus.ACTIVE)
+    return contacts.filter(targets, status=ContactStatus.ACTIVE)
 
 
 def sample_contacts(campaign: Campaign, *, size: int) -> list[SampleContact]:
@@ -140,21 +159,37 @@ def sample_contacts(campaign: Campaign, *, size: int) -> list[SampleContact]:
     return [SampleContact(cid, email, name or "", attrs or {}) for cid, email, name, attrs in rows]
 
 
+# Contact ids read by the first step of a window; each step reads twice as many as the one
+# before, so a sparse audience (a small list among many contacts) takes few steps.
+_WINDOW_FIRST_STEP = 2000
+
+
 def _sample_window(campaign: Campaign, *, size: int) -> list[SampleContact]:
-    """``size`` recipients in id order from a random point of the audience (wrapping round):
-    index range scans that stop after ``size`` rows, where a uniform sample (ORDER BY
-    RANDOM()) reads the whole audience. For the check at Send, on the critical path."""
+    """``size`` recipients in id order from a random point of the audience (wrapping round),
+    for the check at Send, on the critical path.
+
+    Read in ranges of contact ids that double at each step, each range bounding the list
+    look-up too: the time depends on how far the next ``size`` recipients are, never on the
+    size of the lists (a plain `id IN (list members)` read every member of a 200,000-contact
+    list, 0.3-2 s). A uniform sample (ORDER BY RANDOM()) reads the whole audience.
+    """
     from django.db.models import Max, Min
 
-    recipients = _recipients(campaign).order_by("id")
     bounds = Contact.objects.aggregate(low=Min("id"), high=Max("id"))  # two index probes
-    if bounds["low"] is None:
+    low, high = bounds["low"], bounds["high"]
+    if low is None:
         return []
-    start = random.randint(bounds["low"], bounds["high"])  # noqa: S311 - not security
+    start = random.randint(low, high)  # noqa: S311 - not security
     fields = ("id", "email", "name", "attributes")
-    rows = list(recipients.filter(id__gte=start).values_list(*fields)[:size])
-    if len(rows) < size:
-        rows += recipients.filter(id__lt=start).values_list(*fields)[: size - len(rows)]
+    rows: list[tuple] = []
+    step = _WINDOW_FIRST_STEP
+    # From the random point to the end, then from the start up to the random point.
+    for first, last in ((start, high), (low, start - 1)):
+        while first <= last and len(rows) < size:
+            upper = min(first + step - 1, last)
+            window = _recipients(campaign, ids=(first, upper)).order_by("id")
+            rows += window.values_list(*fields)[: size - len(rows)]
+            first, step = upper + 1, step * 2
     return [SampleContact(cid, email, name or "", attrs or {}) for cid, email, name, attrs in rows]
 
 
@@ -283,7 +318,12 @@ def campaign_preflight(
     if not campaign.pk or not (campaign.lists.exists() or campaign.segments.exists()):
         add(Level.ERROR, "no_lists", "The campaign targets no list and no segment.")
     elif not segment_problems:
-        recipients = int(_recipients(campaign).exists()) if at_send else _recipient_count(campaign)
+        if at_send:
+            # Anyone targeted: the window of recipients rendered below answers it too.
+            window = _sample_window(campaign, size=max(1, sample_size))
+            recipients = int(bool(window))
+        else:
+            recipients = _recipient_count(campaign)
         if not recipients:
             add(
                 Level.ERROR,
@@ -354,8 +394,12 @@ def campaign_preflight(
         except DeliveryError as exc:
             add(Level.ERROR, "headers_invalid", f"The message headers cannot be written: {exc}")
     # Sample
-    sample = _sample_window if at_send else sample_contacts
-    samples = sample(campaign, size=sample_size) if recipients else []
+    if not recipients:
+        samples = []
+    elif at_send:
+        samples = window[:sample_size]
+    else:
+        samples = sample_contacts(campaign, size=sample_size)
     max_html = _render_sample(campaign, compiled, composer, samples, add)
     _check_variables(variables, samples, add)
     if max_html > GMAIL_CLIP_BYTES:

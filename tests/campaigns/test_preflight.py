@@ -247,3 +247,31 @@ def test_the_check_at_send_samples_a_window_from_a_random_point_and_finds_the_sa
     assert f"contact #{contact.pk}" in finding.message
     contact_list.subscriptions.update(status=SubscriptionStatus.UNSUBSCRIBED)
     assert _by_code(campaign_preflight(campaign, at_send=True), "no_recipients")
+
+
+def test_the_window_at_send_reads_growing_id_ranges_of_a_sparse_audience(monkeypatch):
+    """The window reads ranges of contact ids (each range also bounding the list look-up),
+    doubling them, so a list that is a thin slice of many contacts is still found whole,
+    from a random point and wrapping round."""
+    from campaigns import preflight
+
+    campaign = _campaign(contacts=4)
+    members = set(campaign.lists.get().contacts.values_list("id", flat=True))
+    for i in range(40):  # contacts not on the list, after the members
+        ContactFactory(email=f"other{i}@example.org")
+    monkeypatch.setattr(preflight, "_WINDOW_FIRST_STEP", 1)
+    ranges = []
+    real = preflight._recipients
+
+    def recording(campaign, *, ids=None):
+        ranges.append(ids)
+        return real(campaign, ids=ids)
+
+    monkeypatch.setattr(preflight, "_recipients", recording)
+    for _ in range(5):
+        ranges.clear()
+        window = preflight._sample_window(campaign, size=10)
+        assert {s.contact_id for s in window} == members
+        sizes = [high - low + 1 for low, high in ranges]
+        assert all(size <= 2**i for i, size in enumerate(sizes))  # 1, 2, 4, ... ids
+        assert None not in ranges  # never the whole audience at once
