@@ -8,6 +8,7 @@ import collections
 from datetime import timedelta
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from campaigns import services as campaign_services
@@ -295,3 +296,41 @@ def test_after_a_takeover_the_dead_tasks_rows_go_one_at_a_time_each_written_firs
     assert [read_to for _, read_to, _ in seen[3:]] == [ids[-1]] * 3  # then a chunk again
     assert [(s, a) for _, s, a in rows(campaign)] == [("sent", 2)] * 3 + [("sent", 1)] * 3
     assert len(smtp_settings.messages) == 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_per_row_claim_waits_for_a_lease_being_taken_on_postgresql(no_broker):
+    """A per-row claim and a range lease of the same campaign take the same advisory lock:
+    a claim that started while a lease was being taken waits for it and then sees it,
+    instead of claiming rows of the range on a snapshot from before the lease."""
+    import threading
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite serializes every writer; the advisory lock is PostgreSQL's")
+    campaign, id_from, id_to = started(4, no_broker)
+    claimed: list = []
+
+    def claim() -> None:
+        try:
+            claimed.extend(delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=10))
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():  # a lease being taken: the lock is held until commit
+        delivery_services._lock_campaign_claims(campaign.pk)
+        claimer = threading.Thread(target=claim)
+        claimer.start()
+        claimer.join(0.5)
+        assert claimer.is_alive()  # waiting for the lock
+        DeliveryLease.objects.create(
+            campaign_id=campaign.pk,
+            id_from=id_from,
+            id_to=id_to,
+            holder="task",
+            expires_at=timezone.now() + timedelta(minutes=5),
+        )
+    claimer.join(10)
+    assert not claimer.is_alive()
+    assert claimed == []  # it saw the lease once it got the lock
