@@ -4,7 +4,8 @@ Materializes a campaign of N recipients, takes them for sending a chunk at a tim
 lease and reads, as a batch task does; or, with --per-row, the per-row claims of the
 sweeper's open-ended tasks) and records an outcome for each, 250 at a time. Prints the CPU
 the database backend spent on each step, per message, read from /proc (the server must run
-on this machine), and the client's own CPU. The deliveries are emptied before each run.
+on this machine), and the client's own CPU. It drops and re-creates the schema of the
+database it is given (use one of its own), and empties the deliveries before each run.
 
     .venv/bin/python bench/db_cost.py --database-url postgres://postgres@127.0.0.1:5432/skylark_bench
 """
@@ -106,12 +107,14 @@ def one_run(recipients: int, per_row: bool) -> dict[str, tuple[float, float]]:
             lease = services.deliveries_lease(
                 campaign_id=campaign.pk, id_from=low, id_to=high, holder=f"bench-{low}"
             )
-            after = low - 1
+            after, limit = low - 1, 800
             while rows := services.deliveries_read(
-                lease=lease, after=after, limit=800, list_ids=lists
+                lease=lease, after=after, limit=limit, list_ids=lists
             ):
                 taken += rows
                 after = rows[-1].id
+                if len(rows) < limit:  # the range is read (as a batch task stops)
+                    break
             services.deliveries_lease_end(lease)
     step("take")
     now = timezone.now()

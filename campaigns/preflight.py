@@ -110,41 +110,52 @@ class SampleContact:
     attributes: dict = field(default_factory=dict)
 
 
-def _recipients(campaign: Campaign, *, ids: tuple[int, int] | None = None):
+def _targets(campaign: Campaign) -> tuple[list[int], list]:
+    """The campaign's target list ids and segments (read once for a window's ranges)."""
+    if not campaign.pk:
+        return [], []
+    return list(campaign.lists.values_list("id", flat=True)), list(campaign.segments.all())
+
+
+def _recipients(
+    campaign: Campaign,
+    *,
+    ids: tuple[int, int] | None = None,
+    targets: tuple[list[int], list] | None = None,
+):
     """Active contacts that are subscribed to a target list or match a target segment.
 
     ``ids`` (low, high), both included: only contacts in that id range, with the range also
     inside each subquery, so that a window reads that range and never a whole list.
+    ``targets``: the campaign's `_targets`, when the caller has them already.
     """
     from django.db.models import F, Q
 
-    subscriptions = Subscription.objects.all()
+    list_ids, segments = targets if targets is not None else _targets(campaign)
+    subscriptions = Subscription.objects.filter(status=SubscriptionStatus.SUBSCRIBED)
     contacts = Contact.objects.all()
     if ids is not None:
         subscriptions = subscriptions.filter(contact_id__gte=ids[0], contact_id__lte=ids[1])
         contacts = contacts.filter(id__range=ids)
-    targets = Q()
-    if campaign.pk and campaign.lists.exists():
-        if ids is None:
-            members = subscriptions.filter(contact_list__in=campaign.lists.all())
-        else:
-            # Compared as `contact_list_id + 0`, so that the list can never lead the look-up:
-            # on statistics older than a large insert the planner took the (list, status)
-            # index and read every member of the list to keep those in the range.
-            members = subscriptions.annotate(list_key=F("contact_list_id") + 0).filter(
-                list_key__in=list(campaign.lists.values_list("id", flat=True))
-            )
-        targets |= Q(
-            id__in=members.filter(status=SubscriptionStatus.SUBSCRIBED).values("contact_id")
+    condition = Q()
+    if list_ids and ids is None:
+        condition |= Q(
+            id__in=subscriptions.filter(contact_list_id__in=list_ids).values("contact_id")
         )
-    for segment in campaign.segments.all() if campaign.pk else ():
+    elif list_ids:
+        # Compared as `contact_list_id + 0`, so that the list can never lead the look-up: on
+        # statistics older than a large insert the planner took the (list, status) index and
+        # read every member of the list to keep those in the range.
+        members = subscriptions.annotate(list_key=F("contact_list_id") + 0)
+        condition |= Q(id__in=members.filter(list_key__in=list_ids).values("contact_id"))
+    for segment in segments:
         matching = segment.contacts()
         if ids is not None:
             matching = matching.filter(id__range=ids)
-        targets |= Q(id__in=matching.values("id"))
-    if not targets:
+        condition |= Q(id__in=matching.values("id"))
+    if not condition:
         return Contact.objects.none()
-    return contacts.filter(targets, status=ContactStatus.ACTIVE)
+    return contacts.filter(condition, status=ContactStatus.ACTIVE)
 
 
 def sample_contacts(campaign: Campaign, *, size: int) -> list[SampleContact]:
@@ -181,13 +192,14 @@ def _sample_window(campaign: Campaign, *, size: int) -> list[SampleContact]:
         return []
     start = random.randint(low, high)  # noqa: S311 - not security
     fields = ("id", "email", "name", "attributes")
+    targets = _targets(campaign)
     rows: list[tuple] = []
-    step = _WINDOW_FIRST_STEP
     # From the random point to the end, then from the start up to the random point.
     for first, last in ((start, high), (low, start - 1)):
+        step = _WINDOW_FIRST_STEP
         while first <= last and len(rows) < size:
             upper = min(first + step - 1, last)
-            window = _recipients(campaign, ids=(first, upper)).order_by("id")
+            window = _recipients(campaign, ids=(first, upper), targets=targets).order_by("id")
             rows += window.values_list(*fields)[: size - len(rows)]
             first, step = upper + 1, step * 2
     return [SampleContact(cid, email, name or "", attrs or {}) for cid, email, name, attrs in rows]

@@ -484,6 +484,7 @@ class _BatchRun:
         id_from: int | None,
         id_to: int | None,
         holder: str = "",
+        careful_to: int | None = None,
     ) -> None:
         self.campaign = campaign
         self.campaign_id = campaign.pk
@@ -498,7 +499,7 @@ class _BatchRun:
         # After taking a dead task's lease over: up to this id, rows are sent one at a time,
         # each outcome written before the next row is read, so that a recipient that kills
         # its worker is the only one charged with the next reclaim (EDM_MAX_RECLAIMS).
-        self.careful_to: int | None = None
+        self.careful_to = careful_to  # also handed on by a continuation cut short
         self.careful = False
         self.read_after = (id_from or 0) - 1
         self.read_all = False
@@ -592,7 +593,7 @@ class _BatchRun:
         if self.lease is None:
             self.refused = True
         elif self.lease.suspects_to is not None:
-            self.careful_to = self.lease.suspects_to
+            self.careful_to = max(self.lease.suspects_to, self.careful_to or 0)
             logger.warning(
                 "campaign %s: a dead task's rows up to %s are sent one at a time",
                 self.campaign_id,
@@ -838,6 +839,7 @@ def campaign_send_batch(
     id_to: int | None = None,
     wait: bool = True,
     holder: str = "",
+    careful_to: int | None = None,
 ) -> int:
     """Claim, render, send and record the due deliveries of a campaign (in an id range).
 
@@ -861,15 +863,18 @@ def campaign_send_batch(
         with contextlib.suppress(CampaignStateError):
             campaign_pause(campaign_id=campaign_id, reason=f"Cannot prepare the messages: {exc}")
         return 0
-    run = _BatchRun(campaign, prepared, id_from=id_from, id_to=id_to, holder=holder)
+    run = _BatchRun(
+        campaign, prepared, id_from=id_from, id_to=id_to, holder=holder, careful_to=careful_to
+    )
     limiter = run.route.limiter
 
     def then() -> None:
         if run.more and run.ranged:
-            # A ranged task hands the rest of its range on (after ending its lease); the
-            # sweeper's open-ended tasks just stop (the sweeper sends another while work
-            # remains).
-            batch_task.delay(campaign_id, id_from, id_to)
+            # A ranged task hands the rest of its range on (after ending its lease), with
+            # what is left of a careful phase; the sweeper's open-ended tasks just stop (the
+            # sweeper sends another while work remains).
+            careful = run.careful_to is not None and run.read_after < run.careful_to
+            batch_task.delay(campaign_id, id_from, id_to, *([run.careful_to] if careful else []))
         elif run.refused and _range_has_due_rows(campaign_id, id_from, id_to):
             # Another live task holds part of the range (a resume while the paused tasks
             # were still ending, a dispatch run twice): try again once it is likely done,
@@ -898,6 +903,8 @@ def campaign_send_batch(
                 run.tick()
             if run.stopping:
                 break
+            if careful:
+                run._write_now()  # the last careful row's outcome, before a chunk is read
         ended = True
     finally:
         # After an error, only what was written and given back matters: no continuation.

@@ -14,15 +14,23 @@ def campaign_dispatch(campaign_id: int) -> None:
 
 
 @shared_task(name="campaigns.send_batch", bind=True)
-def campaign_send_batch(self, campaign_id: int, id_from: int | None, id_to: int | None) -> None:
+def campaign_send_batch(
+    self,
+    campaign_id: int,
+    id_from: int | None,
+    id_to: int | None,
+    careful_to: int | None = None,
+) -> None:
     # The task's id holds its range's lease: delivered again after its worker died, the
-    # task takes its own lease back at once.
+    # task takes its own lease back at once. ``careful_to``: a continuation of a task whose
+    # one-at-a-time phase (after taking a dead task's rows over) was cut short.
     services.campaign_send_batch(
         campaign_id=campaign_id,
         id_from=id_from,
         id_to=id_to,
         wait=False,
         holder=self.request.id or "",
+        careful_to=careful_to,
     )
 
 

@@ -348,7 +348,7 @@ def deliveries_lease(
         lease = DeliveryLease.objects.create(
             campaign_id=campaign_id, id_from=id_from, id_to=id_to, holder=holder, expires_at=expires
         )
-        lease.suspects_to = max(suspects, default=None)
+        lease.suspects_to = max((i for i in suspects if id_from <= i <= id_to), default=None)
         return lease
 
 

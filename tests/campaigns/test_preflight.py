@@ -252,26 +252,30 @@ def test_the_check_at_send_samples_a_window_from_a_random_point_and_finds_the_sa
 def test_the_window_at_send_reads_growing_id_ranges_of_a_sparse_audience(monkeypatch):
     """The window reads ranges of contact ids (each range also bounding the list look-up),
     doubling them, so a list that is a thin slice of many contacts is still found whole,
-    from a random point and wrapping round."""
+    once each, in id order from the random point and wrapping round, from any start."""
     from campaigns import preflight
+    from contacts.models import Contact
 
     campaign = _campaign(contacts=4)
-    members = set(campaign.lists.get().contacts.values_list("id", flat=True))
     for i in range(40):  # contacts not on the list, after the members
         ContactFactory(email=f"other{i}@example.org")
+    members = sorted(campaign.lists.get().contacts.values_list("id", flat=True))
+    low, high = min(Contact.objects.values_list("id", flat=True)), max(members) + 40
     monkeypatch.setattr(preflight, "_WINDOW_FIRST_STEP", 1)
     ranges = []
     real = preflight._recipients
 
-    def recording(campaign, *, ids=None):
-        ranges.append(ids)
-        return real(campaign, ids=ids)
+    def recording(campaign, **kwargs):
+        ranges.append(kwargs.get("ids"))
+        return real(campaign, **kwargs)
 
     monkeypatch.setattr(preflight, "_recipients", recording)
-    for _ in range(5):
+    for start in range(low, high + 1):
+        monkeypatch.setattr(preflight.random, "randint", lambda a, b, _s=start: _s)
         ranges.clear()
-        window = preflight._sample_window(campaign, size=10)
-        assert {s.contact_id for s in window} == members
-        sizes = [high - low + 1 for low, high in ranges]
-        assert all(size <= 2**i for i, size in enumerate(sizes))  # 1, 2, 4, ... ids
+        window = [s.contact_id for s in preflight._sample_window(campaign, size=10)]
+        expected = [m for m in members if m >= start] + [m for m in members if m < start]
+        assert window == expected, start
         assert None not in ranges  # never the whole audience at once
+        for leg in ([r for r in ranges if r[0] >= start], [r for r in ranges if r[0] < start]):
+            assert all(b - a + 1 <= 2**i for i, (a, b) in enumerate(leg))  # 1, 2, 4, ...

@@ -294,6 +294,8 @@ def test_after_a_takeover_the_dead_tasks_rows_go_one_at_a_time_each_written_firs
         assert read_to == delivery_id  # nothing read beyond the row on the wire
         assert sent == set(ids[:k])  # everything before it written
     assert [read_to for _, read_to, _ in seen[3:]] == [ids[-1]] * 3  # then a chunk again
+    for _, _, sent in seen[3:]:
+        assert ids[2] in sent  # the last careful row was written before the chunk was read
     assert [(s, a) for _, s, a in rows(campaign)] == [("sent", 2)] * 3 + [("sent", 1)] * 3
     assert len(smtp_settings.messages) == 6
 
@@ -334,3 +336,37 @@ def test_a_per_row_claim_waits_for_a_lease_being_taken_on_postgresql(no_broker):
     claimer.join(10)
     assert not claimer.is_alive()
     assert claimed == []  # it saw the lease once it got the lock
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_careful_phase_cut_short_by_the_time_budget_goes_on_in_the_continuation(
+    smtp_settings, no_broker, settings
+):
+    campaign, id_from, id_to = started(4, no_broker)
+    dead = delivery_services.deliveries_lease(
+        campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1"
+    )
+    delivery_services.deliveries_read(lease=dead, after=id_from - 1, limit=3)
+    ids = [row_id for row_id, _, _ in rows(campaign)]
+    settings.EDM_TASK_SECONDS = 0  # out of time before the first row
+    no_broker.clear()
+    campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1")
+    assert smtp_settings.messages == []
+    # The continuation carries the careful bound: the suspects still go one at a time.
+    assert no_broker == [("campaign_send_batch", (campaign.pk, id_from, id_to, ids[2]))]
+    settings.EDM_TASK_SECONDS = 30
+    reads = []
+    real = delivery_services.deliveries_read
+
+    def recording(**kwargs):
+        reads.append(kwargs["limit"])
+        return real(**kwargs)
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(delivery_services, "deliveries_read", recording)
+        campaign_send_batch(
+            campaign_id=campaign.pk, id_from=id_from, id_to=id_to, careful_to=ids[2]
+        )
+    assert reads[:3] == [1, 1, 1]  # the three suspects, one read each
+    assert {status for _, status, _ in rows(campaign)} == {"sent"}
+    assert len(smtp_settings.messages) == 4
