@@ -37,26 +37,11 @@ def backend_cpu() -> float:
 
 
 def prepare(recipients: int) -> None:
-    from django.core.management import call_command
+    """The bench's contacts, as bench/send_throughput.py creates them, with statistics."""
     from django.db import connection
-    from send_throughput import contact_fields
+    from send_throughput import prepare_database
 
-    from contacts.models import Contact, ContactList, Subscription
-
-    with connection.cursor() as cursor:
-        cursor.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
-    call_command("migrate", verbosity=0)
-    contact_list = ContactList.objects.create(name="Bench")
-    for start in range(0, recipients, 5000):
-        contacts = Contact.objects.bulk_create(
-            Contact(email=email, name=name, attributes=attributes)
-            for email, name, attributes in map(
-                contact_fields, range(start, min(start + 5000, recipients))
-            )
-        )
-        Subscription.objects.bulk_create(
-            Subscription(contact=c, contact_list=contact_list) for c in contacts
-        )
+    prepare_database(argparse.Namespace(recipients=recipients, dkim="none"))
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
 

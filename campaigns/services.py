@@ -684,13 +684,17 @@ class _BatchRun:
             )
         )
 
+    def _take_render_failures(self) -> None:
+        """Move the outcomes of messages that could not be rendered among the others."""
+        while self.render_failures:
+            self.outcomes.append(self.render_failures.popleft())
+
     def tick(self) -> None:
         """Every EDM_FLUSH_SECONDS: write outcomes, renew leases, look at the campaign. On a
         background lane, also as soon as EDM_FLUSH_ROWS outcomes are waiting: smaller writes
         overlap the sending, and leave less to write (and to repeat after a crash) when the
         task ends."""
-        while self.render_failures:
-            self.outcomes.append(self.render_failures.popleft())
+        self._take_render_failures()
         now = time.monotonic()
         if self.lane.background and len(self.outcomes) >= settings.EDM_FLUSH_ROWS:
             self._flush()
@@ -727,8 +731,7 @@ class _BatchRun:
 
     def _write_now(self) -> None:
         """Write every outcome recorded so far, and wait for it (the careful phase)."""
-        while self.render_failures:
-            self.outcomes.append(self.render_failures.popleft())
+        self._take_render_failures()
         if self.writing is not None:
             writing, self.writing = self.writing, None
             writing.result()
@@ -747,8 +750,7 @@ class _BatchRun:
         this one's last outcomes are written. The lane is one thread, so it runs after this
         task's earlier writes and claims, and before the next task's. Without ``then`` (the
         task failed, perhaps with messages on the wire) a range's lease is left to expire."""
-        while self.render_failures:
-            self.outcomes.append(self.render_failures.popleft())
+        self._take_render_failures()
         outcomes, self.outcomes = self.outcomes, []
         writing, self.writing = self.writing, None
         next_chunk, self.next_chunk = self.next_chunk, None
@@ -875,7 +877,7 @@ def campaign_send_batch(
             # sweeper sends another while work remains).
             careful = run.careful_to is not None and run.read_after < run.careful_to
             batch_task.delay(campaign_id, id_from, id_to, *([run.careful_to] if careful else []))
-        elif run.refused and _range_has_due_rows(campaign_id, id_from, id_to):
+        elif run.refused and _sending_with_due_rows(campaign_id, id_from, id_to):
             # Another live task holds part of the range (a resume while the paused tasks
             # were still ending, a dispatch run twice): try again once it is likely done,
             # rather than leave the rest to the sweeper's row-by-row claims.
@@ -916,17 +918,12 @@ def campaign_send_batch(
     return run.claimed
 
 
-def _range_has_due_rows(campaign_id: int, id_from: int | None, id_to: int | None) -> bool:
-    """Whether a sending campaign has due deliveries in the id range."""
-    if not Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.SENDING).exists():
-        return False
-    now = timezone.now()
-    return Delivery.objects.filter(
-        delivery_services.due_deliveries(now),
-        campaign_id=campaign_id,
-        id__gte=id_from,
-        id__lte=id_to,
-    ).exists()
+def _sending_with_due_rows(campaign_id: int, id_from: int, id_to: int) -> bool:
+    return Campaign.objects.filter(
+        pk=campaign_id, status=CampaignStatus.SENDING
+    ).exists() and delivery_selectors.has_due_deliveries(
+        campaign_id=campaign_id, now=timezone.now(), id_from=id_from, id_to=id_to
+    )
 
 
 def _log_tail_error(tail: Future[None]) -> None:

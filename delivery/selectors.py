@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Q
 
 from delivery.dkim import DkimSigner
 from delivery.models import OPEN_STATUSES, Delivery, DeliveryStatus, DkimKey, SmtpServer
@@ -123,18 +123,27 @@ def has_open_deliveries(*, campaign_id: int) -> bool:
     return Delivery.objects.filter(campaign_id=campaign_id, status__in=OPEN_STATUSES).exists()
 
 
+def due_deliveries(now) -> Q:
+    """Deliveries to send now: pending, or deferred and due."""
+    return Q(status=DeliveryStatus.PENDING) | Q(
+        status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now
+    )
+
+
+def has_due_deliveries(*, campaign_id: int, now, id_from: int, id_to: int) -> bool:
+    """Whether a campaign has due deliveries in an id range (both ends included)."""
+    return Delivery.objects.filter(
+        due_deliveries(now), campaign_id=campaign_id, id__gte=id_from, id__lte=id_to
+    ).exists()
+
+
 def campaigns_with_due_deliveries(*, now, campaign_ids) -> list[int]:
     """Those of `campaign_ids` with a pending or due deferred delivery: one indexed EXISTS
     per campaign, never a scan of every pending row."""
-    from django.db.models import Q
-
-    due = Q(status=DeliveryStatus.PENDING) | Q(
-        status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now
-    )
     return [
         campaign_id
         for campaign_id in campaign_ids
-        if Delivery.objects.filter(due, campaign_id=campaign_id).exists()
+        if Delivery.objects.filter(due_deliveries(now), campaign_id=campaign_id).exists()
     ]
 
 

@@ -148,16 +148,6 @@ def deliveries_materialize(
         return max(cursor.rowcount, 0)
 
 
-def due_deliveries(now: datetime) -> Q:
-    """Deliveries to send now: pending, or deferred and due."""
-    return Q(status=DeliveryStatus.PENDING) | Q(
-        status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now
-    )
-
-
-_due = due_deliveries
-
-
 def deliveries_claim(
     *,
     campaign_id: int,
@@ -172,7 +162,8 @@ def deliveries_claim(
 
     The per-row claim of the open-ended tasks (the sweeper's retries, a resumed campaign's
     stragglers): a ranged batch task leases its whole range instead (deliveries_lease).
-    Rows inside a leased range are never taken here. On PostgreSQL concurrent claimers skip each other's locked rows, and one statement
+    Rows inside a leased range are never taken here. On PostgreSQL concurrent claimers
+    skip each other's locked rows, and one statement
     claims, returns the contacts' fields and tells whether each contact is active, whether
     its address or domain is suppressed and (with ``list_ids``) whether it is still
     subscribed to one of those lists. On SQLite the IMMEDIATE transaction serializes
@@ -186,7 +177,7 @@ def deliveries_claim(
         return _claim_postgresql(
             campaign_id, limit, id_from, id_to, now, lease, list_ids, only_if_sending
         )
-    due = Delivery.objects.filter(_due(now), campaign_id=campaign_id).exclude(
+    due = Delivery.objects.filter(selectors.due_deliveries(now), campaign_id=campaign_id).exclude(
         Exists(
             DeliveryLease.objects.filter(
                 campaign_id=OuterRef("campaign_id"),
@@ -381,7 +372,10 @@ def deliveries_read(
             return []
         rows = list(
             Delivery.objects.filter(
-                _due(now), campaign_id=lease.campaign_id, id__gt=after, id__lte=lease.id_to
+                selectors.due_deliveries(now),
+                campaign_id=lease.campaign_id,
+                id__gt=after,
+                id__lte=lease.id_to,
             )
             .order_by("id")
             .values_list(*_CLAIMED_FIELDS)[:limit]
@@ -494,7 +488,7 @@ def _reclaim_lease(lease: DeliveryLease, now: datetime) -> list[int]:
     rows: list[tuple[int, int]] = []
     if lease.read_to is not None:
         read = Delivery.objects.filter(
-            _due(now),
+            selectors.due_deliveries(now),
             campaign_id=lease.campaign_id,
             id__gte=lease.id_from,
             id__lte=min(lease.read_to, lease.id_to),
