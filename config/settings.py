@@ -125,6 +125,10 @@ EDM_EMBEDDED_REDIS = not os.environ.get("REDIS_URL")
 REDIS_URL = os.environ.get("REDIS_URL") or f"unix://{VAR_DIR / 'redis.sock'}"
 
 LANGUAGE_CODE = "en-us"
+# English is the source language; the zh-Hans catalogue lives in locale/ (compiled .mo committed,
+# so `make run` needs no gettext tools).
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
