@@ -234,8 +234,26 @@ EDM_SMTP_TLS_CA_FILE = os.environ.get("EDM_SMTP_TLS_CA_FILE", "")
 EDM_TRACKING_TOKEN_DAYS = env_int("EDM_TRACKING_TOKEN_DAYS", 400)
 EDM_TRACKING_FLUSH_SECONDS = env_float("EDM_TRACKING_FLUSH_SECONDS", 2.0)
 EDM_WEBHOOK_SECONDS = env_float("EDM_WEBHOOK_SECONDS", 10.0)
-# Public sign-up form submissions per minute per client IP.
+# Public sign-up form (docs/contacts.md, "Limits"): posts per client IP (an IPv6 client counts
+# by its /64) per minute and per UTC day; confirmation messages per mailbox per 24 hours, and
+# for all forms together per hour and per 24 hours. 0: no limit.
 EDM_SIGNUP_RATE_PER_MINUTE = env_int("EDM_SIGNUP_RATE_PER_MINUTE", 10)
+EDM_SIGNUP_RATE_PER_DAY = env_int("EDM_SIGNUP_RATE_PER_DAY", 100)
+EDM_SIGNUP_CONFIRMATIONS_PER_ADDRESS_PER_DAY = env_int(
+    "EDM_SIGNUP_CONFIRMATIONS_PER_ADDRESS_PER_DAY", 1
+)
+EDM_SIGNUP_CONFIRMATIONS_PER_HOUR = env_int("EDM_SIGNUP_CONFIRMATIONS_PER_HOUR", 500)
+EDM_SIGNUP_CONFIRMATIONS_PER_DAY = env_int("EDM_SIGNUP_CONFIRMATIONS_PER_DAY", 5000)
+# Reverse proxies (CIDRs or addresses, "unix" for a peer on a Unix socket) whose
+# X-Forwarded-For names the client: the rightmost address that is not one of them is the
+# client's. Empty: the direct peer is the client, and X-Forwarded-For is never read.
+EDM_TRUSTED_PROXIES = env_list("EDM_TRUSTED_PROXIES", "")
+try:  # a typo must stop the process, not trust nobody (or everybody) in silence
+    from config.client_ip import trusted_networks  # noqa: E402
+
+    trusted_networks(tuple(EDM_TRUSTED_PROXIES))
+except ValueError as exc:
+    raise ValueError(f"EDM_TRUSTED_PROXIES: {exc}") from None
 EDM_IMPORT_BATCH_SIZE = env_int("EDM_IMPORT_BATCH_SIZE", 5000)
 # Connections that write one PostgreSQL import's chunks at once (add and upsert modes).
 EDM_IMPORT_WRITERS = env_int("EDM_IMPORT_WRITERS", 2)

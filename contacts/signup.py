@@ -1,4 +1,4 @@
-"""Public sign-up: submit a form, double opt-in by a signed link, consent records, rate limit.
+"""Public sign-up: submit a form, double opt-in by a signed link, consent records.
 
 The person filling the form always gets the same answer whatever the address's state
 (new, already subscribed, suppressed, bounced), so the form leaks nothing about who is on a
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +31,13 @@ from contacts.models import (
 )
 from contacts.normalize import InvalidEmail, normalize_email
 from contacts.selectors import contacts_by_keys, suppression_check
+from contacts.signup_limits import signup_mail_quota_take
 
 logger = logging.getLogger(__name__)
 
 CONFIRM_SALT = "skylark.signup-confirm"
 CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
 HONEYPOT_FIELD = "website"
-# Fixed window per client IP, shared by all web processes through Redis.
-RATE_LIMIT_PER_MINUTE = settings.EDM_SIGNUP_RATE_PER_MINUTE
 MAX_ATTRIBUTE_LENGTH = 500
 
 
@@ -48,6 +46,9 @@ class SignupOutcome(enum.StrEnum):
 
     SUBSCRIBED = "subscribed"  # single opt-in: subscribed now
     CONFIRMATION_SENT = "confirmation_sent"  # double opt-in: waiting for the link
+    # Double opt-in, but the mailbox had its confirmation in the last day (or all forms hit
+    # their cap): waiting for the link already sent, no new message.
+    CONFIRMATION_LIMITED = "confirmation_limited"
     ALREADY_SUBSCRIBED = "already_subscribed"
     IGNORED = "ignored"  # suppressed, bounced or complained: silently not subscribed
     INVALID = "invalid"  # the form is wrong (bad address, missing required field)
@@ -90,32 +91,6 @@ def read_confirm_token(token: str) -> tuple[int, int] | None:
 
 def confirm_url(token: str) -> str:
     return f"{settings.EDM_PUBLIC_URL}/subscribe/confirm/{token}/"
-
-
-# --- rate limit ----------------------------------------------------------------------------
-
-
-def signup_rate_limited(*, ip: str, limit: int | None = None) -> bool:
-    """True when this IP has submitted more than ``limit`` forms in the current minute.
-
-    A fixed window (INCR + EXPIRE on a per-minute key). Fails open when Redis is down: the
-    honeypot and double opt-in still stand between a bot and a subscription.
-    """
-    import redis
-
-    from delivery.redis import get_redis
-
-    limit = RATE_LIMIT_PER_MINUTE if limit is None else limit
-    key = f"skylark:signup-rate:{ip or 'unknown'}:{int(time.time() // 60)}"
-    try:
-        pipe = get_redis().pipeline()
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count = pipe.execute()[0]
-    except redis.RedisError:
-        logger.warning("sign-up rate limit unavailable (Redis error); allowing")
-        return False
-    return int(count) > limit
 
 
 # --- consent -------------------------------------------------------------------------------
@@ -247,6 +222,15 @@ def signup_submit(
         )
         if double_opt_in:
             subscription_id = subscription.pk
+            # Last in the transaction, so the quota rows stay locked for the shortest time.
+            # A refusal looks the same to the visitor: nothing tells that the address is known.
+            if not signup_mail_quota_take(address=contact.email):
+                logger.info(
+                    "sign-up form %s: no confirmation for subscription %s (quota full)",
+                    form.pk,
+                    subscription_id,
+                )
+                return SignupResult(SignupOutcome.CONFIRMATION_LIMITED, {}, subscription.pk)
             # Never send inside the transaction: a slow SMTP server would hold the row locks.
             transaction.on_commit(
                 lambda: current_app.signature(

@@ -6,7 +6,7 @@ import secrets
 
 from django.db import models
 
-__all__ = ["ConsentAction", "ConsentRecord", "SignupForm"]
+__all__ = ["ConsentAction", "ConsentRecord", "SignupForm", "SignupMailQuota"]
 
 DEFAULT_CONFIRMATION_SUBJECT = "Please confirm your subscription to {{ list_name }}"
 DEFAULT_CONFIRMATION_BODY = (
@@ -114,3 +114,20 @@ class ConsentRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()} {self.subscription_id} ({self.source})"
+
+
+class SignupMailQuota(models.Model):
+    """How many confirmation messages went out in a window that started at ``window_start``:
+    one row per mailbox, and one per window length for all forms together.
+
+    In the database, not Redis, so that the limit holds across web processes, survives a Redis
+    restart and is taken under a row lock (two concurrent sign-ups send one message).
+    """
+
+    # "mailbox:<sha256 of the mailbox>" (no address stored twice), "all:hour", "all:day".
+    key = models.CharField(max_length=80, unique=True)
+    window_start = models.DateTimeField()
+    count = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.count} since {self.window_start:%Y-%m-%d %H:%M}"

@@ -1,7 +1,7 @@
 """Public sign-up pages: the hosted (and embeddable) subscribe form and the confirmation link.
 
 The form POST is CSRF-exempt so that a plain <form> on any site can post to it; a honeypot
-field and a per-IP rate limit (contacts.signup) stand in for the token. Every accepted
+field and per-IP rate limits (contacts.signup_limits) stand in for the token. Every accepted
 submission gets the same answer, whatever the address's state.
 """
 
@@ -9,22 +9,27 @@ from __future__ import annotations
 
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from config.client_ip import client_ip
 from contacts.models import SignupForm
-from contacts.signup import (
-    HONEYPOT_FIELD,
-    ConfirmOutcome,
-    signup_confirm,
-    signup_rate_limited,
-    signup_submit,
-)
+from contacts.signup import HONEYPOT_FIELD, ConfirmOutcome, signup_confirm, signup_submit
+from contacts.signup_limits import signup_mail_quota_wait, signup_rate_check
 
 
 def _client(request: HttpRequest) -> tuple[str, str]:
-    # The address as seen by the server; behind a proxy, configure it to set REMOTE_ADDR.
-    return request.META.get("REMOTE_ADDR", ""), request.META.get("HTTP_USER_AGENT", "")[:500]
+    # Behind a reverse proxy, X-Forwarded-For only counts when EDM_TRUSTED_PROXIES names it.
+    return client_ip(request.META), request.META.get("HTTP_USER_AGENT", "")[:500]
+
+
+def _limited(request: HttpRequest, form: SignupForm, message: str, *, status: int, wait: int):
+    response = render(
+        request, "public/signup_limited.html", {"form": form, "message": message}, status=status
+    )
+    response["Retry-After"] = str(wait)
+    return response
 
 
 def _form_or_404(token: str) -> SignupForm:
@@ -52,12 +57,22 @@ def signup_view(request: HttpRequest, token: str) -> HttpResponse:
     if request.method != "POST":
         return render(request, "public/signup.html", context)
     ip, agent = _client(request)
-    if signup_rate_limited(ip=ip):
-        response = render(request, "public/signup_limited.html", {"form": form}, status=429)
-        response["Retry-After"] = "60"
-        return response
+    refusal = signup_rate_check(ip=ip)
+    if refusal is not None:
+        if refusal.per == "day":
+            message = _("Too many sign-ups from your network today. Please try again tomorrow.")
+        else:
+            message = _(
+                "Too many sign-ups from your network in the last minute. Please try again in a minute."
+            )
+        return _limited(request, form, message, status=429, wait=refusal.retry_after)
     if request.POST.get(HONEYPOT_FIELD):
         return _done(request, form)  # a bot: pretend it worked, do nothing
+    # Whatever the address: the answer must not depend on whether it is known.
+    wait = signup_mail_quota_wait() if form.double_opt_in else 0
+    if wait:
+        message = _("We are receiving too many sign-ups right now. Please try again later.")
+        return _limited(request, form, message, status=503, wait=wait)
     result = signup_submit(form=form, data=request.POST.dict(), ip=ip, user_agent=agent)
     if not result.accepted:
         context.update(values=request.POST.dict(), errors=result.errors)

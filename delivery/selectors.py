@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Q
@@ -20,12 +22,11 @@ def smtp_config_for(server: SmtpServer | None) -> SmtpConfig:
         "timeout": settings.EDM_SMTP_TIMEOUT_SECONDS,
         "max_messages_per_connection": settings.EDM_SMTP_MAX_MESSAGES_PER_CONNECTION,
         "max_connection_age": float(settings.EDM_SMTP_MAX_CONNECTION_AGE_SECONDS),
-        "ca_file": settings.EDM_SMTP_TLS_CA_FILE,
     }
     if server is None:
         server = SmtpServer.objects.filter(is_default=True, enabled=True).first()
     if server is None:
-        return smtp_config_from_url(
+        return smtp_config_for_url(
             settings.EDM_SMTP_URL, pool_size=settings.EDM_SMTP_POOL_SIZE, **common
         )
     return SmtpConfig(
@@ -35,8 +36,18 @@ def smtp_config_for(server: SmtpServer | None) -> SmtpConfig:
         username=server.username,
         password=server.get_password(),
         pool_size=server.pool_size,
+        ca_file=settings.EDM_SMTP_TLS_CA_FILE,
         **common,
     )
+
+
+def smtp_config_for_url(url: str, **overrides: Any) -> SmtpConfig:
+    """An SMTP URL's configuration: its own ``ca_file`` and ``verify_tls``, else the defaults
+    (EDM_SMTP_TLS_CA_FILE, verified). The sender and the monitor both read URLs here."""
+    config = smtp_config_from_url(url, **overrides)
+    if not config.ca_file and settings.EDM_SMTP_TLS_CA_FILE:
+        config = dataclasses.replace(config, ca_file=settings.EDM_SMTP_TLS_CA_FILE)
+    return config
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from django.conf import settings
 
 from contacts.models import Subscription, SubscriptionStatus
 from contacts.signup import confirm_token, confirm_url
+from contacts.signup_limits import signup_mail_quota_release
 from contacts.signup_models import SignupForm
 from delivery.compose import Composer, MessageSpec, make_message_id
 from delivery.errors import DeliveryError, TemplateError
@@ -30,13 +31,17 @@ def signup_confirmation_send(*, subscription_id: int, form_id: int):
     """
     subscription = (
         Subscription.objects.select_related("contact", "contact_list")
-        .filter(pk=subscription_id, status=SubscriptionStatus.UNCONFIRMED)
+        .filter(pk=subscription_id)
         .first()
     )
-    form = SignupForm.objects.filter(pk=form_id).first()
-    if subscription is None or form is None:
+    if subscription is None:
         return None
     contact = subscription.contact
+    form = SignupForm.objects.filter(pk=form_id).first()
+    if form is None or subscription.status != SubscriptionStatus.UNCONFIRMED:
+        # Confirmed or ended meanwhile: no message, so the quota taken for it is given back.
+        signup_mail_quota_release(address=contact.email)
+        return None
     from_email = form.from_email or settings.EDM_DEFAULT_FROM_EMAIL
     try:
         composer = Composer(MessageSpec(from_email=from_email, from_name=form.from_name))
@@ -63,11 +68,14 @@ def signup_confirmation_send(*, subscription_id: int, form_id: int):
         )
     except (TemplateError, DeliveryError) as exc:
         logger.error("sign-up form %s: confirmation message cannot be composed: %s", form.pk, exc)
+        signup_mail_quota_release(address=contact.email)
         return None
     result = message_send_now(
         data=raw, from_email=from_email, to_email=contact.email, tag=subscription.pk
     )
     if result.status != SendStatus.SENT:
+        # Not handed over: the person may ask again at once instead of after the quota's day.
+        signup_mail_quota_release(address=contact.email)
         logger.warning(
             "sign-up confirmation for subscription %s not sent: %s %s",
             subscription.pk,

@@ -124,6 +124,37 @@ def smtp_config_from_url(url: str, **overrides: Any) -> SmtpConfig:
     return SmtpConfig(**fields)
 
 
+def tls_client_context(*, ca_file: str = "", verify: bool = True) -> ssl.SSLContext:
+    """The TLS policy of every outgoing SMTP session (the sender's pool and the monitor).
+
+    Verified: the chain against the system store (or ``ca_file``) and the host name (RFC
+    6125), in the handshake itself. ``verify=False`` is the operator's explicit opt-out
+    (``verify_tls=0`` in the SMTP URL); it is never a default.
+    """
+    context = ssl.create_default_context(cafile=ca_file or None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def credentials_refusal(
+    *, security: Security | str, encrypted: bool, verified: bool, verify_tls: bool = True
+) -> str:
+    """Why credentials may not be sent on this session, or "" when they may.
+
+    The one rule of the sender and the monitor: a password travels only over TLS whose
+    certificate and host name verified (unless the operator turned verification off).
+    """
+    if Security(security) is Security.NONE:
+        return "credentials require security=starttls or tls"
+    if not encrypted:
+        return "the connection is not encrypted"
+    if verify_tls and not verified:
+        return "the server's certificate did not verify"
+    return ""
+
+
 class SendStatus(StrEnum):
     SENT = "sent"
     TEMPORARY = "temporary"
@@ -343,11 +374,9 @@ class SmtpPool:
 
     def _get_tls_context(self) -> ssl.SSLContext:
         if self._tls_context is None:
-            context = ssl.create_default_context(cafile=self.config.ca_file or None)
-            if not self.config.verify_tls:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self._tls_context = context
+            self._tls_context = tls_client_context(
+                ca_file=self.config.ca_file, verify=self.config.verify_tls
+            )
         return self._tls_context
 
     async def _open(self) -> _Connection:
@@ -395,12 +424,18 @@ class SmtpPool:
                     await client.helo()  # a pre-ESMTP server: no extensions
             if config.username:
                 stage = "auth"
-                if client.get_transport_info("sslcontext") is None:  # defence in depth
+                encrypted = client.get_transport_info("sslcontext") is not None
+                # Defence in depth: the handshake with tls_client_context() verified the
+                # chain and the host name, or it would have failed.
+                refusal = credentials_refusal(
+                    security=config.security,
+                    encrypted=encrypted,
+                    verified=encrypted and config.verify_tls,
+                    verify_tls=config.verify_tls,
+                )
+                if refusal:
                     raise _ConnectionFailed(
-                        "tls",
-                        None,
-                        "connection is not encrypted; refusing to authenticate",
-                        SendStatus.TEMPORARY,
+                        "tls", None, f"{refusal}; refusing to authenticate", SendStatus.TEMPORARY
                     )
                 await client.login(config.username, config.password)
         except _ConnectionFailed:
