@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from delivery.smtp import credentials_refusal, tls_client_context
+
 __all__ = ["CheckResult", "CheckTarget", "Finding", "check_smtp", "findings_for"]
 
 
@@ -29,6 +31,7 @@ class CheckTarget:
     password: str = ""
     timeout: float = 10.0
     ca_file: str = ""
+    verify_tls: bool = True  # False only by the operator's explicit opt-out (verify_tls=0)
     local_hostname: str = "skylark-monitor.localhost"
 
 
@@ -37,6 +40,7 @@ class CheckResult:
     host: str
     port: int
     security: str
+    verify_tls: bool = True
     up: bool = False
     error: str = ""
     stage: str = "connect"
@@ -64,7 +68,9 @@ class CheckResult:
     cert_not_after: str = ""
     cert_days_left: float | None = None
     cert_hostname_match: bool | None = None
-    cert_verified: bool | None = None  # chain verified against the CA store
+    # Chain (CA store or ca_file) and host name verified in the handshake, as the sender
+    # verifies them; None: not checked (no TLS, or verification turned off).
+    cert_verified: bool | None = None
     cert_error: str = ""
     auth_ok: bool | None = None  # None: not attempted
     auth_error: str = ""
@@ -162,13 +168,10 @@ def _describe_certificate(result: CheckResult, der: bytes, now: dt.datetime) -> 
 
 
 def _client_context(target: CheckTarget, *, verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=target.ca_file or None)
-    # The host name is compared separately (cert_hostname_match), so that a name mismatch
-    # and an untrusted chain are reported as two findings, not one handshake error.
-    context.check_hostname = False
-    if not verify:
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    # The sender's own policy (delivery.smtp), so the check can never trust a certificate the
+    # sender would refuse. verify=False only for the second look at a certificate that failed,
+    # which never carries credentials.
+    return tls_client_context(ca_file=target.ca_file, verify=verify and target.verify_tls)
 
 
 async def _start_tls(session: _Session, target: CheckTarget, result: CheckResult) -> None:
@@ -181,7 +184,7 @@ async def _start_tls(session: _Session, target: CheckTarget, result: CheckResult
             ),
             target.timeout,
         )
-        result.cert_verified = True
+        result.cert_verified = True if target.verify_tls else None
     except ssl.SSLCertVerificationError as exc:
         result.cert_verified = False
         result.cert_error = exc.verify_message or str(exc)
@@ -208,19 +211,35 @@ def _record_tls(result: CheckResult, ssl_object: ssl.SSLObject | None, now: dt.d
 
 async def check_smtp(target: CheckTarget) -> CheckResult:
     """Connect, read the greeting, EHLO, STARTTLS, EHLO again, try AUTH, QUIT."""
-    result = CheckResult(host=target.host, port=target.port, security=target.security)
+    result = _new_result(target)
     try:
         await _check(target, result, verify=True)
     except _RetryUnverified:
-        # The chain did not verify: look again without verifying, to describe the certificate.
+        # The certificate did not verify: look again without verifying, only to describe it
+        # (never with credentials: _try_auth refuses on this pass).
         verified, error = result.cert_verified, result.cert_error
-        result = CheckResult(host=target.host, port=target.port, security=target.security)
+        result = _new_result(target)
         try:
             await _check(target, result, verify=False)
         except _RetryUnverified:  # pragma: no cover - cannot happen without verification
             pass
         result.cert_verified, result.cert_error = verified, error
+        if target.username:
+            result.auth_ok = None
+            result.auth_error = (
+                f"not attempted: the certificate did not verify ({error}); "
+                "the password was not sent"
+            )
     return result
+
+
+def _new_result(target: CheckTarget) -> CheckResult:
+    return CheckResult(
+        host=target.host,
+        port=target.port,
+        security=target.security,
+        verify_tls=target.verify_tls,
+    )
 
 
 async def _check(target: CheckTarget, result: CheckResult, *, verify: bool) -> None:
@@ -268,7 +287,7 @@ async def _check(target: CheckTarget, result: CheckResult, *, verify: bool) -> N
         _read_extensions(result, extensions)
         if target.username:
             result.stage = "auth"
-            await _try_auth(session, target, result)
+            await _try_auth(session, target, result, verified_pass=verify)
         result.up = True
         result.stage = "quit"
         try:
@@ -316,10 +335,20 @@ def _read_extensions(result: CheckResult, extensions: dict[str, str]) -> None:
     result.auth_mechanisms = sorted(extensions.get("AUTH", "").upper().split())
 
 
-async def _try_auth(session: _Session, target: CheckTarget, result: CheckResult) -> None:
-    if not result.tls:
-        # Never send a password in the clear just to test it.
-        result.auth_error = "not attempted: no TLS"
+async def _try_auth(
+    session: _Session, target: CheckTarget, result: CheckResult, *, verified_pass: bool
+) -> None:
+    # The sender's rule: never a password in the clear, nor over TLS that did not verify.
+    refusal = credentials_refusal(
+        security=target.security,
+        encrypted=result.tls,
+        verified=verified_pass and result.cert_verified is True,
+        verify_tls=target.verify_tls,
+    )
+    if refusal:
+        if not result.tls and result.starttls_offered is False and target.security != "none":
+            refusal += " (the server does not offer STARTTLS)"
+        result.auth_error = f"not attempted: {refusal}; the password was not sent"
         return
     mechanisms = result.auth_mechanisms
     user, password = target.username, target.password
@@ -376,7 +405,29 @@ def findings_for(
             )
         )
     if result.cert_verified is False:
-        found.append(Finding("warning", "cert_untrusted", f"untrusted chain: {result.cert_error}"))
+        if result.security in ("starttls", "tls"):
+            # The sender verifies exactly this, so it cannot use the server at all.
+            found.append(
+                Finding(
+                    "down",
+                    "tls_failed",
+                    f"TLS did not verify ({result.cert_error}): Skylark does not send "
+                    "through this server, nor send it the password",
+                )
+            )
+        found.append(
+            Finding(
+                "warning", "cert_untrusted", f"the certificate did not verify: {result.cert_error}"
+            )
+        )
+    if result.tls and not result.verify_tls:
+        found.append(
+            Finding(
+                "warning",
+                "tls_verify_off",
+                "certificate verification is turned off for this server (verify_tls=0)",
+            )
+        )
     if result.plaintext_auth_offered:
         found.append(
             Finding("warning", "plaintext_auth", "AUTH is offered before STARTTLS (in the clear)")

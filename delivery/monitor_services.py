@@ -16,13 +16,13 @@ from django.utils import timezone
 from delivery.models import SmtpServer
 from delivery.monitor import CheckResult, CheckTarget, Finding, check_smtp, findings_for
 from delivery.monitor_models import Health, SmtpAlert, SmtpCheck
-from delivery.smtp import smtp_config_from_url
+from delivery.selectors import smtp_config_for_url
 
 logger = logging.getLogger(__name__)
 
 # Findings worth waking someone for; the others are shown on the status page only.
 ALERT_CODES = frozenset(
-    {"down", "no_tls", "cert_expiring", "cert_expired", "latency", "auth_failed"}
+    {"down", "no_tls", "cert_expiring", "cert_expired", "latency", "auth_failed", "tls_failed"}
 )
 CHECK_TIMEOUT = 15.0
 
@@ -44,7 +44,8 @@ def target_for_server(server: SmtpServer) -> CheckTarget:
 
 
 def target_for_url(url: str) -> CheckTarget:
-    config = smtp_config_from_url(url)
+    # Read as the sender reads it: same CA file, same (explicit) verification opt-out.
+    config = smtp_config_for_url(url)
     return CheckTarget(
         host=config.host,
         port=config.port,
@@ -52,7 +53,8 @@ def target_for_url(url: str) -> CheckTarget:
         username=config.username,
         password=config.password,
         timeout=CHECK_TIMEOUT,
-        ca_file=config.ca_file or settings.EDM_SMTP_TLS_CA_FILE,
+        ca_file=config.ca_file,
+        verify_tls=config.verify_tls,
     )
 
 
