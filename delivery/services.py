@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,7 +20,6 @@ from contacts.models import (
     Subscription,
     SubscriptionStatus,
     Suppression,
-    SuppressionReason,
     SuppressionScope,
 )
 from delivery import selectors
@@ -34,19 +33,11 @@ from delivery.models import (
     DeliveryStatus,
     EventKind,
 )
-from delivery.outcomes import Outcome
+from delivery.recording import deliveries_record as deliveries_record  # a service of this app
 from delivery.runner import send_envelopes
 from delivery.smtp import Envelope, SendResult, SendStatus
 
 logger = logging.getLogger(__name__)
-
-_EVENT_FOR_STATUS = {
-    DeliveryStatus.SENT: EventKind.SENT,
-    DeliveryStatus.DEFERRED: EventKind.DEFERRED,
-    DeliveryStatus.BOUNCED: EventKind.BOUNCED,
-    DeliveryStatus.FAILED: EventKind.FAILED,
-    DeliveryStatus.SUPPRESSED: EventKind.SUPPRESSED,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,189 +553,6 @@ def deliveries_drop_suppressed(
                 DeliveryEvent(delivery_id=i, kind=EventKind.SUPPRESSED, created_at=now) for i in ids
             )
     return keep
-
-
-def deliveries_record(outcomes: Iterable[Outcome]) -> int:
-    """Write a flush of outcomes: one bulk update, one bulk insert of events.
-
-    Hard bounces also suppress the address and mark the contact bounced.
-    """
-    outcomes = list(outcomes)
-    if not outcomes:
-        return 0
-    suppress = [o.delivery_id for o in outcomes if o.suppress]
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            _update_from_values(outcomes, with_events=True)
-        else:
-            _update_from_values(outcomes)
-            _insert_events(outcomes)
-        if suppress:
-            _suppress_deliveries(suppress)
-    return len(outcomes)
-
-
-def _rows_source(types: tuple[str, ...], rows: list[tuple]) -> tuple[str, list]:
-    """A FROM item `v(column1, column2, ...)` holding `rows`, and its parameters.
-
-    PostgreSQL gets the rows as one JSON text parameter, taken apart by the server
-    (`jsonb_array_elements`): the C JSON encoder builds it in a fraction of the time psycopg
-    takes to quote one array per column (or a VALUES list of thousands of placeholders). As
-    jsonb it is parsed once; as json each `->>` parsed its row again (a third of the
-    statement's time). SQLite gets a VALUES list.
-    """
-    if connection.vendor == "postgresql":
-        select, params = _rows_select(types, rows)
-        return f"({select}) AS v", params
-    placeholders = "(" + ", ".join(["%s"] * len(types)) + ")"
-    params = [value for row in rows for value in row]
-    return f"(VALUES {', '.join([placeholders] * len(rows))}) AS v", params
-
-
-def _rows_select(types: tuple[str, ...], rows: list[tuple]) -> tuple[str, list]:
-    """PostgreSQL: a SELECT of `rows` as columns column1, column2, ... from one jsonb
-    parameter, and its parameters."""
-    columns = ", ".join(f"(x->>{i})::{pg_type} AS column{i + 1}" for i, pg_type in enumerate(types))
-    payload = json.dumps(rows, default=_json_default, separators=(",", ":"))
-    return f"SELECT {columns} FROM jsonb_array_elements(%s::jsonb) AS x", [payload]
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _insert_events(outcomes: list[Outcome]) -> None:
-    """One INSERT of the outcomes' events (bulk_create builds a model per row)."""
-    table = DeliveryEvent._meta.db_table
-    adapt = connection.ops.adapt_datetimefield_value
-    columns = "delivery_id, kind, created_at, smtp_code, enhanced_status, detail, data"
-    types = ("bigint", "varchar", "timestamptz", "integer", "varchar", "text", "jsonb")
-    for start in range(0, len(outcomes), 500):
-        rows = [
-            (
-                o.delivery_id,
-                _EVENT_FOR_STATUS.get(o.status, EventKind.ATTEMPT),
-                adapt(o.attempted_at),
-                o.smtp_code,
-                o.enhanced_status,
-                o.reply,
-                json.dumps({"reason": o.reason} if o.reason else {}),
-            )
-            for o in outcomes[start : start + 500]
-        ]
-        source, params = _rows_source(types, rows)
-        selected = ", ".join(f"v.column{i + 1}" for i in range(len(types)))
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) SELECT {selected} FROM {source}",  # noqa: S608
-                params,
-            )
-
-
-# Columns set from each outcome, after the id, with their PostgreSQL types.
-_OUTCOME_COLUMNS = (
-    ("status", "varchar"),
-    ("reason", "varchar"),
-    ("smtp_code", "integer"),
-    ("enhanced_status", "varchar"),
-    ("smtp_reply", "text"),
-    ("message_id", "varchar"),
-    ("next_attempt_at", "timestamptz"),
-    ("sent_at", "timestamptz"),
-    ("attempted_at", "timestamptz"),
-)
-
-
-def _update_from_values(
-    outcomes: list[Outcome], *, chunk: int = 500, with_events: bool = False
-) -> None:
-    """One UPDATE ... FROM <rows> per chunk: Django's bulk_update builds a CASE per row and
-    column, which costs seconds per thousand rows; this costs milliseconds.
-
-    ``with_events`` (PostgreSQL): the same statement inserts the outcomes' events, from the
-    same rows (one parameter to build and parse, one round trip).
-    """
-    table = Delivery._meta.db_table
-    adapt = connection.ops.adapt_datetimefield_value
-    types = ("bigint", *(pg_type for _, pg_type in _OUTCOME_COLUMNS), "varchar")
-    value = {name: f"v.column{i + 2}" for i, (name, _) in enumerate(_OUTCOME_COLUMNS)}
-    kind = f"v.column{len(types)}"
-    assignments = ", ".join(
-        f"{name} = {value[name]}" for name, _ in _OUTCOME_COLUMNS if name != "attempted_at"
-    )
-    update = (
-        f"UPDATE {table} SET {assignments}, "  # noqa: S608 - names from model metadata
-        f"attempts = attempts + 1, lease_expires_at = NULL, "
-        f"updated_at = {value['attempted_at']}, "
-        f"first_attempt_at = COALESCE(first_attempt_at, {value['attempted_at']}) "
-        "FROM {source} WHERE "
-        f"{table}.id = v.column1 "
-        # Rows of a leased range are pending, of a per-row claim sending; a row taken back
-        # by the sweeper (deferred) or cancelled meanwhile still gets what really happened
-        # to it. A row already final (sent by another worker after a lease ran out) keeps
-        # its status; the events still record both attempts.
-        # Written as IS TRUE so that the planner looks each row up by primary key instead
-        # of reading every leased row through the partial lease index (its statistics lag
-        # far behind a running campaign): 2.6x cheaper per flush.
-        f"AND ({table}.status IN ('pending', 'sending', 'deferred', 'cancelled')) IS TRUE"
-    )
-    events = (
-        f"INSERT INTO {DeliveryEvent._meta.db_table} "  # noqa: S608 - names from model metadata
-        "(delivery_id, kind, created_at, smtp_code, enhanced_status, detail, data) "
-        f"SELECT v.column1, {kind}, {value['attempted_at']}, {value['smtp_code']}, "
-        f"{value['enhanced_status']}, {value['smtp_reply']}, "
-        f"CASE WHEN {value['reason']} <> '' THEN jsonb_build_object('reason', {value['reason']}) "
-        "ELSE '{{}}'::jsonb END FROM v"
-    )
-    for start in range(0, len(outcomes), chunk):
-        rows = [
-            (
-                o.delivery_id,
-                o.status,
-                o.reason,
-                o.smtp_code,
-                o.enhanced_status,
-                o.reply,
-                o.message_id,
-                adapt(o.next_attempt_at),
-                adapt(o.attempted_at if o.status == DeliveryStatus.SENT else None),
-                adapt(o.attempted_at),
-                _EVENT_FOR_STATUS.get(o.status, EventKind.ATTEMPT),
-            )
-            for o in outcomes[start : start + chunk]
-        ]
-        if with_events:
-            select, params = _rows_select(types, rows)
-            sql = (
-                f"WITH v AS MATERIALIZED ({select}), "
-                f"written AS ({update.format(source='v')}) {events.format()}"
-            )
-        else:
-            source, params = _rows_source(types, rows)
-            sql = update.format(source=source)
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-
-
-def _suppress_deliveries(delivery_ids: list[int]) -> None:
-    pairs = list(Delivery.objects.filter(id__in=delivery_ids).values_list("contact_id", "email"))
-    Suppression.objects.bulk_create(
-        [
-            Suppression(
-                value=email.lower(),
-                scope=SuppressionScope.ADDRESS,
-                reason=SuppressionReason.HARD_BOUNCE,
-                source="smtp",
-            )
-            for _, email in pairs
-        ],
-        ignore_conflicts=True,
-    )
-    Contact.objects.filter(id__in=[c for c, _ in pairs], status=ContactStatus.ACTIVE).update(
-        status=ContactStatus.BOUNCED
-    )
 
 
 def deliveries_reclaim_expired(*, now: datetime | None = None) -> int:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
+from contacts.text import clean_text
 from delivery.errors import SmtpConfigError
 
 logger = logging.getLogger(__name__)
@@ -214,7 +215,9 @@ def _result(
     status: SendStatus | None = None,
     refused: tuple[tuple[str, int, str], ...] = (),
 ) -> SendResult:
-    text = " ".join(text.split())  # multi-line replies on one line
+    # Multi-line replies on one line; a hostile server's NUL or invalid UTF-8 (surrogates
+    # from aiosmtplib's surrogateescape) would make the outcome unwritable (PostgreSQL).
+    text = clean_text(" ".join(text.split()))
     return SendResult(
         tag=envelope.tag,
         status=status or status_for_code(code),
@@ -536,7 +539,7 @@ class SmtpPool:
                 try:
                     await client.rcpt(recipient, options=rcpt_options, encoding=encoding)
                 except aiosmtplib.SMTPRecipientRefused as exc:
-                    refused.append((recipient, exc.code, " ".join(exc.message.split())))
+                    refused.append((recipient, exc.code, clean_text(" ".join(exc.message.split()))))
                     if exc.code == 421:
                         raise
             if len(refused) == len(envelope.recipients):

@@ -175,7 +175,7 @@ class Rule:
     """One scripted reaction: at ``stage``, for ``recipient`` (None: any), ``times`` times."""
 
     stage: str
-    reply: str | None = None
+    reply: str | bytes | None = None  # bytes: sent as given (a hostile server's NUL, bad UTF-8)
     recipient: str | None = None
     times: int | None = None  # None: forever
     stall: float = 0.0
@@ -251,7 +251,7 @@ class _ScriptedSMTP(SMTP):
                 if rule.reply:
                     status = rule.reply
         await super().push(status)
-        text = status.decode() if isinstance(status, bytes) else status
+        text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
         if text.startswith("421") and self.transport is not None:
             # RFC 5321 section 3.8: 421 means the server is closing the channel.
             self.transport.close()
@@ -334,7 +334,7 @@ class _Handler:
 
     async def handle_DATA(self, server: _ScriptedSMTP, session: Any, envelope: Any) -> str:
         reply = await self._scripted_reply(server, "data", envelope.rcpt_tos)
-        if reply is not MISSING and not reply.startswith("2"):
+        if reply is not MISSING and reply[:1] not in ("2", b"2"):
             return reply
         log = server.connection_log
         message = ReceivedMessage(
@@ -455,7 +455,7 @@ class ScriptedSmtpServer:
     def script(
         self,
         stage: str,
-        reply: str | None = None,
+        reply: str | bytes | None = None,
         *,
         recipient: str | None = None,
         times: int | None = None,
