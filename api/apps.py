@@ -11,10 +11,14 @@ class ApiConfig(AppConfig):
     def ready(self) -> None:
         # Bounces and complaints about transactional messages: the intake asks us (it cannot
         # import the API app, which depends on it).
-        from api.bounce_glue import TransactionalCorrelator
+        from api.bounce_glue import TransactionalCorrelator, TransactionalUnsubscribeHandler
         from delivery.intake import correlator_register
+        from delivery.mailto import unsubscribe_handler_register
 
         correlator_register(name="transactional", correlator=TransactionalCorrelator())
+        unsubscribe_handler_register(
+            name="transactional", handler=TransactionalUnsubscribeHandler()
+        )
 
         # Any saved or deleted key (admin edits included) ends every process's cached copy.
         from django.db.models.signals import post_delete, post_save

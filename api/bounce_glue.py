@@ -7,12 +7,15 @@ dependency stays api -> delivery (as with relay_glue).
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from api import correlation, selectors, services
-from api.models import TransactionalMessage
+from api.models import Category, TransactionalMessage
 from contacts.selectors import contacts_by_keys
 from delivery.intake import SentMessage
+from delivery.mailto import Unsubscribed
+from delivery.tokens import unsubscribe_token_parse
 
 
 def _sent(message: TransactionalMessage | None) -> SentMessage | None:
@@ -33,7 +36,7 @@ class TransactionalCorrelator:
         return _sent(selectors.message_by_return_path(address))
 
     def by_key(self, key: str) -> SentMessage | None:
-        return _sent(selectors.message_by_correlation_key(key))
+        return _sent(selectors.message_by_signed_key(key))
 
     def record(
         self,
@@ -59,4 +62,27 @@ class TransactionalCorrelator:
             enhanced_status=enhanced_status,
             detail=detail,
             now=now,
+        )
+
+
+class TransactionalUnsubscribeHandler:
+    """Mail to a marketing message's List-Unsubscribe mailto (delivery.mailto)."""
+
+    def unsubscribe(self, token: str, *, source: str) -> Unsubscribed | None:
+        value = unsubscribe_token_parse(token, purpose=correlation.UNSUBSCRIBE_MAILTO_PURPOSE)
+        if value is None or value >= 1 << 128:
+            return None
+        message = TransactionalMessage.objects.filter(
+            public_id=uuid.UUID(int=value), category=Category.MARKETING
+        ).first()
+        if message is None:
+            return None
+        changed = services.message_unsubscribe(message=message, source=source)
+        sent = _sent(message)
+        return Unsubscribed(
+            delivery_id=None,
+            message_ref=sent.ref,
+            email=sent.email,
+            contact_id=sent.contact_id,
+            changed=changed,
         )

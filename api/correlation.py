@@ -3,8 +3,10 @@
 Pure (no database). The return path is a VERP address made by delivery.verp with a secret of
 its own, derived from SECRET_KEY: a campaign's return path never parses as a message's, nor
 the other way round, though both are `bounces+...@EDM_BOUNCE_DOMAIN`. The "tx-<public id>"
-key is the DSN ENVID (RFC 3461) and the X-Skylark-Delivery header of every message, which
-no campaign delivery id (digits) can be mistaken for.
+key is the message's reference inside Skylark (BounceMessage.message_ref); what travels, as
+the DSN ENVID (RFC 3461) and the X-Skylark-Delivery header of every message, is that key with
+an HMAC tag (`signed_key`): a report can only name a message whose copy its author has seen.
+No campaign delivery reference (digits) can be mistaken for it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import uuid
 
 from django.conf import settings
 
-from delivery.verp import verp_address, verp_parse
+from delivery.tokens import purpose_secret
+from delivery.verp import keyed_reference, keyed_reference_parse, verp_address, verp_parse
 
 KEY_PREFIX = "tx-"
 
@@ -55,6 +58,20 @@ def public_id_from_key(key: str) -> uuid.UUID | None:
     return public_id if str(public_id) == text else None  # one spelling only
 
 
+def signed_key(public_id: uuid.UUID) -> str:
+    """`tx-<public id>.<tag>`: the ENVID and X-Skylark-Delivery value of a message."""
+    return keyed_reference(correlation_key(public_id), secret=purpose_secret("tx-reference"))
+
+
+def public_id_from_signed_key(value: str) -> uuid.UUID | None:
+    """The public id a signed key names; None for an unsigned or tampered one."""
+    key = keyed_reference_parse(value, secret=purpose_secret("tx-reference"))
+    return public_id_from_key(key) if key is not None else None
+
+
 def header_line(public_id: uuid.UUID) -> bytes:
-    """The correlation header stamped on a message, like a campaign's delivery id."""
-    return f"X-Skylark-Delivery: {correlation_key(public_id)}\r\n".encode("ascii")
+    """The correlation header stamped on a message, like a campaign's delivery reference."""
+    return f"X-Skylark-Delivery: {signed_key(public_id)}\r\n".encode("ascii")
+
+
+UNSUBSCRIBE_MAILTO_PURPOSE = "unsubscribe-mailto-transactional"

@@ -46,8 +46,17 @@ def message_by_return_path(address: str) -> TransactionalMessage | None:
 
 
 def message_by_correlation_key(key: str) -> TransactionalMessage | None:
-    """The message a "tx-<public id>" key (ENVID, X-Skylark-Delivery) names, or None."""
+    """The message of a "tx-<public id>" key as Skylark stores it (message_ref), or None."""
     public_id = correlation.public_id_from_key(key)
+    if public_id is None:
+        return None
+    return TransactionalMessage.objects.filter(public_id=public_id).first()
+
+
+def message_by_signed_key(value: str) -> TransactionalMessage | None:
+    """The message a signed key from a report (ENVID, X-Skylark-Delivery) names, or None
+    (unsigned, forged or tampered with)."""
+    public_id = correlation.public_id_from_signed_key(value)
     if public_id is None:
         return None
     return TransactionalMessage.objects.filter(public_id=public_id).first()

@@ -58,6 +58,7 @@ from contacts.models import (
     SuppressionScope,
 )
 from contacts.selectors import contacts_by_keys
+from delivery import tokens
 from delivery.compose import (
     Attachment,
     Composer,
@@ -492,9 +493,8 @@ def _compose(
         unsubscribe_url = unsubscribe_mailto = ""
         if request.category == Category.MARKETING:
             unsubscribe_url = message_unsubscribe_url(public_id)
-            unsubscribe_mailto = (
-                f"mailto:unsubscribe@{settings.EDM_BOUNCE_DOMAIN}"
-                f"?subject=unsubscribe-tx-{public_id}"
+            unsubscribe_mailto = tokens.unsubscribe_mailto(
+                delivery_id=public_id.int, purpose=correlation.UNSUBSCRIBE_MAILTO_PURPOSE
             )
         context = contact_context(
             email=request.to_email,
@@ -809,7 +809,7 @@ def message_send(*, message_id: int) -> str:
         # Asynchronous bounces come back to the return path, with the ENVID where the
         # receiving servers support DSN: both lead the bounce intake to this message.
         sender=correlation.return_path(message.pk),
-        envid=correlation.correlation_key(message.public_id),
+        envid=correlation.signed_key(message.public_id),
     )
     outcome = outcome_for_result(
         result,

@@ -112,7 +112,7 @@ def run(count: int, signer: DkimSigner | None, html: str = HTML) -> tuple[float,
             message_id=make_message_id(domain="example.com", delivery_id=i),
             unsubscribe_url=f"https://example.com/u/{i:08x}signedtoken",
             unsubscribe_mailto="unsubscribe@example.com",
-            delivery_id=i,
+            delivery_reference=f"{i}.abcdefghijklmnop",
         )
         if signer is not None:
             raw = signer.sign(raw)

@@ -102,16 +102,18 @@ class PreparedCampaign:
         context = self.recipient_context(row)
         unsubscribe = context["unsubscribe_url"]
         content = render_content(self.compiled, context)
-        message_id = make_message_id(domain=self.message_id_domain, delivery_id=row.id)
+        message_id = make_message_id(
+            domain=self.message_id_domain, delivery_id=row.id, secret=tokens.message_id_secret()
+        )
+        reference = tokens.delivery_reference(row.id)
         data = self.composer.compose(
             to_email=row.email,
             to_name=row.name,
             content=content,
             message_id=message_id,
             unsubscribe_url=unsubscribe,
-            unsubscribe_mailto=f"mailto:unsubscribe@{settings.EDM_BOUNCE_DOMAIN}"
-            f"?subject=unsubscribe-{row.id}",
-            delivery_id=row.id,
+            unsubscribe_mailto=tokens.unsubscribe_mailto(delivery_id=row.id),
+            delivery_reference=reference,
             attachments=self.attachments,
         )
         if self.signer is not None:
@@ -128,7 +130,7 @@ class PreparedCampaign:
             data=data,
             tag=(row.id, message_id),
             smtputf8=not recipient.isascii(),
-            dsn_envid=str(row.id),
+            dsn_envid=reference,
             dsn_notify="FAILURE,DELAY",
             dsn_ret="HDRS",
         )

@@ -20,7 +20,7 @@ from delivery.bounce_models import (
     Mailbox,
     MailboxSecurity,
 )
-from delivery.intake import bounce_rates_by_campaign, bounce_rates_by_domain
+from delivery.selectors import bounce_rates_by_campaign, bounce_rates_by_domain
 
 _STATUS_LABELS = {
     "applied": "success",

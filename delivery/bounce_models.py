@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from delivery import crypto
 
@@ -41,6 +42,7 @@ class BounceMessageStatus(models.TextChoices):
     APPLIED = "applied", "Applied"
     UNMATCHED = "unmatched", "No matching delivery"
     IGNORED = "ignored", "Ignored (not a bounce)"
+    UNTRUSTED = "untrusted", _("Untrusted reference (no action)")
     ERROR = "error", "Error"
 
 
@@ -52,6 +54,7 @@ class OutcomeKind(models.TextChoices):
     COMPLAINT = "complaint", "Complaint"
     AUTO_REPLY = "auto-reply", "Auto-reply"
     NOT_BOUNCE = "not-a-bounce", "Not a bounce"
+    UNSUBSCRIBE = "unsubscribe", _("Unsubscribe request (List-Unsubscribe mailto)")
 
 
 class BounceAction(models.TextChoices):

@@ -22,8 +22,7 @@ from typing import Protocol
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Count, IntegerField, Q, Value
-from django.db.models.functions import Lower, StrIndex, Substr
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from contacts.models import (
@@ -35,6 +34,7 @@ from contacts.models import (
     SuppressionReason,
     SuppressionScope,
 )
+from delivery import tokens
 from delivery.bounce_models import (
     RAW_KEEP_BYTES,
     BounceAction,
@@ -47,6 +47,8 @@ from delivery.bounce_models import (
     PolicyKind,
 )
 from delivery.bounces import BounceKind, BounceReason, BounceRecipient, BounceReport, parse_bounce
+from delivery.compose import message_id_delivery
+from delivery.mailto import MailtoRequest, mailto_apply, mailto_find
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
 from delivery.verp import verp_parse
 
@@ -132,6 +134,7 @@ class _Match:
     matched_by: str = ""
     sent: SentMessage | None = None
     correlator: MessageCorrelator | None = None
+    untrusted: str = ""  # the field that named a message without a valid tag
 
     @property
     def found(self) -> bool:
@@ -171,6 +174,17 @@ def bounce_ingest(
     Database errors propagate (the caller retries or tells its peer to); anything else is
     recorded on the kept report with status `error`.
     """
+    unsubscribe = mailto_find(raw=raw, envelope_rcpts=envelope_rcpts)
+    if unsubscribe is not None:
+        return _store(
+            raw=raw,
+            source=source,
+            report=None,
+            envelope_from=envelope_from,
+            envelope_rcpts=envelope_rcpts,
+            now=now,
+            unsubscribe=unsubscribe,
+        )
     try:
         report = parse_bounce(raw)
     except Exception as exc:  # the classifier promises never to raise; keep the report anyway
@@ -250,6 +264,7 @@ def _store(
     now: datetime | None = None,
     error: str = "",
     recipient_fallback: bool = False,
+    unsubscribe: MailtoRequest | None = None,
 ) -> IngestResult:
     now = now or timezone.now()
     digest = _digest(raw)
@@ -257,6 +272,8 @@ def _store(
     if existing is not None:
         return _duplicate(existing)
     kind = OutcomeKind(str(report.kind)) if report is not None else OutcomeKind.NOT_BOUNCE
+    if unsubscribe is not None:
+        kind = OutcomeKind.UNSUBSCRIBE
     try:
         with transaction.atomic():
             message = BounceMessage.objects.create(
@@ -272,6 +289,8 @@ def _store(
                 summary=_summary(report) if report is not None else {},
                 error=error,
             )
+            if unsubscribe is not None:
+                return _result(message, _apply_unsubscribe(message, unsubscribe))
             if report is None:
                 return _result(message, BounceAction.NONE)
             try:
@@ -305,6 +324,39 @@ def _store(
         return _duplicate(existing)
 
 
+def _apply_unsubscribe(message: BounceMessage, request: MailtoRequest) -> str:
+    """A mail to the List-Unsubscribe address: unsubscribe the one recipient its signed token
+    names; a mail without a valid token is kept and acts on nobody."""
+    done = mailto_apply(request, source=f"mailto (report #{message.pk})")
+    if done is None:
+        message.status = BounceMessageStatus.UNTRUSTED
+        message.summary = {
+            "untrusted": {"matched_by": "mailto", "why": "no valid unsubscribe token"},
+            "tokens": list(request.tokens[:5]),
+        }
+        message.save(update_fields=["status", "summary"])
+        logger.warning("unsubscribe mail #%s carries no valid token, no action", message.pk)
+        return BounceAction.NONE
+    message.status = BounceMessageStatus.APPLIED
+    message.matched_by = "mailto"
+    message.delivery_id = done.delivery_id
+    message.message_ref = done.message_ref
+    message.save(update_fields=["status", "matched_by", "delivery", "message_ref"])
+    action = BounceAction.UNSUBSCRIBED if done.changed else BounceAction.NONE
+    BounceOutcome.objects.create(
+        message=message,
+        created_at=message.received_at,
+        recipient=done.email[:320],
+        kind=OutcomeKind.UNSUBSCRIBE,
+        delivery_id=done.delivery_id,
+        message_ref=done.message_ref,
+        contact_id=done.contact_id,
+        action=action,
+    )
+    logger.info("unsubscribe mail #%s applied (changed: %s)", message.pk, done.changed)
+    return action
+
+
 def _result(message: BounceMessage, action: str) -> IngestResult:
     return IngestResult(
         bounce_message_id=message.pk,
@@ -334,26 +386,30 @@ def _summary(report: BounceReport) -> dict:
 # --- correlation -----------------------------------------------------------------------------
 
 
-def _delivery_by_id(value: str) -> Delivery | None:
-    value = (value or "").strip()
-    if not _DIGITS.match(value):
-        return None
-    return Delivery.objects.filter(pk=int(value)).first()
+def _delivery(delivery_id: int | None) -> Delivery | None:
+    return Delivery.objects.filter(pk=delivery_id).first() if delivery_id is not None else None
+
+
+def _delivery_by_reference(value: str) -> Delivery | None:
+    """The delivery a signed ENVID or X-Skylark-Delivery value names (`<id>.<tag>`)."""
+    return _delivery(tokens.delivery_from_reference(value))
 
 
 def _delivery_by_message_id(message_id: str) -> Delivery | None:
-    message_id = (message_id or "").strip()
-    if not message_id:
-        return None
-    if not message_id.startswith("<"):
-        message_id = f"<{message_id}>"
-    # Our Message-IDs start with the delivery id ("<id.time.random@domain>", compose.py): look
-    # it up by primary key and compare, rather than scanning an unindexed column.
-    head = message_id[1:].split(".", 1)[0]
-    delivery = _delivery_by_id(head)
-    if delivery is not None and delivery.message_id == message_id:
-        return delivery
-    return Delivery.objects.filter(message_id=message_id).order_by("-id").first()
+    """The delivery of a Message-ID Skylark made: its last part is an HMAC tag of the rest
+    (compose.make_message_id), so a report quoting it has seen the message."""
+    return _delivery(message_id_delivery(message_id, secret=tokens.message_id_secret()))
+
+
+def _unsigned_reference(report: BounceReport) -> str:
+    """Which field of the report names one of our messages without a valid tag, if any: a
+    bare delivery id (what messages carried before the tags) or a forged tag."""
+    for field, value in (("envid", report.envid), ("header", report.delivery_header)):
+        value = (value or "").strip().lower()
+        if _DIGITS.match(value.partition(".")[0]) or value.startswith("tx-"):
+            return field
+    head = (report.original_message_id or "").strip().strip("<>").partition(".")[0]
+    return "message_id" if _DIGITS.match(head) else ""
 
 
 def _correlate(
@@ -361,6 +417,9 @@ def _correlate(
 ) -> _Match:
     """The one message a report is about, by the keys of docs/bounces.md, strongest first.
 
+    Every key is unforgeable: the VERP return path, the ENVID and our header carry an HMAC
+    tag, our Message-IDs end in one. A report that names a message only by a bare id (or a
+    wrong tag) is matched to nothing: `untrusted` says which field did.
     At each key a campaign delivery is tried first, then the registered correlators (their
     keys never look like a delivery's: a VERP tag made with another secret, "tx-..." values).
     """
@@ -369,39 +428,33 @@ def _correlate(
     for address in (*envelope_rcpts, report.envelope_to):
         if not address:
             continue
-        delivery_id = verp_parse(address, secret=settings.SECRET_KEY)
-        if delivery_id is not None:
-            delivery = Delivery.objects.filter(pk=delivery_id).first()
-            if delivery is not None:
-                return _Match(delivery, "verp")
+        delivery = _delivery(verp_parse(address, secret=settings.SECRET_KEY))
+        if delivery is not None:
+            return _Match(delivery, "verp")
         for correlator in correlators:
             sent = correlator.by_return_path(address)
             if sent is not None:
                 return _Match(None, "verp", sent, correlator)
-    # 2-4. Keys anyone can write (ENVID, our header, a Message-ID) are trusted only when the
-    # report does not name another recipient: a forged report cannot bounce an arbitrary id.
-    named = {r.recipient.lower() for r in report.recipients if r.recipient}
-
-    def plausible(email: str) -> bool:
-        return not named or email.lower() in named
-
+    # 2-4. Keys the report's author writes, each checked by its tag.
     for matched_by, find, key in (
-        ("envid", _delivery_by_id, report.envid),
-        ("header", _delivery_by_id, report.delivery_header),
+        ("envid", _delivery_by_reference, report.envid),
+        ("header", _delivery_by_reference, report.delivery_header),
         ("message_id", _delivery_by_message_id, report.original_message_id),
     ):
         if not key:
             continue
         delivery = find(key)
-        if delivery is not None and plausible(delivery.email):
+        if delivery is not None:
             return _Match(delivery, matched_by)
         if matched_by == "message_id":
             continue  # other senders' Message-IDs carry no key of theirs
         for correlator in correlators:
             sent = correlator.by_key(key)
-            if sent is not None and plausible(sent.email):
+            if sent is not None:
                 return _Match(None, matched_by, sent, correlator)
-    # 5. Provider webhooks only: the latest delivery that left for that address.
+    # 5. Provider webhooks only (the provider signed its call): the latest delivery that left
+    # for the address the report names.
+    named = {r.recipient.lower() for r in report.recipients if r.recipient}
     if recipient_fallback and named:
         delivery = (
             Delivery.objects.annotate(email_lower=Lower("email"))
@@ -411,7 +464,23 @@ def _correlate(
         )
         if delivery is not None:
             return _Match(delivery, "recipient")
-    return _Match(None)
+    return _Match(None, untrusted=_unsigned_reference(report))
+
+
+def _speaks_for(report: BounceReport, match: _Match, primary: BounceRecipient | None) -> str:
+    """Why a matched report may not act on its message ("" when it may).
+
+    A bounce must name the message's own recipient; only the VERP return path, one per
+    message, may bounce under another name (an alias or a forward expanded it). A complaint
+    (RFC 5965 reports often redact the recipient) needs only the signed key.
+    """
+    if primary is None:
+        return "names no recipient"
+    if report.kind == BounceKind.COMPLAINT or match.matched_by in ("verp", "recipient"):
+        return ""
+    if (primary.recipient or "").lower() != match.email.lower():
+        return "names another recipient than the message's"
+    return ""
 
 
 # --- applying --------------------------------------------------------------------------------
@@ -440,6 +509,22 @@ def _apply(
     match = _correlate(report, envelope_rcpts, recipient_fallback=recipient_fallback)
     primary = _primary(report, match.email)
     ignored = report.kind in (BounceKind.AUTO_REPLY, BounceKind.NOT_BOUNCE)
+    refusal = _speaks_for(report, match, primary) if match.found and not ignored else ""
+    if refusal:
+        # Stored and shown, acts on nobody: the report is about a message it cannot prove
+        # to speak for.
+        message.summary["untrusted"] = {
+            "matched_by": match.matched_by,
+            "delivery": match.delivery.pk if match.delivery is not None else None,
+            "message_ref": match.ref,
+            "why": refusal,
+        }
+        match, primary = _Match(None, untrusted=match.matched_by), None
+    elif match.untrusted and not ignored:
+        message.summary["untrusted"] = {
+            "matched_by": match.untrusted,
+            "why": "names a message without a valid signature",
+        }
 
     outcomes = []
     primary_outcome = None
@@ -471,6 +556,13 @@ def _apply(
     action = BounceAction.NONE
     if ignored:
         message.status = BounceMessageStatus.IGNORED
+    elif match.untrusted:
+        message.status = BounceMessageStatus.UNTRUSTED
+        logger.warning(
+            "bounce report #%s: untrusted reference (%s), no action",
+            message.pk,
+            message.summary["untrusted"]["why"],
+        )
     elif not match.found or primary_outcome is None:
         message.status = BounceMessageStatus.UNMATCHED
         logger.info("bounce report #%s matches no delivery", message.pk)
@@ -482,7 +574,7 @@ def _apply(
     if primary_outcome is not None and primary_outcome.counted:
         action = _apply_policy(outcome=primary_outcome, match=match, now=now)
         BounceOutcome.objects.filter(pk=primary_outcome.pk).update(action=action)
-    message.save(update_fields=["delivery", "message_ref", "matched_by", "status"])
+    message.save(update_fields=["delivery", "message_ref", "matched_by", "status", "summary"])
     return action
 
 
@@ -647,100 +739,12 @@ def _record_event(match: _Match, *, kind: str, detail: str, now: datetime) -> No
         )
 
 
-# --- reads for the admin (rates) -------------------------------------------------------------
-
-# Gmail's sender guidelines: keep the user-reported spam rate below 0.1%, never reach 0.3%.
-COMPLAINT_RATE_WARN = 0.001
-COMPLAINT_RATE_DANGER = 0.003
-
-
-@dataclass(frozen=True)
-class RateRow:
-    label: str
-    sent: int  # accepted by the receiving server (250) or refused by it
-    bounced: int
-    complained: int
-
-    @property
-    def bounce_rate(self) -> float:
-        return self.bounced / self.sent if self.sent else 0.0
-
-    @property
-    def complaint_rate(self) -> float:
-        return self.complained / self.sent if self.sent else 0.0
-
-    @property
-    def complaint_level(self) -> str:
-        if self.complaint_rate >= COMPLAINT_RATE_DANGER:
-            return "danger"
-        if self.complaint_rate >= COMPLAINT_RATE_WARN:
-            return "warning"
-        return "ok"
-
-
-def _attempted() -> Q:
-    return Q(sent_at__isnull=False) | Q(
-        status__in=[DeliveryStatus.SENT, DeliveryStatus.BOUNCED, DeliveryStatus.FAILED]
-    )
-
-
-def _rate_counts():
-    return {
-        # distinct everywhere: the join to events repeats a delivery once per event.
-        "sent": Count("id", filter=_attempted(), distinct=True),
-        "bounced": Count("id", filter=Q(status=DeliveryStatus.BOUNCED), distinct=True),
-        "complained": Count("id", filter=Q(events__kind=EventKind.COMPLAINT), distinct=True),
-    }
-
-
-def bounce_rates_by_campaign(*, limit: int = 50) -> list[RateRow]:
-    """Sent, bounced and complained per campaign, newest campaigns first."""
-    rows = (
-        Delivery.objects.values("campaign_id", "campaign__name")
-        .annotate(**_rate_counts())
-        .order_by("-campaign_id")[:limit]
-    )
-    return [
-        RateRow(
-            label=f"#{r['campaign_id']} {r['campaign__name']}",
-            sent=r["sent"],
-            bounced=r["bounced"],
-            complained=r["complained"],
-        )
-        for r in rows
-    ]
-
-
-def bounce_rates_by_domain(*, days: int = 30, limit: int = 50) -> list[RateRow]:
-    """The same figures per recipient domain over the last `days`, busiest domains first."""
-    since = timezone.now() - timedelta(days=days)
-    domain = Lower(
-        Substr("email", StrIndex("email", Value("@")) + Value(1, output_field=IntegerField()))
-    )
-    rows = (
-        Delivery.objects.filter(updated_at__gte=since)
-        .annotate(domain=domain)
-        .values("domain")
-        .annotate(**_rate_counts())
-        .order_by("-sent", "domain")[:limit]
-    )
-    return [
-        RateRow(label=r["domain"], sent=r["sent"], bounced=r["bounced"], complained=r["complained"])
-        for r in rows
-    ]
-
-
 __all__ = [
-    "COMPLAINT_RATE_DANGER",
-    "COMPLAINT_RATE_WARN",
     "IngestResult",
     "MessageCorrelator",
-    "RateRow",
     "SentMessage",
     "bounce_ingest",
     "bounce_ingest_report",
     "bounce_policy_for",
-    "bounce_rates_by_campaign",
-    "bounce_rates_by_domain",
     "correlator_register",
 ]

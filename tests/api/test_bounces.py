@@ -72,9 +72,10 @@ def test_messages_leave_with_their_own_return_path_envid_and_header(api_key, smt
     # Never a campaign's: the HMAC tag is made with another secret.
     assert verp_parse(received.mail_from, secret=settings.SECRET_KEY) is None
     # aiosmtpd upper-cases parameters, as some MTAs do: the key is read in any case.
-    assert f"ENVID=TX-{str(message.public_id).upper()}" in received.mail_options
+    signed = correlation.signed_key(message.public_id)
+    assert f"ENVID={signed.upper()}" in received.mail_options
     sent = message_from_bytes(received.data)
-    assert sent["X-Skylark-Delivery"] == f"tx-{message.public_id}"
+    assert sent["X-Skylark-Delivery"] == signed
 
 
 def test_relayed_messages_get_our_header_and_lose_the_clients(api_key):
@@ -91,7 +92,7 @@ def test_relayed_messages_get_our_header_and_lose_the_clients(api_key):
     )
     for message in messages:
         parsed = message_from_bytes(bytes(message.raw))
-        assert parsed.get_all("X-Skylark-Delivery") == [f"tx-{message.public_id}"]
+        assert parsed.get_all("X-Skylark-Delivery") == [correlation.signed_key(message.public_id)]
 
 
 # -- DSNs ---------------------------------------------------------------------------------------
@@ -130,11 +131,17 @@ def test_dsn_to_the_return_path_bounces_the_message_and_suppresses(client, api_k
 
 def test_envid_and_header_match_only_when_the_report_names_the_recipient(api_key, smtp):
     message, _ = send(api_key, smtp)
-    key = f"tx-{message.public_id}"
-    # Keys anyone can write: a report naming someone else is not trusted with them.
+    key = correlation.signed_key(message.public_id)
+    # A signed key in a report naming someone else: kept, acts on nobody.
     forged = make_dsn(recipient="victim@example.org", envid=key, delivery_header=key, nonce="f")
     result = bounce_ingest(raw=forged, source="pipe")
-    assert result.status == BounceMessageStatus.UNMATCHED and result.message_ref == ""
+    assert result.status == BounceMessageStatus.UNTRUSTED and result.message_ref == ""
+    # The unsigned key (what a forger could write, knowing only the id) acts on nobody even
+    # when it names the right recipient.
+    bare = f"tx-{message.public_id}"
+    forged = make_dsn(recipient=message.to_email, envid=bare, delivery_header=bare, nonce="g")
+    result = bounce_ingest(raw=forged, source="pipe")
+    assert result.status == BounceMessageStatus.UNTRUSTED and result.message_ref == ""
     message.refresh_from_db()
     assert message.status == MessageStatus.SENT and message.events.count() == 1
     assert not Suppression.objects.exists()
@@ -142,7 +149,7 @@ def test_envid_and_header_match_only_when_the_report_names_the_recipient(api_key
     by_envid = bounce_ingest(
         raw=make_dsn(recipient=message.to_email, envid=key.upper()), source="pipe"
     )
-    assert (by_envid.matched_by, by_envid.message_ref) == ("envid", key)
+    assert (by_envid.matched_by, by_envid.message_ref) == ("envid", bare)
     message.refresh_from_db()
     assert message.status == MessageStatus.BOUNCED
 
@@ -267,7 +274,8 @@ def test_a_synchronous_refusal_keeps_its_status(api_key, smtp):
     message, _ = services.message_accept(api_key=key, request=request)
     assert services.message_send(message_id=message.pk) == MessageStatus.FAILED
     bounce_ingest(
-        raw=make_dsn(recipient="a@example.com", envid=f"tx-{message.public_id}"), source="pipe"
+        raw=make_dsn(recipient="a@example.com", envid=correlation.signed_key(message.public_id)),
+        source="pipe",
     )
     message.refresh_from_db()
     assert message.status == MessageStatus.FAILED and message.smtp_code == 550
@@ -338,7 +346,9 @@ def test_a_provider_webhook_with_the_header_reaches_the_message(client, api_key,
         "mail": {
             "messageId": "0000014644fe5ef6-9a483358-9170-4cb4-a269-f5dcdf415321-000000",
             "destination": [message.to_email],
-            "headers": [{"name": "X-Skylark-Delivery", "value": f"tx-{message.public_id}"}],
+            "headers": [
+                {"name": "X-Skylark-Delivery", "value": correlation.signed_key(message.public_id)}
+            ],
             "commonHeaders": {"messageId": message.message_id},
         },
     }  # fmt: skip

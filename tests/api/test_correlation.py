@@ -42,4 +42,12 @@ def test_keys_have_one_spelling_in_any_case():
     assert correlation.public_id_from_key(f" <{key.upper()}> ") == public_id
     for other in ("42", "", f"tx-{public_id.hex}", f"tx-{{{public_id}}}", f"x-{public_id}"):
         assert correlation.public_id_from_key(other) is None
-    assert correlation.header_line(public_id) == f"X-Skylark-Delivery: {key}\r\n".encode()
+    signed = correlation.signed_key(public_id)
+    assert signed.startswith(f"{key}.")
+    assert correlation.header_line(public_id) == f"X-Skylark-Delivery: {signed}\r\n".encode()
+    assert correlation.public_id_from_signed_key(f" <{signed.upper()}> ") == public_id
+    # The bare key, a tag of another message's and an altered tag are refused.
+    other = correlation.signed_key(uuid.uuid4())
+    for forged in (key, f"{key}.{other.rpartition('.')[2]}", signed[:-1] + "a", signed + "a"):
+        if forged != signed:
+            assert correlation.public_id_from_signed_key(forged) is None

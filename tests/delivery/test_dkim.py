@@ -35,7 +35,7 @@ def _message(subject: str, html: str) -> bytes:
         message_id=make_message_id(domain="example.com", delivery_id=9),
         unsubscribe_url="https://example.com/u/" + "x" * 200,
         unsubscribe_mailto="unsubscribe@example.com",
-        delivery_id=9,
+        delivery_reference="9.abcdefghijklmnop",
     )
 
 

@@ -21,6 +21,7 @@ from contacts.models import (
     Suppression,
     SuppressionReason,
 )
+from delivery import tokens
 from delivery.bounce_models import (
     BounceMessage,
     BounceMessageStatus,
@@ -28,13 +29,9 @@ from delivery.bounce_models import (
     BouncePolicy,
 )
 from delivery.compose import make_message_id
-from delivery.intake import (
-    bounce_ingest,
-    bounce_policy_for,
-    bounce_rates_by_campaign,
-    bounce_rates_by_domain,
-)
+from delivery.intake import bounce_ingest, bounce_policy_for
 from delivery.models import Delivery, DeliveryStatus, EventKind
+from delivery.selectors import bounce_rates_by_campaign, bounce_rates_by_domain
 from delivery.verp import verp_address
 from tests.factories import ContactFactory, SubscriptionFactory
 
@@ -59,7 +56,9 @@ def make_sent_delivery(email: str = "dead@example.com", *, campaign: Campaign | 
         smtp_code=250,
         sent_at=timezone.now(),
     )
-    delivery.message_id = make_message_id(domain="skylark.test", delivery_id=delivery.pk)
+    delivery.message_id = make_message_id(
+        domain="skylark.test", delivery_id=delivery.pk, secret=tokens.message_id_secret()
+    )
     delivery.save(update_fields=["message_id"])
     return delivery
 
@@ -199,11 +198,11 @@ def test_the_smtp_envelope_recipient_is_tried_first():
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("key", ["envid", "header", "message_id"])
-def test_reports_without_verp_match_by_envid_header_or_message_id(key):
+def test_reports_without_verp_match_by_signed_envid_header_or_message_id(key):
     delivery = make_sent_delivery()
     keys = {
-        "envid": {"envid": str(delivery.pk)},
-        "header": {"delivery_header": str(delivery.pk)},
+        "envid": {"envid": tokens.delivery_reference(delivery.pk)},
+        "header": {"delivery_header": tokens.delivery_reference(delivery.pk)},
         "message_id": {"message_id": delivery.message_id},
     }[key]
     result = bounce_ingest(raw=make_dsn(recipient=delivery.email, **keys), source="pipe")
@@ -214,11 +213,16 @@ def test_reports_without_verp_match_by_envid_header_or_message_id(key):
 
 
 @pytest.mark.django_db
-def test_an_envid_naming_another_recipient_is_not_trusted():
+def test_a_signed_envid_naming_another_recipient_acts_on_nobody():
     delivery = make_sent_delivery()
-    raw = make_dsn(recipient="someone-else@example.com", envid=str(delivery.pk))
+    raw = make_dsn(
+        recipient="someone-else@example.com", envid=tokens.delivery_reference(delivery.pk)
+    )
     result = bounce_ingest(raw=raw, source="pipe")
-    assert result.status == BounceMessageStatus.UNMATCHED
+    assert result.status == BounceMessageStatus.UNTRUSTED
+    assert result.delivery_id is None
+    summary = BounceMessage.objects.get(pk=result.bounce_message_id).summary
+    assert summary["untrusted"]["delivery"] == delivery.pk  # shown, not acted on
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.SENT
     assert not Suppression.objects.exists()

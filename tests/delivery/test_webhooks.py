@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from contacts.models import Contact, ContactStatus, Suppression
+from delivery import tokens
 from delivery.bounce_models import BounceMessage
 from delivery.models import DeliveryStatus, EventKind
 from tests.delivery.test_intake import make_sent_delivery
@@ -79,7 +80,7 @@ def _ses_bounce(delivery, *, bounce_type="Permanent", sub_type="General", status
                 {"name": "From", "value": "news@skylark.test"},
                 {"name": "To", "value": delivery.email},
                 {"name": "Message-ID", "value": delivery.message_id},
-                {"name": "X-Skylark-Delivery", "value": str(delivery.pk)},
+                {"name": "X-Skylark-Delivery", "value": tokens.delivery_reference(delivery.pk)},
             ],
             "commonHeaders": {"messageId": delivery.message_id, "subject": "Spring"},
         },
@@ -345,7 +346,7 @@ def _postmark_bounce(delivery):
         "Name": "Hard bounce",
         "Tag": "Test",
         "MessageID": "883953f4-6105-42a2-a16a-77a8eac79483",
-        "Metadata": {"skylark_delivery": str(delivery.pk)},
+        "Metadata": {"skylark_delivery": tokens.delivery_reference(delivery.pk)},
         "ServerID": 23,
         "Description": "The server was unable to deliver your message (ex: unknown user, mailbox not found).",
         "Details": "smtp;550 5.1.1 The email account that you tried to reach does not exist.",
