@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
+
+from delivery.attachments import attachment_content_id, attachment_content_type
+from delivery.errors import InvalidHeaderError
 
 
 class Template(models.Model):
@@ -109,6 +113,22 @@ class CampaignAttachment(models.Model):
 
     def __str__(self) -> str:
         return self.filename or self.file.name
+
+    def clean(self) -> None:
+        # Refused here, in the form, rather than at send time, when the campaign would fail.
+        errors = {}
+        for field, check in (
+            ("content_type", attachment_content_type),
+            ("content_id", attachment_content_id),
+        ):
+            value = getattr(self, field)
+            if value:
+                try:
+                    check(value)
+                except InvalidHeaderError as exc:
+                    errors[field] = str(exc)
+        if errors:
+            raise ValidationError(errors)
 
 
 from campaigns.tracking_models import *  # noqa: E402,F401,F403

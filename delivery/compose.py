@@ -8,10 +8,15 @@ import os
 import random
 import re
 import time
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from delivery.attachments import (
+    attachment_content_id,
+    attachment_content_type,
+    clean_filename,
+    filename_params,
+)
 from delivery.errors import InvalidAddressError, InvalidHeaderError
 from delivery.render import RenderedContent
 
@@ -247,46 +252,12 @@ def _encode_body(text: str) -> tuple[bytes, bytes]:
 # --------------------------------------------------------------------------------------------
 # Attachments and inline parts (RFC 2046 multipart/mixed, RFC 2387 multipart/related)
 
-_MIME_TYPE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
-_CONTENT_ID = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.@]{1,200}")
-_QUOTABLE_FILENAME = re.compile(r"[ -~]{1,60}")
-# RFC 2231 7: attribute-char, everything else is %-encoded.
-_RFC2231_SAFE = "!#$&+-.^_`|~"
-_RFC2231_CHUNK = 50  # keeps " filename*N*=utf-8''<chunk>;" under 78 characters
-
-
-def _param(name: str, value: str) -> str:
-    """`; name="value"`, or RFC 2231 `name*=utf-8''...` (continued in chunks) when needed."""
-    if _QUOTABLE_FILENAME.fullmatch(value) and '"' not in value and "\\" not in value:
-        return f';\r\n {name}="{value}"'
-    encoded = urllib.parse.quote(value, safe=_RFC2231_SAFE)
-    if len(encoded) <= _RFC2231_CHUNK:
-        return f";\r\n {name}*=utf-8''{encoded}"
-    chunks: list[str] = []
-    pos = 0
-    while pos < len(encoded):
-        end = min(pos + _RFC2231_CHUNK, len(encoded))
-        # Never split a %XX escape between two continuations.
-        if encoded.rfind("%", end - 2, end) != -1:
-            end = encoded.rfind("%", end - 2, end)
-        chunks.append(encoded[pos:end])
-        pos = end
-    chunks[0] = "utf-8''" + chunks[0]
-    return "".join(f";\r\n {name}*{index}*={chunk}" for index, chunk in enumerate(chunks))
-
-
-def _clean_filename(filename: str) -> str:
-    # Only a name, never a path a careless client might honour.
-    name = sanitize_header_value(filename).replace("/", "_").replace("\\", "_").strip(". ")
-    return name[:200] or "attachment"
-
 
 def _attachment_part(attachment: Attachment) -> bytes:
     """Headers and base64 body (76-character lines, RFC 2045 6.8) of one attachment."""
-    content_type = attachment.content_type.strip().lower()
-    if not _MIME_TYPE.fullmatch(content_type) or content_type.startswith("multipart/"):
-        raise InvalidHeaderError(f"invalid attachment content type {attachment.content_type!r}")
-    filename = _clean_filename(attachment.filename)
+    content_type = attachment_content_type(attachment.content_type)
+    # Decode, then clean, then encode (RFC 2231): a name is cleaned as a receiver will read it.
+    type_param, disposition_param = filename_params(clean_filename(attachment.filename))
     charset = ""
     if content_type.startswith("text/"):
         # A text file says its charset, or clients guess (and garble anything non-ASCII).
@@ -295,16 +266,13 @@ def _attachment_part(attachment: Attachment) -> bytes:
             charset = "; charset=utf-8"
         except UnicodeDecodeError:
             pass
-    head = f"Content-Type: {content_type}{charset}{_param('name', filename)}\r\n"
+    head = f"Content-Type: {content_type}{charset}{type_param}\r\n"
     head += "Content-Transfer-Encoding: base64\r\n"
     if attachment.content_id:
-        content_id = attachment.content_id.strip().removeprefix("<").removesuffix(">")
-        if not _CONTENT_ID.fullmatch(content_id):
-            raise InvalidHeaderError(f"invalid Content-ID {attachment.content_id!r}")
-        head += f"Content-ID: <{content_id}>\r\n"
-        head += f"Content-Disposition: inline{_param('filename', filename)}\r\n"
+        head += f"Content-ID: <{attachment_content_id(attachment.content_id)}>\r\n"
+        head += f"Content-Disposition: inline{disposition_param}\r\n"
     else:
-        head += f"Content-Disposition: attachment{_param('filename', filename)}\r\n"
+        head += f"Content-Disposition: attachment{disposition_param}\r\n"
     body = base64.encodebytes(attachment.data).replace(b"\n", CRLF)
     return head.encode("ascii") + CRLF + body
 
