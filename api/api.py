@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
+from django.db import DataError
 from django.http import HttpRequest
+from django.utils.translation import gettext as _
 from ninja import Field, NinjaAPI, Router, Schema, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.security import APIKeyHeader, HttpBearer
+from pydantic import field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from api import selectors, services
 from api.errors import IdempotencyConflict, MessageRejected, SenderNotAllowed
 from api.models import ApiKey, Scope
+from contacts.text import refused_path
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +97,22 @@ def _sender_not_allowed(request: HttpRequest, exc: SenderNotAllowed):
     return api.create_response(request, {"detail": str(exc)}, status=403)
 
 
+@api.exception_handler(DataError)
+def _unstorable(request: HttpRequest, exc: DataError):
+    # The schemas refuse what the databases cannot store; this is the net under them.
+    logger.warning("API %s: the database refused a value (%s)", request.path, type(exc).__name__)
+    detail = _("The request holds a value that cannot be stored.")
+    return api.create_response(request, {"detail": detail}, status=422)
+
+
+@api.exception_handler(Exception)
+def _internal_error(request: HttpRequest, exc: Exception):
+    # JSON, never Django's HTML error page (nor, with DEBUG, ninja's plain-text traceback).
+    logger.exception("API %s %s failed", request.method, request.path)
+    detail = _("Internal error: the request was not completed.")
+    return api.create_response(request, {"detail": detail}, status=500)
+
+
 def require(request: HttpRequest, scope: Scope) -> ApiKey:
     key: ApiKey = request.auth
     if not key.has_scope(scope):
@@ -103,17 +124,57 @@ class Error(Schema):
     detail: str
 
 
+class In(Schema):
+    """A request body. No string in it, keys included, may hold NUL or a lone surrogate:
+    PostgreSQL refuses both (text and jsonb), so they are refused here with a 422."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _storable_text(cls, data: Any, handler: Any) -> Any:
+        path = refused_path(data)
+        if path is not None:
+            raise PydanticCustomError(
+                "unstorable_text",
+                _("%(field)s holds a NUL character or invalid Unicode, which cannot be stored.")
+                % {"field": path or _("The value")},
+            )
+        return handler(data)
+
+
+# PostgreSQL's timestamptz takes offsets up to 15:59 either way (Python's datetime up to 23:59).
+_MAX_OFFSET = timedelta(hours=15, minutes=59)
+
+
+def storable_datetime(value: datetime) -> datetime:
+    """``value`` in UTC, or a 422 for a naive time, or an offset or a date the database
+    cannot store."""
+    offset = value.utcoffset()
+    if offset is None:
+        # A naive time means nothing to a server in another zone (and would not compare).
+        raise PydanticCustomError(
+            "datetime_naive", _("The date and time must include a time zone offset.")
+        )
+    if abs(offset) > _MAX_OFFSET:
+        raise PydanticCustomError(
+            "datetime_offset", _("The time zone offset must be between -15:59 and +15:59.")
+        )
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise PydanticCustomError("datetime_range", _("The date is out of range.")) from None
+
+
 # -- messages ----------------------------------------------------------------------------------
 
 
-class AttachmentIn(Schema):
+class AttachmentIn(In):
     filename: str = Field(max_length=255)
     content_type: str = Field("application/octet-stream", max_length=255)
     content: str = Field(description="Base64 of the file.")
     content_id: str = Field("", max_length=200, description="Set for an inline (cid:) image.")
 
 
-class MessageIn(Schema):
+class MessageIn(In):
     to: str = Field(max_length=320, description="One recipient address.")
     to_name: str = Field("", max_length=300)
     from_email: str = Field("", max_length=320, description="Default: EDM_DEFAULT_FROM_EMAIL.")
@@ -242,7 +303,7 @@ def get_message_events(request: HttpRequest, message_id: str):
 # -- contacts ----------------------------------------------------------------------------------
 
 
-class ContactIn(Schema):
+class ContactIn(In):
     email: str = Field(max_length=320)
     name: str | None = Field(None, max_length=300)
     attributes: dict = Field(default_factory=dict)
@@ -259,7 +320,7 @@ class ContactOut(Schema):
     created: bool = False
 
 
-class UnsubscribeIn(Schema):
+class UnsubscribeIn(In):
     email: str = Field(max_length=320)
     lists: list[str] = Field(
         default_factory=list, description="Empty: unsubscribe from everything (suppressed)."
@@ -311,7 +372,7 @@ def unsubscribe_contact(request: HttpRequest, payload: UnsubscribeIn):
 # -- campaigns ---------------------------------------------------------------------------------
 
 
-class CampaignIn(Schema):
+class CampaignIn(In):
     name: str = Field(max_length=200)
     lists: list[str]
     subject: str = Field(max_length=998)
@@ -322,8 +383,13 @@ class CampaignIn(Schema):
     reply_to: str = Field("", max_length=320)
 
 
-class ScheduleIn(Schema):
+class ScheduleIn(In):
     at: datetime = Field(description="ISO 8601 with a time zone.")
+
+    @field_validator("at")
+    @classmethod
+    def _storable_at(cls, value: datetime) -> datetime:
+        return storable_datetime(value)
 
 
 campaigns = Router(tags=["campaigns"])
