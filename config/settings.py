@@ -259,6 +259,15 @@ except ValueError as exc:
 EDM_IMPORT_BATCH_SIZE = env_int("EDM_IMPORT_BATCH_SIZE", 5000)
 # Connections that write one PostgreSQL import's chunks at once (add and upsert modes).
 EDM_IMPORT_WRITERS = env_int("EDM_IMPORT_WRITERS", 2)
+# XLSX workbooks beyond these are refused before they cost memory or time (docs/contacts.md,
+# "Workbook limits"): uncompressed size of all parts (MB), compression ratio of a part, shared
+# strings (count, and MB they take in memory), rows, and columns read per row.
+EDM_IMPORT_XLSX_MAX_MB = env_int("EDM_IMPORT_XLSX_MAX_MB", 256)
+EDM_IMPORT_XLSX_MAX_RATIO = env_int("EDM_IMPORT_XLSX_MAX_RATIO", 100)
+EDM_IMPORT_XLSX_MAX_SHARED_STRINGS = env_int("EDM_IMPORT_XLSX_MAX_SHARED_STRINGS", 1_500_000)
+EDM_IMPORT_XLSX_MAX_SHARED_MB = env_int("EDM_IMPORT_XLSX_MAX_SHARED_MB", 120)
+EDM_IMPORT_XLSX_MAX_ROWS = env_int("EDM_IMPORT_XLSX_MAX_ROWS", 1_048_576)
+EDM_IMPORT_XLSX_MAX_COLUMNS = env_int("EDM_IMPORT_XLSX_MAX_COLUMNS", 1024)
 # Bounce intake (docs/bounces.md, "Intake and policy").
 # Inbound bounce SMTP server (`manage.py bounce_server`): listen address, port, message size cap.
 EDM_BOUNCE_SERVER_HOST = os.environ.get("EDM_BOUNCE_SERVER_HOST", "127.0.0.1")

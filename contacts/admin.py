@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import posixpath
-import re
-import zipfile
-from xml.etree import ElementTree
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -43,6 +39,7 @@ from contacts.services import (
     suppression_add,
     suppression_remove,
 )
+from contacts.xlsxparse import workbook_data_rows
 
 
 @admin.register(ContactList)
@@ -434,60 +431,12 @@ def _with_email_guess(
     return {**mapping, headers[best]: "email"}
 
 
-_ROW_TAG = re.compile(rb"<(?:\w+:)?row[\s>/]")
-_DIMENSION = re.compile(rb"<(?:\w+:)?dimension\s+ref=\"[A-Z]*\d*:?[A-Z]*(\d+)\"")
-_RELATIONSHIPS = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
-
-
 def _workbook_rows(handle) -> int | None:
-    """The data rows of a workbook's first sheet (rows minus the header), or None.
-
-    Read from the sheet's <dimension> element, which Excel and LibreOffice write; files
-    without one (openpyxl's write-only mode) have their <row> elements counted while the
-    sheet is decompressed in chunks. Shared strings are never loaded.
-    """
+    """The data rows of a workbook's first sheet, for the progress estimate (or None)."""
     if handle.read(4) != XLSX_MAGIC:
         return None
     handle.seek(0)
-    try:
-        with zipfile.ZipFile(handle) as archive:
-            path = _first_sheet_path(archive)
-            with archive.open(path) as sheet:
-                head = sheet.read(64 * 1024)
-                found = _DIMENSION.search(head)
-                if found and int(found.group(1)) > 1:
-                    return int(found.group(1)) - 1
-                rows, carry, chunk = 0, b"", head
-                while chunk:
-                    data = carry + chunk
-                    # A tag that starts in the last bytes may be cut: count it next round.
-                    keep = len(data) - 64
-                    rows += sum(1 for m in _ROW_TAG.finditer(data) if m.start() < keep)
-                    carry = data[max(0, keep) :]
-                    chunk = sheet.read(1024 * 1024)
-                rows += len(_ROW_TAG.findall(carry))
-                return max(0, rows - 1)
-    except (
-        KeyError,
-        StopIteration,
-        ValueError,
-        OSError,
-        zipfile.BadZipFile,
-        ElementTree.ParseError,
-    ):
-        return None
-
-
-def _first_sheet_path(archive: zipfile.ZipFile) -> str:
-    """The archive path of the first sheet in xl/workbook.xml (ECMA-376 part 1, 18.2.20)."""
-    workbook = ElementTree.fromstring(archive.read("xl/workbook.xml"))
-    first = next(el for el in workbook.iter() if el.tag.endswith("}sheet"))
-    rel_id = first.get(_RELATIONSHIPS)
-    rels = ElementTree.fromstring(archive.read("xl/_rels/workbook.xml.rels"))
-    target = next(el.get("Target") for el in rels if el.get("Id") == rel_id)
-    if target.startswith("/"):
-        return target.lstrip("/")
-    return posixpath.normpath(posixpath.join("xl", target))
+    return workbook_data_rows(handle)
 
 
 from contacts.segment_admin import *  # noqa: E402,F401,F403

@@ -1,5 +1,7 @@
 """Streaming reader for contact files (CSV, TSV, XLSX) with bounded memory (pure: no ORM).
 
+Workbooks are read by contacts.xlsxparse, within its limits (decompression bombs).
+
 Bytes are decoded incrementally; bytes that do not decode become a marker character, so the
 row they belong to is rejected ("undecodable bytes at column N") instead of being stored as
 mojibake. Physical lines are bounded in size, and records spanning lines (quoted line breaks)
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import datetime as dt
 import os
 import re
 import unicodedata
@@ -20,10 +21,14 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, BinaryIO, NamedTuple
+from typing import IO, TYPE_CHECKING, BinaryIO, NamedTuple
 
 from contacts.errors import ImportFileError
 from contacts.normalize import EmailPolicy, InvalidEmail, RejectReason, email_key, normalize_email
+from contacts.text import has_refused
+
+if TYPE_CHECKING:
+    from contacts.xlsxparse import XlsxLimits
 
 # A lone surrogate can never come out of a strict decoder, so it marks undecodable input.
 UNDECODABLE_MARK = "\udcff"
@@ -350,6 +355,9 @@ def _check_fields(fields: list[str], max_field_bytes: int) -> tuple[RejectReason
             return RejectReason.UNDECODABLE, f"undecodable bytes at column {index}"
         if "\x00" in value:
             return RejectReason.NUL_BYTE, f"NUL byte at column {index}"
+        if not value.isascii() and has_refused(value):
+            # Any other lone surrogate (a workbook's _xD800_ escape): unstorable as well.
+            return RejectReason.UNDECODABLE, f"undecodable bytes at column {index}"
         if len(value) * 4 > max_field_bytes and len(value.encode("utf-8")) > max_field_bytes:
             return (
                 RejectReason.FIELD_TOO_LARGE,
@@ -374,6 +382,7 @@ class ContactFileReader:
         max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         max_record_lines: int = DEFAULT_MAX_RECORD_LINES,
+        xlsx_limits: XlsxLimits | None = None,
     ) -> None:
         self.max_field_bytes = max_field_bytes
         self.max_record_bytes = max_record_bytes
@@ -390,7 +399,7 @@ class ContactFileReader:
         self._body = body
         self._records: Iterator[Record]
         if head.startswith(XLSX_MAGIC):
-            self._init_xlsx()
+            self._init_xlsx(xlsx_limits)
             return
         if encoding in ("", "auto", None):
             chosen = detect_encoding(head, complete=complete)
@@ -442,43 +451,13 @@ class ContactFileReader:
             yield Record(line_no, tuple(fields))
 
     # -- workbooks --------------------------------------------------------------------------
-    def _init_xlsx(self) -> None:
-        from openpyxl import load_workbook
+    def _init_xlsx(self, limits: XlsxLimits | None) -> None:
+        from contacts.xlsxparse import open_workbook  # it builds on this module's records
 
-        try:
-            workbook = load_workbook(self._body, read_only=True, data_only=True)
-        except Exception as exc:  # openpyxl raises many types for a broken archive
-            raise ImportFileError(f"cannot open the workbook: {exc}") from exc
-        self._workbook = workbook
-        rows = workbook.worksheets[0].iter_rows(values_only=True)
-        headers = None
-        line_no = 0
-        for row in rows:
-            line_no += 1
-            cells = [_cell_text(value) for value in row]
-            if any(cells):
-                headers = tuple(cell.strip() for cell in cells)
-                break
-        if headers is None:
-            raise ImportFileError("the workbook's first sheet is empty")
-        while headers and not headers[-1]:
-            headers = headers[:-1]
+        self._workbook, headers, self._records = open_workbook(
+            self._body, limits=limits, max_field_bytes=self.max_field_bytes, progress=self.progress
+        )
         self.info = SourceInfo(kind="xlsx", encoding="xlsx", delimiter=None, headers=headers)
-        self._records = self._xlsx_records(rows, line_no)
-
-    def _xlsx_records(self, rows, line_no: int) -> Iterator[Record]:
-        for row in rows:
-            line_no += 1
-            cells = [_cell_text(value) for value in row]
-            if not any(cells):
-                continue
-            problem = _check_fields(cells, self.max_field_bytes)
-            if problem:
-                yield Record(line_no, reason=problem[0], detail=problem[1])
-                continue
-            yield Record(line_no, tuple(cells))
-        # Workbooks are read whole by openpyxl's archive reader; progress is by rows.
-        self.progress.bytes_read = self.progress.size or 0
 
     # -- protocol ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Record]:
@@ -498,21 +477,6 @@ class ContactFileReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _cell_text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, dt.datetime):
-        # Excel has only date-times: a date cell comes as midnight, and reads as a date.
-        if value.time() == dt.time(0) and value.tzinfo is None:
-            return value.date().isoformat()
-        return value.isoformat(timespec="seconds" if not value.microsecond else "auto")
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
 
 
 # -- column mapping -------------------------------------------------------------------------

@@ -13,3 +13,7 @@ class ImportFileError(ContactsError):
 
 class ImportConfigError(ContactsError):
     """The import request is inconsistent (for example, unsubscribe mode without a list)."""
+
+
+class WorkbookRefused(ImportFileError):
+    """A workbook exceeds a safety limit (decompression bomb, oversized or malformed sheet)."""
