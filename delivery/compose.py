@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import random
 import re
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,12 +19,14 @@ from delivery.attachments import (
 )
 from delivery.errors import InvalidAddressError, InvalidHeaderError
 from delivery.render import RenderedContent
+from delivery.verp import keyed_reference, keyed_reference_parse
 
 __all__ = [
     "Attachment",
     "Composer",
     "MessageSpec",
     "make_message_id",
+    "message_id_delivery",
     "needs_smtputf8",
     "sanitize_header_value",
     "validate_address",
@@ -194,14 +196,36 @@ def _address_header(name: str, display_name: str, address: str) -> bytes:
 _MESSAGE_ID = re.compile(r"<[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]+@[A-Za-z0-9.\-]+>")
 
 
-def make_message_id(*, domain: str, delivery_id: int | None = None) -> str:
-    """A unique Message-ID in the sender's domain: "<[delivery.]time.random@domain>"."""
+_REFERENCE = re.compile(r"[A-Za-z0-9\-]{1,80}\.[a-z2-7]{16}")
+
+
+def make_message_id(*, domain: str, delivery_id: int | None = None, secret: str = "") -> str:
+    """A unique Message-ID in the sender's domain: "<[delivery.]time.unguessable@domain>".
+
+    With a delivery id and a secret the last part is an HMAC tag of the rest, so a complaint
+    that quotes the Message-ID proves it saw the message (`message_id_delivery`), cheaply
+    (no random source on the per-recipient path); otherwise it is 64 random bits from the OS.
+    """
     domain = validate_address(f"x@{domain}").partition("@")[2]
-    # random (reseeded after fork) rather than os.urandom: a Message-ID needs to be unique,
-    # not unpredictable, and urandom costs ~0.1 ms a call here, on the per-recipient path.
-    stamp = f"{time.time_ns() // 1000:x}.{random.getrandbits(48):012x}"
-    left = f"{int(delivery_id)}.{stamp}" if delivery_id is not None else stamp
+    stamp = f"{time.time_ns() // 1000:x}"
+    if delivery_id is not None and secret:
+        left = f"{int(delivery_id)}.{stamp}"
+        left = keyed_reference(left, secret=secret)
+    elif delivery_id is not None:
+        left = f"{int(delivery_id)}.{stamp}.{secrets.token_hex(8)}"
+    else:
+        left = f"{stamp}.{secrets.token_hex(8)}"
     return f"<{left}@{domain}>"
+
+
+def message_id_delivery(message_id: str, *, secret: str) -> int | None:
+    """The delivery id of a Message-ID `make_message_id` signed with `secret`, else None."""
+    left = (message_id or "").strip().strip("<>").partition("@")[0]
+    key = keyed_reference_parse(left, secret=secret)
+    if key is None:
+        return None
+    head = key.partition(".")[0]
+    return int(head) if head.isdigit() and len(head) <= 18 else None
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -347,7 +371,7 @@ class Composer:
         message_id: str,
         unsubscribe_url: str = "",
         unsubscribe_mailto: str = "",
-        delivery_id: int | None = None,
+        delivery_reference: str = "",
         date: float | None = None,
         attachments: Sequence[Attachment] = (),
     ) -> bytes:
@@ -375,8 +399,12 @@ class Composer:
             # RFC 8058: one-click only when there is an HTTPS (or HTTP) URI to POST to.
             if unsubscribe_url.startswith(("https://", "http://")):
                 parts.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
-        if delivery_id is not None:
-            parts.append(f"X-Skylark-Delivery: {int(delivery_id)}\r\n".encode())
+        if delivery_reference:
+            # A keyed reference (delivery.verp.keyed_reference): what a report quotes of it
+            # proves the report saw this message.
+            if not _REFERENCE.fullmatch(delivery_reference):
+                raise InvalidHeaderError("X-Skylark-Delivery must be a keyed reference")
+            parts.append(f"X-Skylark-Delivery: {delivery_reference}\r\n".encode("ascii"))
         text_cte, text_body = _encode_body(content.text)
         html_cte, html_body = _encode_body(content.html)
         if attachments:
