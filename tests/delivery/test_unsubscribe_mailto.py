@@ -135,3 +135,19 @@ def test_a_bounce_quoting_the_list_unsubscribe_header_unsubscribes_nobody(
     _smtp_send(bounce_server, raw, rcpt=f"bounces@{settings.EDM_BOUNCE_DOMAIN}", sender="")
     assert BounceMessage.objects.get().kind != "unsubscribe"
     assert _subscribed(delivery)
+
+
+def test_the_mailbox_poller_applies_an_unsubscribe_mail(sent_campaign):  # noqa: F811
+    """The operator's mailbox behind the bounce domain: no envelope, the To header says it."""
+    from delivery.poller import mailbox_poll
+    from tests.delivery.test_poller import _mailbox, _start_dovecot
+
+    campaign, wires = sent_campaign
+    target = campaign.deliveries.get(email=wires[0].rcpt_tos[0])
+    address, subject = _mailto(wires[0])
+    for server in _start_dovecot():
+        server.deliver(_request(to=address, subject="unsubscribe", sender=target.email))
+        result = mailbox_poll(mailbox_id=_mailbox(server, "imap").pk)
+        assert (result.error, result.stored) == ("", 1)
+    assert BounceMessage.objects.get().status == "applied"
+    assert not _subscribed(target)
