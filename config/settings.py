@@ -38,6 +38,9 @@ def env_list(name: str, default: str) -> list[str]:
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
+# Production sets SECRET_KEY: every web and worker machine must sign with the same key
+# (config.checks warns under `check --deploy` otherwise).
+EDM_SECRET_KEY_FROM_ENV = bool(SECRET_KEY)
 if not SECRET_KEY:
     # A stable per-checkout key for the embedded default; production sets SECRET_KEY.
     VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -52,7 +55,34 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
+# HTTPS (docs/operations.md, "HTTPS and the client's address"). EDM_HTTPS=true turns the production set on: http is
+# redirected to https, HSTS for a year (subdomains included), session and CSRF cookies only
+# over https. Each of Django's own variables below overrides the set. Off by default, so that
+# `make run` keeps working on http://127.0.0.1.
+EDM_HTTPS = env_bool("EDM_HTTPS", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", EDM_HTTPS)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if EDM_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", EDM_HTTPS)
+# Never implied by EDM_HTTPS: asking browsers to preload is hard to take back.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", EDM_HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", EDM_HTTPS)
+# The header a TLS-terminating proxy sets, "X-Forwarded-Proto: https"; only when configured,
+# since any client can send it: the proxy must overwrite it on every request.
+_proxy_ssl_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+if _proxy_ssl_header:
+    _name, _, _value = _proxy_ssl_header.partition(":")
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + _name.strip().upper().replace("-", "_"),
+        _value.strip() or "https",
+    )
+# Django's defaults, stated because `check --deploy` depends on them.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
 INSTALLED_APPS = [
+    "config.apps.SkylarkConfig",
     "unfold",
     "unfold.contrib.filters",
     "django.contrib.admin",
