@@ -55,10 +55,10 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
-# HTTPS (docs/operations.md, "HTTPS and the client's address"). EDM_HTTPS=true turns the production set on: http is
-# redirected to https, HSTS for a year (subdomains included), session and CSRF cookies only
-# over https. Each of Django's own variables below overrides the set. Off by default, so that
-# `make run` keeps working on http://127.0.0.1.
+# HTTPS (docs/operations.md, "HTTPS and the client's address"). EDM_HTTPS=true turns the
+# production set on: http is redirected to https, HSTS for a year (subdomains included),
+# session and CSRF cookies only over https. Each of Django's own variables below overrides
+# the set. Off by default, so that `make run` keeps working on http://127.0.0.1.
 EDM_HTTPS = env_bool("EDM_HTTPS", False)
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", EDM_HTTPS)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600 if EDM_HTTPS else 0)
