@@ -8,6 +8,7 @@ from api import services
 from api.errors import SenderNotAllowed
 from api.models import ApiKey, Scope
 from delivery.errors import MessageRefused
+from delivery.headerblock import HeaderRefusal
 
 
 def authenticate(password: str) -> ApiKey | None:
@@ -19,16 +20,23 @@ def authenticate(password: str) -> ApiKey | None:
 
 
 def accept(api_key: ApiKey, mail_from: str, rcpt_tos: Sequence[str], data: bytes) -> list[str]:
-    """Store one message per recipient; MessageRefused (5xx, nothing stored) for a From
-    domain the key may not use."""
+    """Store one message per recipient; MessageRefused (5xx, nothing stored) for an ambiguous
+    header block or an originator domain the key may not use."""
     try:
         messages = services.messages_accept_raw(
             api_key=api_key, sender=mail_from, recipients=rcpt_tos, data=data
         )
+    except HeaderRefusal as exc:
+        # RFC 3463 5.6.0: the content is refused as written; a retry would be refused again.
+        raise MessageRefused(f"550 5.6.0 Message refused: {_one_line(str(exc))}") from None
     except SenderNotAllowed as exc:
         # RFC 3463 5.7.1: delivery not authorized, message refused. Permanent: a retry with
         # the same From would be refused again.
-        # One line of ASCII: the text quotes an address the client wrote.
-        text = " ".join(str(exc).split()).encode("ascii", "backslashreplace").decode()
-        raise MessageRefused(f"550 5.7.1 {text}") from None
+        raise MessageRefused(f"550 5.7.1 {_one_line(str(exc))}") from None
     return [str(m.public_id) for m in messages]
+
+
+def _one_line(text: str) -> str:
+    # One line of ASCII: the text may quote an address the client wrote. SMTP replies stay
+    # in English: they are protocol text read by client libraries and logs, not by people.
+    return " ".join(text.split()).encode("ascii", "backslashreplace").decode()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import SMTP as SMTP_POLICY
-from email.utils import formatdate, getaddresses
+from email.utils import formatdate
 
 import redis
 from django.conf import settings
@@ -67,6 +67,7 @@ from delivery.compose import (
     validate_address,
 )
 from delivery.errors import DeliveryError, InvalidAddressError, TemplateError
+from delivery.headerblock import headers_strip, originators_read
 from delivery.outcomes import Outcome, RetryPolicy, outcome_for_result
 from delivery.redis import get_redis
 from delivery.render import (
@@ -674,16 +675,17 @@ def messages_accept_raw(
 
     The content is kept as sent (a Message-ID and Date are added when missing, as RFC 6409
     section 8 lets a submission server do); the envelope recipients are used as given,
-    never derived from To/Cc/Bcc. SenderNotAllowed, and nothing stored, when a From address
-    (or, without a From header, the envelope sender) is in a domain the key may not use.
+    never derived from To/Cc/Bcc. Nothing is stored when the header block is ambiguous
+    (HeaderRefusal: the bytes travel as written, so no reader may see another From than ours),
+    or SenderNotAllowed when a From, Sender, Resent-From or Resent-Sender mailbox (without a
+    From, the envelope sender) is in a domain the key may not use.
     """
-    headers = _HEADER_PARSER.parsebytes(data)
-    from_emails = [
-        address
-        for _name, address in getaddresses([str(v) for v in headers.get_all("From") or ()])
-        if address
-    ] or [sender]
-    sender_check(api_key=api_key, from_emails=from_emails)
+    found = originators_read(data)
+    from_emails = list(found.from_addresses) or [sender]
+    # The envelope sender is checked only when it stands in for a missing From: it never
+    # leaves Skylark otherwise (the downstream MAIL FROM is our own return path).
+    sender_check(api_key=api_key, from_emails=[*from_emails, *found.other_addresses])
+    headers = _HEADER_PARSER.parsebytes(data)  # a strict block: it reads what we read
     from_email = from_emails[0]
     domain = (from_email.rpartition("@")[2] or "localhost").lower()
     prefix = b""
@@ -695,7 +697,7 @@ def messages_accept_raw(
         prefix += f"Date: {formatdate(usegmt=True)}\r\n".encode()
     # Bcc must never travel with the message (RFC 5322 3.6.3); a correlation header is ours
     # to stamp (one per recipient's copy), never the client's.
-    raw = prefix + _strip_headers(data, (b"bcc", b"x-skylark-delivery"))
+    raw = prefix + headers_strip(data, ("bcc", "x-skylark-delivery"))
     subject = str(headers.get("Subject", ""))[:998]
     messages = []
     for recipient in recipients:
@@ -715,23 +717,6 @@ def messages_accept_raw(
             message.save()
             _enqueue(message)
     return messages
-
-
-def _strip_headers(data: bytes, names: Sequence[bytes]) -> bytes:
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        head, sep, body = data.partition(b"\n\n")
-    lines = head.splitlines(keepends=True)
-    kept, skipping = [], False
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            if not skipping:
-                kept.append(line)
-            continue
-        skipping = line.split(b":", 1)[0].strip().lower() in names
-        if not skipping:
-            kept.append(line)
-    return b"".join(kept) + sep + body
 
 
 # -- sending ----------------------------------------------------------------------------------
