@@ -24,7 +24,9 @@ def _client(request: HttpRequest) -> tuple[str, str]:
     return client_ip(request.META), request.META.get("HTTP_USER_AGENT", "")[:500]
 
 
-def _limited(request: HttpRequest, form: SignupForm, message: str, *, status: int, wait: int):
+def _limited(
+    request: HttpRequest, form: SignupForm, message: str, *, status: int, wait: int
+) -> HttpResponse:
     response = render(
         request, "public/signup_limited.html", {"form": form, "message": message}, status=status
     )
