@@ -24,7 +24,10 @@ SINGLE_MAILBOX_FIELDS = frozenset({"sender", "resent-sender"})
 ONCE_FIELDS = frozenset({"from", "sender"})  # RFC 5322 3.6: at most one of each
 MAX_LINE = 998  # RFC 5322 2.1.1, CRLF excluded
 MAX_HEADER_BYTES = 1024 * 1024
+MAX_HEADER_LINES = 5000  # real messages have a few dozen; bounds the time of every reader
 MAX_COMMENT_DEPTH = 32
+MAX_MAILBOXES = 100  # over all originator fields; bounds the lock's per-address checks
+MAX_ORIGINATOR_FIELD = 16 * 1024  # unfolded; bounds the (per character) address reading
 
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 3.6.8 ftext
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is white space; CR/LF end lines
@@ -67,6 +70,8 @@ def originators_read(data: bytes) -> Originators:
         if name in SINGLE_MAILBOX_FIELDS and len(mailboxes) != 1:
             raise HeaderRefusal(f"the {_title(name)} header must name exactly one mailbox")
         found[name].extend(mailboxes)
+        if sum(len(v) for v in found.values()) > MAX_MAILBOXES:
+            raise HeaderRefusal(f"the originator headers name more than {MAX_MAILBOXES} mailboxes")
     others = found["sender"] + found["resent-from"] + found["resent-sender"]
     return Originators(from_addresses=tuple(found["from"]), other_addresses=tuple(others))
 
@@ -103,9 +108,10 @@ def _title(name: str) -> str:
 def _header_fields(data: bytes) -> list[tuple[str, bytes]]:
     """(lowercase name, unfolded value) of each field, up to the first empty line."""
     fields: list[tuple[str, bytearray]] = []
-    position = 0
+    position = lines = 0
     while position < len(data):
-        if position > MAX_HEADER_BYTES:
+        lines += 1
+        if position > MAX_HEADER_BYTES or lines > MAX_HEADER_LINES:
             raise HeaderRefusal("the header block is too large")
         end = data.find(b"\n", position)
         if end == -1:
@@ -144,6 +150,10 @@ def _header_fields(data: bytes) -> list[tuple[str, bytes]]:
 
 
 def _decoded(name: str, value: bytes) -> str:
+    if len(value) > MAX_ORIGINATOR_FIELD:
+        raise HeaderRefusal(
+            f"the {_title(name)} header is longer than {MAX_ORIGINATOR_FIELD} bytes"
+        )
     try:
         text = value.decode("utf-8")  # RFC 6532: UTF-8 is the only 8-bit form allowed
     except UnicodeDecodeError:

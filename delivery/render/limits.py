@@ -1,0 +1,249 @@
+"""Resource limits of one template render: size, memory, time, iterations and depth."""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import time
+from collections.abc import ItemsView, KeysView, Mapping, ValuesView
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from django.utils.translation import gettext as _
+from jinja2.exceptions import SecurityError
+from jinja2.utils import Namespace
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Budget",
+    "RenderLimits",
+    "budget_scope",
+    "check_built",
+    "check_measured",
+    "check_repeat",
+    "current_budget",
+    "current_limits",
+    "measure",
+    "tick",
+]
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """Caps that keep one hostile or careless template from stalling a whole send.
+
+    The same limits apply wherever a template is rendered (admin preview, pre-flight, API,
+    workers): every caller uses DEFAULT_LIMITS through compile_templates.
+    """
+
+    max_part_chars: int = 1_000_000  # per rendered part, and per text any operation builds
+    max_seconds: float = 1.0  # CPU time per part, checked inside the render (see tick)
+    max_iterations: int = 100_000  # loop items per part, all loops together
+    max_range: int = 10_000  # items of one range()
+    max_repeat: int = 10_000  # integer arguments that size a result (center, ljust, batch ...)
+    max_subject_chars: int = 2_000
+    max_items: int = 100_000  # items of one list, tuple or dict an operation builds
+    # Memory of all the values one part builds, together: what a template may keep alive
+    # (recursion, namespaces, lists of slices) cannot exceed it whatever the single sizes.
+    max_built_bytes: int = 64 * 1024 * 1024
+    max_depth: int = 50  # nested macro calls, recursive loops and block references
+    max_int_bits: int = 100_000  # size of a number arithmetic may compute
+    # The text part is derived from the rendered HTML only when the template could not be
+    # converted once: the converter runs outside the budget, so its input is bounded instead.
+    max_html_to_text_chars: int = 250_000
+
+
+DEFAULT_LIMITS = RenderLimits()
+
+
+class Budget:
+    """What one rendered part has spent; reachable from filters and sandbox hooks."""
+
+    __slots__ = ("built", "deadline", "depth", "iterations", "limits", "ticks")
+
+    def __init__(self, limits: RenderLimits) -> None:
+        self.limits = limits
+        # Thread CPU time, not wall clock: a busy machine or a GIL held by another thread
+        # must not fail a template that is within its budget.
+        self.deadline = time.thread_time() + limits.max_seconds
+        self.iterations = 0
+        self.built = 0
+        self.depth = 0
+        self.ticks = 0
+
+    def tick(self, items: int = 0) -> None:
+        if items:
+            self.iterations += items
+            if self.iterations > self.limits.max_iterations:
+                raise SecurityError(
+                    _("The template runs more than %(limit)s loop iterations.")
+                    % {"limit": self.limits.max_iterations}
+                )
+        # The clock is read every 16 sandbox operations: every operation is bounded in size,
+        # so 16 of them cost microseconds to a few milliseconds at most.
+        self.ticks += 1
+        if self.ticks & 15 == 0 and time.thread_time() > self.deadline:
+            raise SecurityError(
+                _("Rendering took longer than %(seconds)s seconds.")
+                % {"seconds": self.limits.max_seconds}
+            )
+
+    def add_built(self, nbytes: int) -> None:
+        self.built += nbytes
+        if self.built > self.limits.max_built_bytes:
+            raise SecurityError(
+                _("Rendering would use more than %(limit)s MB of memory.")
+                % {"limit": self.limits.max_built_bytes // (1024 * 1024)}
+            )
+
+
+_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar(
+    "skylark_render_budget", default=None
+)
+
+
+class budget_scope:  # noqa: N801 - used as a context manager, reads like a statement
+    """Install a fresh budget for the part rendered inside the block."""
+
+    def __init__(self, limits: RenderLimits) -> None:
+        self.budget = Budget(limits)
+
+    def __enter__(self) -> Budget:
+        self._token = _BUDGET.set(self.budget)
+        return self.budget
+
+    def __exit__(self, *exc: object) -> None:
+        _BUDGET.reset(self._token)
+
+
+def current_budget() -> Budget | None:
+    return _BUDGET.get()
+
+
+def current_limits() -> RenderLimits:
+    budget = _BUDGET.get()
+    return budget.limits if budget is not None else DEFAULT_LIMITS
+
+
+def tick(items: int = 0) -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.tick(items)
+
+
+def value_too_long(limit: int) -> SecurityError:
+    return SecurityError(
+        _("The template would build a text longer than %(limit)s characters.") % {"limit": limit}
+    )
+
+
+def check_repeat(*numbers: Any) -> None:
+    cap = current_limits().max_repeat
+    for number in numbers:
+        if isinstance(number, int) and abs(number) > cap:
+            raise SecurityError(
+                _("A width or count of %(number)s is larger than the limit of %(limit)s.")
+                % {"number": number, "limit": cap}
+            )
+
+
+_CONTAINERS = (list, tuple, set, frozenset, KeysView, ValuesView)
+
+
+def measure(value: Any, limit: int, *, indent: int = 0) -> int:
+    """Characters ``value`` takes as text (str, repr or JSON), stopping once past ``limit``.
+
+    A list holding one string a thousand times is small in memory and a thousand strings long
+    as text: every reference is counted, which is what str(), format, join and tojson build.
+    ``indent`` adds JSON indentation per nesting level. The walk is bounded by ``limit``
+    (every node counts at least one character) and ticks the budget.
+    """
+    total = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    nodes = 0
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if nodes & 1023 == 0:
+            tick()
+        per_item = 2 + (indent * (depth + 1) + 1 if indent else 0)
+        if isinstance(item, (str, bytes, bytearray)):
+            total += len(item) + 2
+        elif isinstance(item, jinja2.Undefined) or item is None or isinstance(item, bool):
+            total += 5
+        elif isinstance(item, int):
+            total += item.bit_length() // 3 + 2
+        elif isinstance(item, Namespace):
+            item = dict(item._Namespace__attrs)  # type: ignore[attr-defined]
+            stack.append((item, depth))
+            total += 12
+        elif isinstance(item, (Mapping, ItemsView)):
+            pairs = item.items() if isinstance(item, Mapping) else item
+            total += 2 + len(item) * (per_item + 2)
+            if total > limit:
+                return total
+            for key, val in pairs:
+                stack.append((key, depth + 1))
+                stack.append((val, depth + 1))
+        elif isinstance(item, _CONTAINERS):
+            total += 2 + len(item) * per_item
+            if total > limit:
+                return total
+            stack.extend((element, depth + 1) for element in item)
+        else:
+            total += 32  # numbers, dates, macros: a short text
+        if total > limit:
+            return total
+    return total
+
+
+def check_measured(value: Any, *, indent: int = 0) -> None:
+    """Refuse to turn ``value`` into text when that text would be longer than the cap."""
+    cap = current_limits().max_part_chars
+    if isinstance(value, str):
+        size = len(value)
+    else:
+        size = measure(value, cap, indent=indent)
+    if size > cap:
+        raise value_too_long(cap)
+
+
+def _deep_size(value: Any) -> int:
+    size = sys.getsizeof(value)
+    for element in value:
+        if isinstance(element, (str, bytes, list, tuple)):
+            size += sys.getsizeof(element)
+    return size
+
+
+def check_built(value: Any, *inputs: Any, deep: bool = False) -> Any:
+    """Check a value a sandbox operation built and charge its memory to the budget.
+
+    A value that is one of the operation's inputs was already paid for. ``deep`` also charges
+    the strings and lists inside a container (split, list, batch and slicing make new ones).
+    """
+    if any(value is other for other in inputs):
+        return value
+    limits = current_limits()
+    if isinstance(value, (str, bytes, bytearray)):
+        if len(value) > limits.max_part_chars:
+            raise value_too_long(limits.max_part_chars)
+        nbytes = sys.getsizeof(value)
+    elif isinstance(value, (list, tuple, dict, set, frozenset)):
+        if len(value) > limits.max_items:
+            raise SecurityError(
+                _("The template would build a list of more than %(limit)s items.")
+                % {"limit": limits.max_items}
+            )
+        nbytes = _deep_size(value) if deep and not isinstance(value, dict) else sys.getsizeof(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > limits.max_int_bits:
+            raise SecurityError(_("The template would compute a number that is too large."))
+        return value
+    else:
+        return value
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.add_built(nbytes)
+    return value
