@@ -19,10 +19,13 @@ from contacts.csvparse import ReadProgress, Record, _check_fields
 from contacts.errors import ImportFileError
 from contacts.normalize import RejectReason
 from contacts.xlsxzip import (
+    LOCAL_NAMES,
+    MAX_DEPTH,
     MB,
     PartHandler,
     Workbook,
     XlsxLimits,
+    local_name,
     refused,
 )
 
@@ -228,6 +231,17 @@ class _Sheet(PartHandler):
         self.in_cell = self.in_inline = False
         self.in_phonetic = 0
 
+    # start and end inline the base class's (the sheet is the hot path: one call per element).
+    def start(self, name: str, attrs: dict[str, str]) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            super().start(name, attrs)  # raises
+        self.open(LOCAL_NAMES.get(name) or local_name(name), attrs)
+
+    def end(self, name: str) -> None:
+        self.depth -= 1
+        self.close(LOCAL_NAMES.get(name) or local_name(name))
+
     def open(self, local: str, attrs: dict[str, str]) -> None:
         if local == "c":
             self.in_cell = True
@@ -250,7 +264,10 @@ class _Sheet(PartHandler):
 
     def _open_row(self, number: str | None) -> None:
         self.rows += 1
-        declared = _int(number, None) if number else None
+        try:
+            declared: int | None = int(number)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            declared = _int(number, None) if number else None
         self.row_number = declared if declared is not None else self.row_number + 1
         if self.rows > self.limits.max_rows or self.row_number > self.limits.max_rows:
             raise refused(
@@ -271,10 +288,9 @@ class _Sheet(PartHandler):
         elif local == "is":
             self.in_inline = False
         elif local == "row":
-            while self.cells and not self.cells[-1]:
-                self.cells.pop()
-            self.done.append(SheetRow(self.row_number, tuple(self.cells), self.problem))
-            self.cells = []
+            if self.cells or self.problem:  # empty rows are skipped anyway: not even built
+                self.done.append(SheetRow(self.row_number, tuple(self.cells), self.problem))
+                self.cells = []
 
     def text(self, data: str) -> None:
         if self.collecting:

@@ -69,6 +69,16 @@ def refused(code: str, message: str) -> WorkbookRefused:
     return WorkbookRefused(message)
 
 
+LOCAL_NAMES: dict[str, str] = {}
+
+
+def local_name(name: str) -> str:
+    local = name.rpartition("}")[2]
+    if len(LOCAL_NAMES) < 4096:  # bounded: element names come from the file
+        LOCAL_NAMES[name] = local
+    return local
+
+
 class PartHandler:
     """Base for the expat targets: local names, bounded depth."""
 
@@ -84,11 +94,11 @@ class PartHandler:
                 _("The workbook part %(part)s nests elements more than %(limit)s deep.")
                 % {"part": self.part, "limit": MAX_DEPTH},
             )
-        self.open(name.rpartition("}")[2], attrs)
+        self.open(LOCAL_NAMES.get(name) or local_name(name), attrs)
 
     def end(self, name: str) -> None:
         self.depth -= 1
-        self.close(name.rpartition("}")[2])
+        self.close(LOCAL_NAMES.get(name) or local_name(name))
 
     def open(self, local: str, attrs: dict[str, str]) -> None:
         pass
@@ -150,9 +160,6 @@ class Workbook:
                     % {"part": info.filename[:MAX_PART_NAME]},
                 )
             parts[key] = info
-            total += info.file_size
-            if total > limits.max_bytes:
-                raise self._too_big()
             if info.file_size > RATIO_FLOOR_BYTES and (
                 info.file_size > limits.max_ratio * max(1, info.compress_size)
             ):
@@ -168,6 +175,9 @@ class Workbook:
                         "limit": limits.max_ratio,
                     },
                 )
+            total += info.file_size
+            if total > limits.max_bytes:
+                raise self._too_big()
         return parts
 
     def _too_big(self) -> WorkbookRefused:
