@@ -18,7 +18,7 @@ from unfold.decorators import display
 
 from contacts.csvparse import XLSX_MAGIC, preview_file
 from contacts.errors import ContactsError
-from contacts.forms import ImportMappingForm, ImportUploadForm
+from contacts.forms import ImportMappingForm, ImportUploadForm, StorableJSONMixin
 from contacts.models import (
     Contact,
     ContactList,
@@ -84,7 +84,7 @@ class SubscriptionInline(TabularInline):
 
 
 @admin.register(Contact)
-class ContactAdmin(ModelAdmin):
+class ContactAdmin(StorableJSONMixin, ModelAdmin):
     list_display = ("email", "name", "status", "created_at")
     list_filter = ("status", "subscriptions__contact_list")
     search_fields = ("email", "name")

@@ -6,6 +6,9 @@ import codecs
 from dataclasses import dataclass
 
 from django import forms
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils.translation import gettext as _
 from unfold.widgets import (
     UnfoldAdminFileFieldWidget,
     UnfoldAdminSelectWidget,
@@ -15,6 +18,7 @@ from unfold.widgets import (
 
 from contacts.csvparse import CORE_TARGETS, attribute_key
 from contacts.models import ContactList, ImportMode
+from contacts.text import clean_text, refused_path
 
 ENCODING_CHOICES = [
     ("auto", "Detect automatically"),
@@ -240,3 +244,34 @@ class ImportMappingForm(forms.Form):
             )
             for index, header in enumerate(self.headers)
         ]
+
+
+def validate_storable_json(value: object) -> None:
+    """Refuse a JSON value holding NUL or a lone surrogate (a "\\u0000" escape passes the
+    form's own NUL check on the raw text): PostgreSQL's jsonb would refuse it with a 500."""
+    path = refused_path(value)
+    if path is not None:
+        raise ValidationError(
+            _("%(field)s holds a NUL character or invalid Unicode, which cannot be stored.")
+            % {"field": path or _("The value")},
+            code="unstorable_text",
+        )
+
+
+class StorableJSONField(forms.JSONField):
+    """A JSON form field that refuses what cannot be stored, and can show it again."""
+
+    default_validators = [validate_storable_json]
+
+    def prepare_value(self, value: object) -> str:
+        # Shown again after the error: a lone surrogate cannot even be encoded in the page.
+        return clean_text(super().prepare_value(value))
+
+
+class StorableJSONMixin:
+    """ModelAdmin mixin: every JSON field of the form is a StorableJSONField."""
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if isinstance(db_field, models.JSONField):
+            kwargs.setdefault("form_class", StorableJSONField)
+        return super().formfield_for_dbfield(db_field, request, **kwargs)

@@ -53,8 +53,10 @@ from django.db.models.lookups import (
     LessThanOrEqual,
 )
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from contacts.errors import ContactsError
+from contacts.text import refused_path
 
 MATCH_ALL = "all"
 MATCH_ANY = "any"
@@ -247,6 +249,12 @@ def rules_validate(
         raise SegmentRuleError(["Add at least one rule."])
     if len(rules) > MAX_RULES:
         raise SegmentRuleError([f"At most {MAX_RULES} rules."])
+    unstorable = refused_path(rules)
+    if unstorable is not None:
+        # PostgreSQL refuses NUL in a query's text as in a stored row.
+        raise SegmentRuleError(
+            [_("Rule %(field)s holds a NUL character or invalid Unicode.") % {"field": unstorable}]
+        )
     list_ids = None
     if check_lists:
         from contacts.models import ContactList

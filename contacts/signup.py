@@ -19,6 +19,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.html import escape
+from django.utils.translation import gettext as _
 
 from contacts.models import (
     ConsentAction,
@@ -32,6 +33,7 @@ from contacts.models import (
 from contacts.normalize import InvalidEmail, normalize_email
 from contacts.selectors import contacts_by_keys, suppression_check
 from contacts.signup_limits import signup_mail_quota_take
+from contacts.text import clean_text, has_refused
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +114,7 @@ def consent_record_add(
         contact_id=subscription.contact_id,
         action=action,
         ip=ip or None,
-        user_agent=(user_agent or "")[:500],
+        user_agent=clean_text(user_agent or "")[:500],  # a header from outside
         source=source[:100],
         form=form,
         form_text=form_text,
@@ -147,6 +149,18 @@ def _clean_submission(
     form: SignupForm, data: dict[str, Any]
 ) -> tuple[str, str, dict[str, str], dict[str, str]]:
     errors: dict[str, str] = {}
+    # NUL and lone surrogates cannot be stored (PostgreSQL): a form error, not a server error.
+    unstorable = _("This field holds characters that are not allowed.")
+    stored = [
+        "email",
+        "name",
+        *(str(spec.get("key") or "") for spec in form.attribute_fields or []),
+    ]
+    for key in stored:
+        if has_refused(str(data.get(key) or "")):
+            errors[key] = unstorable
+    if errors:
+        return "", "", {}, errors
     try:
         email = normalize_email(str(data.get("email") or ""))
     except InvalidEmail:

@@ -11,6 +11,7 @@ from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
 from contacts.admin import ContactAdmin
+from contacts.forms import StorableJSONMixin
 from contacts.models import ConsentRecord, SignupForm
 from contacts.signup import signup_embed_html, signup_form_url
 from delivery.errors import TemplateError
@@ -71,7 +72,7 @@ class SignupFormForm(ModelForm):
 
 
 @admin.register(SignupForm)
-class SignupFormAdmin(ModelAdmin):
+class SignupFormAdmin(StorableJSONMixin, ModelAdmin):
     form = SignupFormForm
     list_display = ("title", "contact_list", "double_opt_in", "enabled", "hosted_url")
     list_filter = ("enabled", "double_opt_in")

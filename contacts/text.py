@@ -11,20 +11,16 @@ from typing import Any
 # decodes to. Everything else PostgreSQL and SQLite store as given.
 _REFUSED = re.compile("[\x00\ud800-\udfff]")
 
+# Replaced, not removed: the reader sees that something was there (as with any decoder's
+# "replace"), and an identifier never turns into another one ("vic\0tim@" is not "victim@").
 REPLACEMENT = "\ufffd"
 
 
-def _replace(match: re.Match[str]) -> str:
-    # NUL carries nothing a reader needs; a surrogate stands for an undecodable byte, so it
-    # stays visible as U+FFFD, like any decoder's "replace".
-    return "" if match.group() == "\x00" else REPLACEMENT
-
-
 def clean_text(value: str) -> str:
-    """``value`` without NUL, with U+FFFD for each lone surrogate: storable everywhere."""
+    """``value`` with U+FFFD for each NUL and lone surrogate: storable everywhere."""
     if _REFUSED.search(value) is None:
         return value
-    return _REFUSED.sub(_replace, value)
+    return _REFUSED.sub(REPLACEMENT, value)
 
 
 def has_refused(value: str) -> bool:

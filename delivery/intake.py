@@ -34,6 +34,7 @@ from contacts.models import (
     SuppressionReason,
     SuppressionScope,
 )
+from contacts.text import clean_text
 from delivery import tokens
 from delivery.bounce_models import (
     RAW_KEEP_BYTES,
@@ -282,12 +283,13 @@ def _store(
                 sha256=digest,
                 raw=raw[:RAW_KEEP_BYTES],
                 size=len(raw),
-                envelope_from=envelope_from[:320],
-                envelope_to=", ".join(envelope_rcpts)[:320],
+                # Text from the sending peer: NUL or undecodable bytes must not refuse the row.
+                envelope_from=clean_text(envelope_from)[:320],
+                envelope_to=clean_text(", ".join(envelope_rcpts))[:320],
                 kind=kind,
                 status=BounceMessageStatus.ERROR if error else BounceMessageStatus.UNMATCHED,
                 summary=_summary(report) if report is not None else {},
-                error=error,
+                error=clean_text(error),
             )
             if unsubscribe is not None:
                 return _result(message, _apply_unsubscribe(message, unsubscribe))

@@ -30,6 +30,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from contacts.text import clean_json
 from delivery.bounce_models import BounceSource
 from delivery.bounces import (
     BounceKind,
@@ -114,7 +115,8 @@ def _ses_events(payload: dict) -> Iterator[ProviderEvent]:
     message = payload
     if payload.get("Type") == "Notification":
         try:
-            message = json.loads(payload.get("Message") or "{}")
+            # JSON inside JSON: its escapes (\u0000) only become characters here.
+            message = clean_json(json.loads(payload.get("Message") or "{}"))
         except ValueError:
             return
     if not isinstance(message, dict):
@@ -451,6 +453,8 @@ def provider_webhook_view(request: HttpRequest, provider: str) -> HttpResponse:
         return JsonResponse({"error": "forbidden"}, status=403)
     if payload is None:
         return JsonResponse({"error": "invalid JSON"}, status=400)
+    # A "\u0000" or a lone "\ud800" in any string would make the report unstorable.
+    payload = clean_json(payload)
     stored = duplicates = 0
     try:
         for event in spec.events(payload):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
+
+from contacts.text import clean_text, has_refused
 
 
 class BounceKind(StrEnum):
@@ -89,3 +93,18 @@ class BounceReport:
     def kind(self) -> BounceKind:
         """The kind of the first recipient, NOT_BOUNCE when there is none."""
         return self.recipients[0].kind if self.recipients else BounceKind.NOT_BOUNCE
+
+    def storable(self) -> BounceReport:
+        """This report with every text cleaned of what the databases refuse (NUL, lone
+        surrogates from undecodable bytes): a hostile report must still be stored."""
+        recipients = tuple(_storable(recipient) for recipient in self.recipients)
+        return dataclasses.replace(_storable(self), recipients=recipients)
+
+
+def _storable(item: Any) -> Any:
+    changes = {
+        f.name: clean_text(value)
+        for f in dataclasses.fields(item)
+        if isinstance(value := getattr(item, f.name), str) and has_refused(value)
+    }
+    return dataclasses.replace(item, **changes) if changes else item

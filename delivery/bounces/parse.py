@@ -118,7 +118,7 @@ class _Found:
 def parse_bounce(raw: bytes) -> BounceReport:
     """Parse one raw message; never raises, returns what could be found."""
     try:
-        return _parse(raw)
+        return _parse(raw).storable()  # hostile bytes in any field must not stop the store
     except Exception:  # the contract is "never crash": a report with nothing in it
         logger.exception("bounce parse failed (%d bytes)", len(raw or b""))
         return BounceReport(recipients=())

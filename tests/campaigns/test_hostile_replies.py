@@ -65,17 +65,17 @@ def test_nul_and_invalid_utf8_in_replies_cost_no_outcome_and_send_nothing_twice(
     assert all(d.attempts == 1 for d in rows.values())
     assert DeliveryEvent.objects.filter(delivery__campaign=campaign).count() == SIZE
 
-    # Each accepted message went out exactly once (r4 and r5 were refused at RCPT).
+    # Each accepted message went out exactly once (r4 and r5 refused at RCPT, r6 at DATA).
     received = collections.Counter(m.rcpt_tos[0] for m in server.messages)
     assert set(received.values()) == {1}
-    assert len(received) == SIZE - 2
+    assert len(received) == SIZE - 3
 
-    # The replies are kept, cleaned: NUL dropped, each undecodable byte a U+FFFD.
-    assert rows["r1@example.com"].smtp_reply == "250 2.0.0 queued as evil"
+    # The replies are kept, cleaned: each NUL and each undecodable byte a U+FFFD.
+    assert rows["r1@example.com"].smtp_reply == "250 2.0.0 queued as \ufffd\ufffd evil"
     assert rows["r2@example.com"].smtp_reply == "250 2.0.0 ok \ufffd\ufffd\ufffd("
-    assert rows["r3@example.com"].smtp_reply == "250 2.0.0 and \ufffd\ufffd\ufffd"
+    assert rows["r3@example.com"].smtp_reply == "250 2.0.0 \ufffd and \ufffd\ufffd\ufffd"
     assert rows["r4@example.com"].status == "bounced"
-    assert rows["r4@example.com"].smtp_reply == "550 5.1.1 no such user"
+    assert rows["r4@example.com"].smtp_reply == "550 5.1.1 no such \ufffd user"
     assert rows["r5@example.com"].status == "deferred"
     assert rows["r6@example.com"].enhanced_status == "5.7.1"
     for delivery in rows.values():
