@@ -8,7 +8,7 @@ from email.policy import default as default_policy
 import pytest
 from django.conf import settings
 
-from api import services
+from api import correlation, services
 from api.models import Category, MessageStatus, TransactionalMessage
 from contacts.models import (
     Contact,
@@ -19,7 +19,7 @@ from contacts.models import (
     SuppressionReason,
 )
 from contacts.signup_models import ConsentRecord
-from delivery.tokens import make_token
+from delivery.tokens import make_token, unsubscribe_token_parse
 from tests.factories import ContactFactory, SubscriptionFactory
 
 
@@ -54,8 +54,13 @@ def test_marketing_message_carries_list_unsubscribe_and_one_click(api_key):
     message = accept(api_key, category=Category.MARKETING)
     email = headers(message)
     value = " ".join(str(email["List-Unsubscribe"]).split())
-    assert f"<mailto:unsubscribe@{settings.EDM_BOUNCE_DOMAIN}?subject=unsubscribe-tx-" in value
-    assert str(message.public_id) in value
+    mailto = next(p.strip("<> ") for p in value.split(",") if "mailto:" in p)
+    address, _, subject = mailto.removeprefix("mailto:").partition("?subject=unsubscribe%20")
+    assert address.endswith(f"@{settings.EDM_BOUNCE_DOMAIN}")
+    # The signed token of this message, in the address and in the subject (issue 14.2).
+    assert address == f"unsubscribe+{subject}@{settings.EDM_BOUNCE_DOMAIN}"
+    purpose = correlation.UNSUBSCRIBE_MAILTO_PURPOSE
+    assert unsubscribe_token_parse(subject, purpose=purpose) == message.public_id.int
     assert email["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert one_click_path(message).startswith("/api/unsubscribe/")
 
