@@ -20,6 +20,8 @@ from django.core.management import call_command
 from campaigns.models import Campaign, CampaignStatus
 from campaigns.services import campaign_create, campaign_send
 from contacts.models import Contact, ContactStatus, Suppression
+from delivery import tokens
+from delivery.compose import message_id_delivery
 from delivery.models import Delivery, DeliveryEvent
 from delivery.verp import verp_parse
 from tests.worker import wait_until
@@ -161,13 +163,21 @@ def test_bytes_on_the_wire(campaign_setup, smtp_server, celery_worker_factory):
     assert f"<{settings.EDM_PUBLIC_URL}/u/" in unsubscribe
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     delivery = Delivery.objects.get(campaign=campaign, email="zhang@example.cn")
-    assert message["X-Skylark-Delivery"] == str(delivery.pk)
+    # Signed references (issue 14.1): the header, the ENVID and the Message-ID's last part.
+    assert message["X-Skylark-Delivery"] == tokens.delivery_reference(delivery.pk)
+    assert message_id_delivery(message["Message-ID"], secret=tokens.message_id_secret()) == (
+        delivery.pk
+    )
+    mailto = next(p for p in unsubscribe.split(",") if "mailto:" in p).strip(" <>")
+    address = mailto.removeprefix("mailto:").partition("?")[0]
+    assert tokens.unsubscribe_mailto_parse(address) == delivery.pk
     assert message["X-Skylark-Campaign"] == str(campaign.pk)
     assert delivery.message_id == message["Message-ID"]
     # The envelope: a VERP return path naming this delivery, DSN parameters.
     assert verp_parse(wire.mail_from, secret=settings.SECRET_KEY) == delivery.pk
     assert wire.mail_from.endswith("@" + settings.EDM_BOUNCE_DOMAIN)
-    assert any(option.upper().startswith("ENVID=") for option in wire.mail_options)
+    envid = next(o for o in wire.mail_options if o.upper().startswith("ENVID=")).split("=", 1)[1]
+    assert tokens.delivery_from_reference(envid) == delivery.pk
     assert any("NOTIFY=FAILURE,DELAY" in option.upper() for option in wire.rcpt_options)
     # The strict parser finds no defect.
     strict = message_from_bytes(data, policy=strict_policy)
