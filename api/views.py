@@ -8,6 +8,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from api import selectors, services
+from config.client_ip import client_ip
 
 
 @csrf_exempt  # RFC 8058: the one-click POST comes from the mailbox provider, with no token.
@@ -25,7 +26,7 @@ def message_unsubscribe_view(request: HttpRequest, token: str) -> HttpResponse:
     services.message_unsubscribe(
         message=message,
         source="one-click" if one_click else "unsubscribe page",
-        ip=request.META.get("REMOTE_ADDR", ""),
+        ip=client_ip(request.META),
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:500],
     )
     if one_click:

@@ -23,6 +23,7 @@ from django.views.decorators.http import require_http_methods
 
 from campaigns import tracking as tracking_services
 from campaigns.services import campaign_prepare, delivery_unsubscribe
+from config.client_ip import client_ip
 from delivery import tracking
 from delivery.tokens import read_token
 
@@ -31,8 +32,8 @@ NO_STORE = "no-store, no-cache, must-revalidate, max-age=0, private"
 
 
 def _client(request: HttpRequest) -> tuple[str, str]:
-    # The address as seen by the server; behind a proxy, configure it to set REMOTE_ADDR.
-    return request.META.get("HTTP_USER_AGENT", "")[:500], request.META.get("REMOTE_ADDR", "")
+    # The client's address: the peer's, or X-Forwarded-For through EDM_TRUSTED_PROXIES only.
+    return request.META.get("HTTP_USER_AGENT", "")[:500], client_ip(request.META)
 
 
 def open_pixel_view(request: HttpRequest, token: str) -> HttpResponse:

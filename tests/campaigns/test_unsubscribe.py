@@ -133,6 +133,28 @@ def test_one_click_writes_a_consent_record_with_the_client(delivery):
     assert record.source.endswith("one-click")
 
 
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "recorded"),
+    [
+        ("10.0.0.5", "198.51.100.7", "198.51.100.7"),  # through the trusted proxy
+        ("203.0.113.9", "198.51.100.7", "203.0.113.9"),  # spoofed by the client itself
+    ],
+)
+def test_the_consent_record_takes_the_client_from_trusted_proxies_only(
+    delivery, settings, peer, forwarded, recorded
+):
+    from contacts.signup_models import ConsentRecord
+
+    settings.EDM_TRUSTED_PROXIES = ("10.0.0.0/8",)
+    _client().post(
+        _url(delivery),
+        {"List-Unsubscribe": "One-Click"},
+        REMOTE_ADDR=peer,
+        HTTP_X_FORWARDED_FOR=forwarded,
+    )
+    assert ConsentRecord.objects.get(contact_id=delivery.contact_id).ip == recorded
+
+
 @pytest.mark.django_db
 def test_a_recipient_reached_through_a_segment_only_is_opted_out_of_everything():
     from contacts.models import Contact, ContactStatus
