@@ -266,12 +266,12 @@ def _guard(name: str, original: Any) -> Any:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         tick()
         value = args[skip] if len(args) > skip else None
-        if stringifies:
-            check_measured(value)
         if sized:
             check_repeat(*args[skip + 1 :], *kwargs.values())
         if bound is not None:
-            bound(*args[skip:], **kwargs)
+            bound(*args[skip:], **kwargs)  # before measuring: it refuses the worst at once
+        if stringifies and not isinstance(value, str):
+            check_measured(value)
         result = original(*args, **kwargs)
         if selecting:
             return result

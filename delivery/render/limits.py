@@ -148,7 +148,8 @@ def check_repeat(*numbers: Any) -> None:
             )
 
 
-_CONTAINERS = (list, tuple, set, frozenset, KeysView, ValuesView)
+_SEQUENCES = (list, tuple, set, frozenset, KeysView, ValuesView)
+_LEAF_TEXT = (str, bytes, bytearray)
 
 
 def measure(value: Any, limit: int, *, indent: int = 0) -> int:
@@ -161,41 +162,56 @@ def measure(value: Any, limit: int, *, indent: int = 0) -> int:
     """
     total = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
-    nodes = 0
+    seen = 0
     while stack:
         item, depth = stack.pop()
-        nodes += 1
-        if nodes & 1023 == 0:
-            tick()
-        per_item = 2 + (indent * (depth + 1) + 1 if indent else 0)
-        if isinstance(item, (str, bytes, bytearray)):
+        if isinstance(item, _LEAF_TEXT):
             total += len(item) + 2
-        elif isinstance(item, jinja2.Undefined) or item is None or isinstance(item, bool):
-            total += 5
-        elif isinstance(item, int):
-            total += item.bit_length() // 3 + 2
-        elif isinstance(item, Namespace):
+            continue
+        if isinstance(item, Namespace):
             item = dict(item._Namespace__attrs)  # type: ignore[attr-defined]
-            stack.append((item, depth))
             total += 12
-        elif isinstance(item, (Mapping, ItemsView)):
-            pairs = item.items() if isinstance(item, Mapping) else item
+        per_item = 2 + (indent * (depth + 1) + 1 if indent else 0)
+        if isinstance(item, (dict, Mapping)):
+            elements: Any = [element for pair in item.items() for element in pair]
             total += 2 + len(item) * (per_item + 2)
-            if total > limit:
-                return total
-            for key, val in pairs:
-                stack.append((key, depth + 1))
-                stack.append((val, depth + 1))
-        elif isinstance(item, _CONTAINERS):
+        elif isinstance(item, ItemsView):
+            elements = [element for pair in item for element in pair]
+            total += 2 + len(item) * (per_item + 2)
+        elif isinstance(item, _SEQUENCES):
+            elements = item
             total += 2 + len(item) * per_item
+        else:
+            total += _scalar_size(item)
             if total > limit:
                 return total
-            stack.extend((element, depth + 1) for element in item)
-        else:
-            total += 32  # numbers, dates, macros: a short text
+            continue
         if total > limit:
             return total
+        for element in elements:
+            # Leaves are counted in place: only containers go on the stack.
+            kind = type(element)
+            if kind is str:
+                total += len(element)
+            elif kind is int:
+                total += element.bit_length() // 3 + 1
+            else:
+                stack.append((element, depth + 1))
+            if total > limit:
+                return total
+        seen += len(elements)
+        if seen > 4096:
+            seen = 0
+            tick()
     return total
+
+
+def _scalar_size(item: Any) -> int:
+    if isinstance(item, jinja2.Undefined) or item is None or isinstance(item, bool):
+        return 5
+    if isinstance(item, int):
+        return item.bit_length() // 3 + 2
+    return 32  # floats, dates, macros: a short text
 
 
 def check_measured(value: Any, *, indent: int = 0) -> None:

@@ -75,6 +75,23 @@ class _SkylarkCodeGenerator(CodeGenerator):
             self.write(", ")
         self.write("))")
 
+    @_optimizeconst
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
+        # Jinja writes slices as plain Python subscripts; a slice is a new value to pay for.
+        if not isinstance(node.arg, nodes.Slice):
+            super().visit_Getitem(node, frame)
+            return
+        self.write("environment.checked_slice(")
+        self.visit(node.node, frame)
+        self.write(", slice(")
+        for part in (node.arg.start, node.arg.stop, node.arg.step):
+            if part is None:
+                self.write("None")
+            else:
+                self.visit(part, frame)
+            self.write(", ")
+        self.write("))")
+
 
 _SPEC_NUMBER = re.compile(r"\d+")
 # Methods that only ever make text the marketer does not need and that multiply sizes in ways
@@ -175,6 +192,10 @@ class SkylarkEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(argument, slice):
             return check_built(value, obj)  # a slice is a new string or list
         return value
+
+    def checked_slice(self, obj: Any, part: slice) -> Any:
+        tick()
+        return check_built(obj[part], obj)
 
     def checked_concat(self, context: jinja2.runtime.Context, parts: tuple[Any, ...]) -> str:
         tick()

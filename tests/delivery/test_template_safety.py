@@ -1,11 +1,22 @@
 """Hostile templates end in a TemplateError (or a harmless empty value), never run code or hang."""
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from delivery.errors import TemplateError
-from delivery.render import RenderLimits, TemplateSource, compile_templates, render_content
+from delivery.render import (
+    RenderLimits,
+    TemplateSource,
+    compile_templates,
+    render_content,
+    template_variables,
+)
+from tests.delivery.render_attacks import AMPLIFIERS
 
 HOSTILE = [
     "{{ ''.__class__.__mro__ }}",
@@ -108,3 +119,126 @@ def test_no_dangerous_globals():
         TemplateSource(subject="s", html="{{ lipsum }}{{ cycler }}{{ joiner }}{{ dict }}")
     )
     assert render_content(compiled, {}).html == ""
+
+
+# --------------------------------------------------------------------------------------------
+# Values built from many: each payload is small, each value it starts from is within the caps,
+# and what it builds from them would be gigabytes (issue 14, item 4). They run in a child
+# process (tests/delivery/render_attacks.py) that measures CPU time and peak memory of each.
+
+
+@pytest.fixture(scope="module")
+def amplifier_results():
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.delivery.render_attacks"],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    results = {}
+    for line in child.stdout.splitlines():
+        if line.startswith("{"):
+            result = json.loads(line)
+            results[result["name"]] = result
+    assert results, child.stderr[-3000:]
+    return results
+
+
+@pytest.mark.parametrize("name", sorted(AMPLIFIERS))
+def test_amplifying_template_is_refused_in_bounded_time_and_memory(amplifier_results, name):
+    result = amplifier_results.get(name)
+    assert result is not None, f"the child process died before {name!r}"
+    assert result["outcome"] == "refused", result
+    assert result["seconds"] < 2.0, result
+    # The budget is 64 MB of values per part; what is allocated before a refusal stays near it.
+    assert result["peak_mb"] < 100, result
+
+
+NESTED = {
+    "100 parentheses": "{{ " + "(" * 100 + "1" + ")" * 100 + " }}",
+    "21 nested for": "{% for a in [1] %}" * 21 + "x" + "{% endfor %}" * 21,
+    "100 nested if": "{% if 1 %}" * 100 + "x" + "{% endif %}" * 100,
+    "200-term sum": "{{ " + " + ".join(["1"] * 200) + " }}",
+    "1000 nested lists": "{{ " + "[" * 1000 + "]" * 1000 + " }}",
+}
+# Long or deep, but within what compiles: rendered, or a TemplateError, never a crash.
+DEEP_BUT_MAYBE_FINE = {
+    "300 chained filters": "{{ 1" + "|string" * 300 + " }}",
+    "300-term condition": "{{ " + " and ".join(["(1 or 2)"] * 300) + " }}",
+    "500 unary minus": "{{ " + "-" * 500 + "1 }}",
+    "1000 not": "{{ " + "not " * 1000 + "1 }}",
+    "30 nested macros": "".join(f"{{% macro m{i}() %}}" for i in range(30))
+    + "x"
+    + "{% endmacro %}" * 30,
+    "60 nested blocks": "".join(f"{{% block b{i} %}}" for i in range(60)) + "{% endblock %}" * 60,
+    "2000-term concatenation": "{{ " + " ~ ".join(["'a'"] * 2000) + " }}",
+    "200 nested dicts": "{{ " + "{'a': " * 200 + "1" + "}" * 200 + " }}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NESTED))
+def test_deeply_nested_template_is_a_clear_template_error(name):
+    source = NESTED[name]
+    with pytest.raises(TemplateError, match="nested too deeply|recurses too deeply") as caught:
+        compiled = compile_templates(TemplateSource(subject="s", html=source))
+        render_content(compiled, {})
+    assert caught.value.field == "html"
+    # The pre-flight's variable scan parses only: it may succeed, but it must not crash.
+    try:
+        template_variables(TemplateSource(subject=source, html=""))
+    except TemplateError as exc:
+        assert exc.field == "subject"
+
+
+@pytest.mark.parametrize("name", sorted(DEEP_BUT_MAYBE_FINE))
+def test_long_or_deep_template_renders_or_is_a_template_error(name):
+    source = DEEP_BUT_MAYBE_FINE[name]
+    try:
+        render_content(compile_templates(TemplateSource(subject=source, html=source)), {})
+        template_variables(TemplateSource(subject=source, html=source))
+    except TemplateError as exc:
+        assert exc.field in ("subject", "html")
+
+
+def test_time_budget_holds_inside_one_filter_call():
+    # One expression, no loop: select() scans a 100,000-character text 100,000 times.
+    compiled = compile_templates(
+        TemplateSource(
+            subject="s",
+            html="{% set b = 'x' * 99999 %}"
+            "{{ (range(10000)|map('string')|list * 10)|select('in', b)|list|length }}",
+        ),
+        limits=RenderLimits(max_seconds=0.2),
+    )
+    started = time.process_time()
+    with pytest.raises(TemplateError, match="longer than 0.2 seconds"):
+        render_content(compiled, {})
+    assert time.process_time() - started < 1.0
+
+
+def test_macro_recursion_depth_is_a_clear_error():
+    compiled = compile_templates(
+        TemplateSource(subject="s", html="{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}")
+    )
+    with pytest.raises(TemplateError, match="more than 50 levels deep"):
+        render_content(compiled, {})
+
+
+def test_templates_within_the_limits_still_render():
+    html = (
+        "{% set ns = namespace(total=0, names=[]) %}"
+        "{% for item in items %}{% set ns.total = ns.total + item.price %}"
+        "{% set ns.names = ns.names + [item.name|upper] %}{% endfor %}"
+        "{{ '{} items, {:,} total'.format(items|length, ns.total) }}|{{ ns.names|join(', ') }}|"
+        "{{ '%s-%05d' % ('A', 42) }}|{{ items|tojson|length }}|{{ (items|map(attribute='name')"
+        "|list)[1:]|join }}|{{ '%d'|format(123456) }}|{{ 'x\ny'|indent(2, true) }}"
+    )
+    items = [{"name": f"n{i}", "price": i} for i in range(3)]
+    result = render_content(
+        compile_templates(TemplateSource(subject="s", html=html)), {"items": items}
+    )
+    assert result.html == (
+        f"3 items, 3 total|N0, N1, N2|A-00042|{len(json.dumps(items))}|n1n2|123456|  x\n  y"
+    )
