@@ -18,39 +18,57 @@ REPLACEMENT = "\ufffd"
 
 def clean_text(value: str) -> str:
     """``value`` with U+FFFD for each NUL and lone surrogate: storable everywhere."""
-    if _REFUSED.search(value) is None:
+    if not has_refused(value):
         return value
     return _REFUSED.sub(REPLACEMENT, value)
 
 
 def has_refused(value: str) -> bool:
     """Whether ``value`` holds a character that ``clean_text`` would change."""
-    return _REFUSED.search(value) is not None
+    # C-speed checks first (a regex over a character range costs ~40 ns a character):
+    # memchr for NUL, then the encoder, which refuses exactly the lone surrogates.
+    if "\x00" in value:
+        return True
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def refused_path(value: Any) -> str | None:
     """Where in a JSON-like value (dicts, lists, strings) a refused character is: a dotted
     path such as ``attributes.city`` or ``tags.2`` ("" for the value itself), or None.
 
-    Iterative, so a deeply nested document cannot exhaust the stack.
+    Iterative, so a deeply nested document cannot exhaust the stack; the path is built only
+    for the hit (from links to the parents), so the walk stays linear in the document.
     """
-    stack: list[tuple[Any, str]] = [(value, "")]
+    stack: list[tuple[Any, tuple | None]] = [(value, None)]
     while stack:
-        item, path = stack.pop()
+        item, link = stack.pop()
         if isinstance(item, str):
             if has_refused(item):
-                return path
+                return _path(link)
         elif isinstance(item, dict):
             for key, child in item.items():
                 name = str(key)
-                child_path = f"{path}.{clean_text(name)}" if path else clean_text(name)
                 if has_refused(name):
-                    return child_path
-                stack.append((child, child_path))
+                    return _path((name, link))
+                stack.append((child, (name, link)))
         elif isinstance(item, list | tuple):
             for index, child in enumerate(item):
-                stack.append((child, f"{path}.{index}" if path else str(index)))
+                stack.append((child, (str(index), link)))
     return None
+
+
+def _path(link: tuple | None) -> str:
+    names = []
+    while link is not None:
+        name, link = link
+        names.append(clean_text(name))
+    return ".".join(reversed(names))
 
 
 def clean_json(value: Any) -> Any:

@@ -40,8 +40,9 @@ def deliveries_record(outcomes: Iterable[Outcome]) -> int:
 
     Hard bounces also suppress the address and mark the contact bounced. Text from outside
     (the remote server's reply) is cleaned first. Should the bulk write still be refused,
-    every outcome is written on its own, so that one bad row never costs the others: a
-    message sent but left unrecorded would be sent again once its lease ran out.
+    the flush is split in halves until the refused rows are alone, so that one bad row never
+    costs the others (a message sent but left unrecorded would be sent again once its lease
+    ran out) and costs about 2 log2(n) writes, not n.
     """
     outcomes = [_storable(o) for o in outcomes]
     if not outcomes:
@@ -49,26 +50,37 @@ def deliveries_record(outcomes: Iterable[Outcome]) -> int:
     try:
         _write(outcomes)
     except Exception as exc:
-        if len(outcomes) == 1:
-            _write_alone(outcomes[0], exc)
-            return 1
         logger.warning(
-            "writing %d outcomes (deliveries %s-%s) in bulk failed (%s); writing them one by one",
+            "writing %d outcomes (deliveries %s-%s) failed (%s); splitting the write",
             len(outcomes),
             outcomes[0].delivery_id,
             outcomes[-1].delivery_id,
             type(exc).__name__,
         )
-        failure: Exception | None = None
-        for outcome in outcomes:
-            try:
-                _write_alone(outcome)
-            except Exception as row_exc:
-                failure = failure or row_exc
+        failure = _write_split(outcomes, exc)
         if failure is not None:
             # Not the rows' fault (the database is gone): the caller's error handling applies.
             raise failure from exc
     return len(outcomes)
+
+
+def _write_split(outcomes: list[Outcome], refused: Exception) -> Exception | None:
+    """Write ``outcomes``, whose write was ``refused``, in halves; the first error that no
+    split could avoid (even a refused row alone, without its text), or None."""
+    if len(outcomes) == 1:
+        try:
+            _write_alone(outcomes[0], refused)
+        except Exception as exc:
+            return exc
+        return None
+    failure: Exception | None = None
+    middle = len(outcomes) // 2
+    for half in (outcomes[:middle], outcomes[middle:]):
+        try:
+            _write(half)
+        except Exception as exc:
+            failure = failure or _write_split(half, exc)
+    return failure
 
 
 def _write(outcomes: list[Outcome]) -> None:
@@ -84,14 +96,8 @@ def _write(outcomes: list[Outcome]) -> None:
             _suppress_deliveries(suppress)
 
 
-def _write_alone(outcome: Outcome, refused: Exception | None = None) -> None:
-    """Write one outcome; if even that is refused, write its status without its text."""
-    if refused is None:
-        try:
-            _write([outcome])
-            return
-        except Exception as exc:
-            refused = exc
+def _write_alone(outcome: Outcome, refused: Exception) -> None:
+    """Write the status of one outcome whose own write was refused, without its text."""
     logger.error(
         # The error's text is not logged: it may quote the row (addresses, the reply).
         "delivery %s: outcome %s refused by the database (%s); written without its text",
