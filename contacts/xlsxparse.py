@@ -123,11 +123,15 @@ class _Styles(PartHandler):
 
     def date_styles(self) -> tuple[frozenset[int], frozenset[int]]:
         dates, durations = set(), set()
+        kinds: dict[int, tuple[bool, bool]] = {}  # many cell formats share a number format
         for index, format_id in enumerate(self.formats):
-            code = self.custom.get(format_id) or builtin_format_code(format_id)
-            if is_date_format(code):
+            kind = kinds.get(format_id)
+            if kind is None:
+                code = self.custom.get(format_id) or builtin_format_code(format_id)
+                kind = kinds[format_id] = (is_date_format(code), is_timedelta_format(code))
+            if kind[0]:
                 dates.add(index)
-            if is_timedelta_format(code):
+            if kind[1]:
                 durations.add(index)
         return frozenset(dates), frozenset(durations)
 

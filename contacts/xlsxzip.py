@@ -29,6 +29,8 @@ RATIO_FLOOR_BYTES = 1 * MB
 MAX_DEPTH = 64
 MAX_TAG_BYTES = 1 * MB
 MAX_PART_NAME = 1000
+# Directory bytes allowed per part: Excel's entries take about 100 (46 fixed, name, extra).
+DIRECTORY_ENTRY_BYTES = 256
 # Excel's limit on the characters in a cell.
 EXCEL_MAX_CELL_CHARS = 32767
 
@@ -130,15 +132,42 @@ class Workbook:
         if not _seekable(source):
             source = self._spool = _spooled(source, self.limits.max_bytes)
         try:
+            self._check_directory(source)
             self.archive = zipfile.ZipFile(source)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
             self._close_spool()
             raise _damaged(exc) from exc
+        except WorkbookRefused:
+            self._close_spool()
+            raise
         try:
             self.parts = self._inspect()
         except BaseException:
             self.close()
             raise
+
+    def _check_directory(self, source: IO[bytes]) -> None:
+        """Refuse a central directory too big to parse, from its end record alone.
+
+        zipfile builds an object of about 500 bytes per entry before anything can be
+        counted, so a 50 MB upload of a million empty entries would cost 500 MB. Its loop
+        is driven by the directory's size, not its entry count: both are checked.
+        """
+        position = source.tell()
+        end = zipfile._EndRecData(source)  # the stdlib's own reader of the end record
+        source.seek(position)
+        if end is None:
+            return  # not a zip: ZipFile says so
+        entries, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]
+        if entries > self.limits.max_parts or size > self.limits.max_parts * DIRECTORY_ENTRY_BYTES:
+            raise refused(
+                "parts",
+                _("The workbook has %(count)s parts; at most %(limit)s are accepted.")
+                % {
+                    "count": max(entries, size // DIRECTORY_ENTRY_BYTES),
+                    "limit": self.limits.max_parts,
+                },
+            )
 
     def _inspect(self) -> dict[str, zipfile.ZipInfo]:
         limits = self.limits

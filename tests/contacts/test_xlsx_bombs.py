@@ -21,6 +21,7 @@ from contacts.xlsxparse import cell_text
 from tests.contacts.xlsx_bombs import (
     DECLARATION,
     lie_about_sizes,
+    many_entries_zip,
     read_in_a_child,
     row,
     shared_xml,
@@ -99,6 +100,19 @@ def test_too_many_parts_are_refused(tmp_path):
     )
     with pytest.raises(WorkbookRefused, match="at most 10000 are accepted"):
         _import(path)
+
+
+def test_huge_central_directory_is_refused_before_zipfile_parses_it(tmp_path):
+    # 60,000 entries: zipfile would build an object for each before anything could count them.
+    path = many_entries_zip(tmp_path / "entries.xlsx", 60_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(WorkbookRefused, match="has 60000 parts; at most 10000"):
+            ContactFileReader(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * 1024 * 1024
 
 
 # -- XML inside the parts ------------------------------------------------------------------------

@@ -182,3 +182,22 @@ def read_in_a_child(path: Path, *, timeout: float = 60, env: dict[str, str] | No
     )
     assert completed.returncode == 0, completed.stderr[-2000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def many_entries_zip(path: Path, entries: int) -> Path:
+    """A zip whose central directory lists ``entries`` names (all pointing at one empty file)."""
+    import struct
+
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, 1, 0) + b"a"
+    directory = b"".join(
+        struct.pack(
+            "<4s4B4HL2L5H2L", b"PK\x01\x02", 20, 3, 20, 0, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0
+        )
+        + f"{n:06d}".encode()
+        for n in range(entries)
+    )
+    end = struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, len(directory), len(local), 0
+    )
+    path.write_bytes(local + directory + end)
+    return path
