@@ -1,12 +1,11 @@
 """Streaming reader for contact files (CSV, TSV, XLSX) with bounded memory (pure: no ORM).
 
-Workbooks are read by contacts.xlsxparse, within its limits (decompression bombs).
-
-Bytes are decoded incrementally; bytes that do not decode become a marker character, so the
-row they belong to is rejected ("undecodable bytes at column N") instead of being stored as
-mojibake. Physical lines are bounded in size, and records spanning lines (quoted line breaks)
-are bounded in lines and size, so no input (a 1 GB file without a line break, an unmatched
-quote) can make the reader hold more than a few megabytes.
+Workbooks are read by contacts.xlsxparse, within its limits (decompression bombs). Bytes are
+decoded incrementally; bytes that do not decode become a marker character, so the row they
+belong to is rejected ("undecodable bytes at column N") instead of being stored as mojibake.
+Physical lines are bounded in size, and records spanning lines (quoted line breaks) are bounded
+in lines and size, so no input (a 1 GB file without a line break, an unmatched quote) can make
+the reader hold more than a few megabytes.
 """
 
 from __future__ import annotations
@@ -21,14 +20,12 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, BinaryIO, NamedTuple
+from typing import IO, BinaryIO, NamedTuple
 
 from contacts.errors import ImportFileError
 from contacts.normalize import EmailPolicy, InvalidEmail, RejectReason, email_key, normalize_email
 from contacts.text import has_refused
-
-if TYPE_CHECKING:
-    from contacts.xlsxparse import XlsxLimits
+from contacts.xlsxzip import XlsxLimits
 
 # A lone surrogate can never come out of a strict decoder, so it marks undecodable input.
 UNDECODABLE_MARK = "\udcff"
@@ -399,7 +396,12 @@ class ContactFileReader:
         self._body = body
         self._records: Iterator[Record]
         if head.startswith(XLSX_MAGIC):
-            self._init_xlsx(xlsx_limits)
+            from contacts.xlsxparse import open_workbook  # it builds on this module's records
+
+            self._workbook, headers, self._records = open_workbook(
+                body, limits=xlsx_limits, max_field_bytes=max_field_bytes, progress=self.progress
+            )
+            self.info = SourceInfo(kind="xlsx", encoding="xlsx", delimiter=None, headers=headers)
             return
         if encoding in ("", "auto", None):
             chosen = detect_encoding(head, complete=complete)
@@ -449,15 +451,6 @@ class ContactFileReader:
                 yield Record(line_no, reason=problem[0], detail=problem[1])
                 continue
             yield Record(line_no, tuple(fields))
-
-    # -- workbooks --------------------------------------------------------------------------
-    def _init_xlsx(self, limits: XlsxLimits | None) -> None:
-        from contacts.xlsxparse import open_workbook  # it builds on this module's records
-
-        self._workbook, headers, self._records = open_workbook(
-            self._body, limits=limits, max_field_bytes=self.max_field_bytes, progress=self.progress
-        )
-        self.info = SourceInfo(kind="xlsx", encoding="xlsx", delimiter=None, headers=headers)
 
     # -- protocol ---------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Record]:
