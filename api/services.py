@@ -58,6 +58,7 @@ from contacts.models import (
     SuppressionScope,
 )
 from contacts.selectors import contacts_by_keys
+from contacts.text import clean_text
 from delivery import tokens
 from delivery.compose import (
     Attachment,
@@ -689,7 +690,9 @@ def messages_accept_raw(
     from_email = from_emails[0]
     domain = (from_email.rpartition("@")[2] or "localhost").lower()
     prefix = b""
-    message_id = str(headers.get("Message-ID", "")).strip()
+    # The header block was read strictly, but what the database stores must hold whatever a
+    # parser made of bytes it could not decode (lone surrogates).
+    message_id = clean_text(str(headers.get("Message-ID", "")).strip())
     if not message_id:
         message_id = make_message_id(domain=domain)
         prefix += f"Message-ID: {message_id}\r\n".encode()
@@ -698,7 +701,7 @@ def messages_accept_raw(
     # Bcc must never travel with the message (RFC 5322 3.6.3); a correlation header is ours
     # to stamp (one per recipient's copy), never the client's.
     raw = prefix + headers_strip(data, ("bcc", "x-skylark-delivery"))
-    subject = str(headers.get("Subject", ""))[:998]
+    subject = clean_text(str(headers.get("Subject", "")))[:998]
     messages = []
     for recipient in recipients:
         message = TransactionalMessage(

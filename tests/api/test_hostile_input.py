@@ -277,3 +277,23 @@ def test_sweep_every_operation_with_odd_values_never_answers_5xx_or_html(client,
                 assert response["Content-Type"].startswith("application/json"), where
                 json.loads(response.content)
     assert requests > 300
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [b"caf\xe9 \xff\xfe", b"=?utf-8?b?AGhp?=", b"=?utf-8?q?a=00b?="],  # Latin-1 bytes, NUL words
+)
+def test_a_relayed_subject_the_database_would_refuse_is_stored_cleaned(api_key, subject):
+    """A relayed message's header decoded by a parser (invalid bytes, NUL in an encoded word)
+    is stored, never a database error for the relay's client."""
+    from api import services
+    from api.models import TransactionalMessage
+
+    key, _ = api_key
+    data = b"From: app@shop.test\r\nTo: a@example.com\r\nSubject: " + subject + b"\r\n\r\nHi\r\n"
+    messages = services.messages_accept_raw(
+        api_key=key, sender="app@shop.test", recipients=["a@example.com"], data=data
+    )
+    stored = TransactionalMessage.objects.get(pk=messages[0].pk)
+    assert "\x00" not in stored.subject
+    stored.subject.encode("utf-8")  # no lone surrogate
