@@ -52,6 +52,10 @@ class RenderLimits:
     # The text part is derived from the rendered HTML only when the template could not be
     # converted once: the converter runs outside the budget, so its input is bounded instead.
     max_html_to_text_chars: int = 250_000
+    # Compiling is not under the render budget and costs per tag (Jinja, Python's compiler):
+    # 250,000 tags (2 MB) took 18 s and 1.2 GB. Gmail clips messages at 102 KB anyway.
+    max_source_chars: int = 200_000
+    max_source_tags: int = 5_000  # {{ }} and {% %} of one part: the compile cost is per tag
 
 
 DEFAULT_LIMITS = RenderLimits()

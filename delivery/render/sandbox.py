@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import jinja2
@@ -100,6 +100,7 @@ _BLOCKED_METHODS = frozenset({"encode", "translate", "maketrans", "expandtabs", 
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 _SPLIT_METHODS = frozenset({"split", "rsplit", "splitlines", "partition", "rpartition"})
 _NESTED_CALLABLES = (Macro, LoopContext, BlockReference)
+_SEQUENCE_TYPES = (str, bytes, bytearray, list, tuple)
 
 
 class _CountingFormatterMixin:
@@ -153,19 +154,25 @@ class SkylarkEnvironment(ImmutableSandboxedEnvironment):
                     raise SecurityError(_("The template would compute a number that is too large."))
         elif operator == "*":
             for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
+                if isinstance(seq, _SEQUENCE_TYPES) and isinstance(times, int):
                     if len(seq) * times > limits.max_part_chars:
                         raise value_too_long(limits.max_part_chars)
             if isinstance(left, int) and isinstance(right, int):
                 if left.bit_length() + right.bit_length() > limits.max_int_bits:
                     raise SecurityError(_("The template would compute a number that is too large."))
         elif operator == "+":
-            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            if isinstance(left, _SEQUENCE_TYPES) and isinstance(right, _SEQUENCE_TYPES):
                 if len(left) + len(right) > limits.max_part_chars:
                     raise value_too_long(limits.max_part_chars)
         elif operator == "%" and isinstance(left, str):
             check_percent(left, right)
         return check_built(self.binop_table[operator](left, right), left, right)
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        # Also consulted by the attr filter, which does not go through getattr below.
+        if attr in _BLOCKED_METHODS and isinstance(obj, (str, bytes, int)):
+            return False
+        return super().is_safe_attribute(obj, attr, value)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
         # Louder than the default undefined: probing internals is an error the pre-flight shows.
@@ -265,6 +272,8 @@ class SkylarkEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(__obj, _NESTED_CALLABLES):
             return __self._call_nested(__context, __obj, *args, **kwargs)
         result = super().call(__context, __obj, *args, **kwargs)
+        if name == "get" and isinstance(owner, Mapping):
+            return result  # a value the mapping holds: nothing new to pay for
         return check_built(result, owner, *args, *kwargs.values(), deep=deep)
 
     def _call_nested(self, context: Any, obj: Any, *args: Any, **kwargs: Any) -> Any:

@@ -92,6 +92,18 @@ def compile_templates(
     source: TemplateSource, *, inline_css: bool = True, limits: RenderLimits = DEFAULT_LIMITS
 ) -> CompiledTemplates:
     """Compile subject, html and text once per campaign; CSS is inlined here, not per recipient."""
+    for field_name, text in _parts(source):
+        if len(text) > limits.max_source_chars:
+            raise TemplateError(
+                _("The template is longer than %(limit)s characters.")
+                % {"limit": limits.max_source_chars},
+                field=field_name,
+            )
+        if text.count("{{") + text.count("{%") > limits.max_source_tags:
+            raise TemplateError(
+                _("The template has more than %(limit)s tags.") % {"limit": limits.max_source_tags},
+                field=field_name,
+            )
     html_source, layout_source = source.html, source.layout
     # Syntax errors are reported against the marketer's source, before any inlining.
     _syntax_check(source)

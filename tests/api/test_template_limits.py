@@ -71,3 +71,13 @@ def test_stored_template_with_an_amplifier_is_refused(client, api_key, db):
     assert response.status_code == 422, response.content
     assert "longer than 1000000 characters" in response.json()["detail"]
     assert not TransactionalMessage.objects.exists()
+
+
+def test_oversized_inline_template_is_refused_before_compiling(client, api_key):
+    _, secret = api_key
+    body = {"to": "ann@example.com", "subject": "Hi", "html": "{{ a }}" * 140_000}  # 1 MB
+    started = time.process_time()
+    response = _post(client, secret, body)
+    assert response.status_code == 422, response.content
+    assert "longer than 200000 characters" in response.json()["detail"]
+    assert time.process_time() - started < 1.5

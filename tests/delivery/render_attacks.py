@@ -54,6 +54,8 @@ AMPLIFIERS: dict[str, str] = {
     "expandtabs": "{{ ('\\t' * 999999).expandtabs(10000) }}",
     "bytes": "{{ 'a'.encode() * 10 ** 9 }}",
     "int to_bytes": "{{ (1).to_bytes(10 ** 9) }}",
+    "encode through attr": "{{ ('a'|attr('encode'))() * 10 ** 9 }}",
+    "encode through format": "{{ '{0.encode}'.format('a') }}",
     "integer squaring": "{% set ns = namespace(n=2 ** 99999) %}{% for i in range(40) %}"
     "{% set ns.n = ns.n * ns.n %}{% endfor %}{{ ns.n > 1 }}",
     "sum of lists": "{% set l = [[1] * 1000] * 1000 %}{{ l|sum(start=[])|length }}",
