@@ -17,9 +17,13 @@ from dataclasses import asdict, dataclass, field
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from contacts.text import clean_text
 from delivery.smtp import credentials_refusal, tls_client_context
 
 __all__ = ["CheckResult", "CheckTarget", "Finding", "check_smtp", "findings_for"]
+
+# A real EHLO reply is a few dozen lines; a server sending more is not answering.
+MAX_REPLY_LINES = 1000
 
 
 @dataclass(frozen=True)
@@ -97,17 +101,31 @@ class _Session:
         self.reader, self.writer, self.timeout = reader, writer, timeout
 
     async def reply(self, stage: str) -> tuple[int, list[str]]:
+        # The timeout bounds the whole reply, not each line: a server trickling continuation
+        # lines would otherwise hold the check (and its worker) for ever.
+        async with asyncio.timeout(self.timeout):
+            return await self._reply(stage)
+
+    async def _reply(self, stage: str) -> tuple[int, list[str]]:
         lines: list[str] = []
         while True:
-            raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
+            try:
+                raw = await self.reader.readline()
+            except ValueError:  # asyncio's LimitOverrunError: a line over 64 KB
+                raise _SmtpError(stage, "reply line too long") from None
             if not raw:
                 raise _SmtpError(stage, "connection closed by the server")
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            if len(line) < 3 or not line[:3].isdigit():
+            # Text from outside, stored in SmtpCheck: no NUL (PostgreSQL refuses it).
+            line = clean_text(raw.decode("utf-8", "replace").rstrip("\r\n"))
+            code = line[:3]
+            # RFC 5321 4.2: three ASCII digits (str.isdigit and int take other scripts' too).
+            if not (len(code) == 3 and code.isascii() and code.isdigit()):
                 raise _SmtpError(stage, f"malformed reply {line[:80]!r}")
             lines.append(line[4:])
             if line[3:4] != "-":
-                return int(line[:3]), lines
+                return int(code), lines
+            if len(lines) >= MAX_REPLY_LINES:
+                raise _SmtpError(stage, f"reply longer than {MAX_REPLY_LINES} lines")
 
     async def command(self, stage: str, line: str) -> tuple[int, list[str]]:
         self.writer.write(line.encode() + b"\r\n")
@@ -327,7 +345,7 @@ async def _upgrade(session: _Session, target: CheckTarget, result: CheckResult, 
 def _read_extensions(result: CheckResult, extensions: dict[str, str]) -> None:
     size = extensions.get("SIZE", None)
     if size is not None:
-        result.size_limit = int(size) if size.isdigit() else 0
+        result.size_limit = int(size) if size.isascii() and size.isdigit() else 0
     result.pipelining = "PIPELINING" in extensions
     result.eightbitmime = "8BITMIME" in extensions
     result.smtputf8 = "SMTPUTF8" in extensions
