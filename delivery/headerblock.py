@@ -11,8 +11,11 @@ source routes, encoded-words in an address) is refused rather than guessed at.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Collection
 from dataclasses import dataclass
+from email.errors import HeaderParseError
+from email.header import decode_header
 
 from delivery.errors import DeliveryError
 
@@ -31,8 +34,12 @@ MAX_ORIGINATOR_FIELD = 16 * 1024  # unfolded; bounds the (per character) address
 
 _FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 3.6.8 ftext
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is white space; CR/LF end lines
-# C1 controls and Unicode line separators: some readers break lines on them.
-_UNICODE_CONTROL = re.compile("[\u0080-\u009f\u2028\u2029\ufeff]")
+# C1 controls and Unicode line separators: some readers break lines on them. Bidi embeddings,
+# overrides and isolates: "\u202eelpmaxe.live@good.example" displays as "...@evil.example".
+_UNICODE_CONTROL = re.compile("[\u0080-\u009f\u2028\u2029\ufeff\u202a-\u202e\u2066-\u2069]")
+# What an encoded-word in a display name must not decode to: a reader that decodes the field
+# before it parses it ("Mailsploit") sees an address, a line break or a cut at a NUL there.
+_DECODED_REFUSED = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\u202a-\u202e\u2066-\u2069<>@]")
 _ATEXT_ASCII = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
 )
@@ -159,7 +166,7 @@ def _decoded(name: str, value: bytes) -> str:
     except UnicodeDecodeError:
         raise HeaderRefusal(f"the {_title(name)} header is not valid UTF-8") from None
     if _UNICODE_CONTROL.search(text):
-        raise HeaderRefusal(f"the {_title(name)} header contains a control character")
+        raise HeaderRefusal(f"the {_title(name)} header contains a control or bidi character")
     return text
 
 
@@ -275,7 +282,34 @@ def _mailbox(tokens: list[_Token], name: str) -> str:
             raise HeaderRefusal(
                 f"the {_title(name)} header has {token.text!r} in a display name (quote it)"
             )
+    display = _phrase(tokens[:opening])
+    if "=?" in display and _DECODED_REFUSED.search(_decoded_words(display)):
+        raise HeaderRefusal(
+            f"the {_title(name)} header has an encoded-word that decodes to an address, "
+            "a control or a line break in its display name"
+        )
     return _addr_spec(tokens[opening + 1 : -1], name)
+
+
+def _phrase(tokens: list[_Token]) -> str:
+    """The display name's words as written, "." joined without spaces (an encoded-word may
+    hold a "." that split it into atoms)."""
+    text = ""
+    for index, token in enumerate(tokens):
+        glued = index == 0 or token.kind == "." or tokens[index - 1].kind == "."
+        text += token.text if glued else f" {token.text}"
+    return text
+
+
+def _decoded_words(text: str) -> str:
+    """RFC 2047 encoded-words decoded as readers decode them (inside quotes too, as many do)."""
+    try:
+        return "".join(
+            chunk.decode(charset or "ascii", "replace") if isinstance(chunk, bytes) else chunk
+            for chunk, charset in decode_header(text)
+        )
+    except (HeaderParseError, LookupError, ValueError):
+        return text  # a reader that cannot decode it shows it as written
 
 
 def _addr_spec(tokens: list[_Token], name: str) -> str:
@@ -292,7 +326,24 @@ def _addr_spec(tokens: list[_Token], name: str) -> str:
     if "=?" in local or "=?" in domain:
         # RFC 2047 section 5: never in an addr-spec; a reader that decodes it sees another one.
         raise HeaderRefusal(f"the {_title(name)} header has an encoded-word in an address")
+    if any(unicodedata.category(char) == "Cf" for char in local + domain):
+        # Zero-width and other format characters: invisible, or dropped by one reader only.
+        raise HeaderRefusal(f"the {_title(name)} header has an invisible character in an address")
+    if not domain.isascii() and not _idna_stable(domain):
+        raise HeaderRefusal(
+            f"the {_title(name)} header has a domain that IDNA reads as another one"
+        )
     return f"{local}@{domain}"
+
+
+def _idna_stable(domain: str) -> bool:
+    """True when IDNA maps the domain to itself: "straße" (IDNA 2003: "strasse", IDNA 2008:
+    its own A-label), full-width letters and the ideographic full stop are read differently
+    by different receivers, so a lock must not compare their mapped form."""
+    try:
+        return domain.encode("idna").decode("idna") == domain.lower()
+    except UnicodeError:
+        return False
 
 
 def _dotted(tokens: list[_Token], kinds: tuple[str, ...], name: str) -> str:

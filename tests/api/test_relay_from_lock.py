@@ -64,6 +64,25 @@ ATTACKS = {
     "unicode-line-separator": "From: app@good.example\u2028x@evil.example\r\n".encode(),
     "fullwidth-dot-domain": "From: x@evil\uff0eexample\r\n".encode(),
     "domain-literal": b"From: x@[192.0.2.1]\r\n",
+    # bidi override: the address displays as "elpmaxe.doog@evil.example"
+    "rtlo-in-local-part": "From: \u202eelpmaxe.live@good.example\r\n".encode(),
+    "rtlo-in-display-name": 'From: "\u202eelpmaxe.live" <app@good.example>\r\n'.encode(),
+    "zero-width-in-address": "From: app\u200b@good.example\r\n".encode(),
+    "soft-hyphen-in-domain": "From: app@good.ex\u00adample\r\n".encode(),
+    # Mailsploit: readers that decode before parsing see another address, a cut or a new line
+    "encoded-nul-in-display-name": (
+        b"From: =?utf-8?b?eEBldmlsLmV4YW1wbGUA?= <app@good.example>\r\n"
+    ),
+    "encoded-address-in-display-name": (
+        b"From: =?utf-8?q?x=40evil.example_=3Cx=40evil.example=3E?= <app@good.example>\r\n"
+    ),
+    "encoded-crlf-in-display-name": (
+        b"From: =?utf-8?q?a=0D=0AFrom=3A_x=40evil.example?= <app@good.example>\r\n"
+    ),
+    "encoded-word-in-quoted-display-name": (
+        b'From: "=?utf-8?q?x=40evil.example=00?=" <app@good.example>\r\n'
+    ),
+    "encoded-bidi-in-display-name": b"From: =?utf-8?b?4oCu?= <app@good.example>\r\n",
 }
 
 
@@ -156,13 +175,43 @@ def test_the_refusal_says_what_is_wrong(relay, secret, smtp_tls_files, downstrea
         b"From: App\r\n\t<app@good.example>\r\n",  # folded, then checked
         b"From: app@good.example\r\nSender: bot@good.example\r\n",
         "From: Zoë <zoë@good.example>\r\n".encode(),  # RFC 6532 UTF-8
+        b"From: =?utf-8?q?M=C3=BCller=2C_Hans?= <app@good.example>\r\n",  # decoded comma
+        "From: \u0645\u0647\u200c\u0633\u0627 <app@good.example>\r\n".encode(),  # ZWNJ
     ],
-    ids=["comment", "quoted-comma", "encoded-display-name", "obs-dots", "folded", "sender", "utf8"],
+    ids=[
+        "comment",
+        "quoted-comma",
+        "encoded-display-name",
+        "obs-dots",
+        "folded",
+        "sender",
+        "utf8",
+        "encoded-comma",
+        "persian-zwnj-display-name",
+    ],
 )
 def test_legitimate_syntax_still_passes(relay, secret, smtp_tls_files, downstream, header):
     code, text = submit(relay, smtp_tls_files, secret, header + TAIL)
     assert code == 250, text
     downstream.wait_for_messages(1)
+
+
+@pytest.mark.parametrize("written", ["straße.example", "ｓtrasse.example", "strasse\u3002example"])
+def test_a_domain_that_idna_maps_to_an_allowed_one_is_refused(
+    relay, smtp_tls_files, downstream, transactional_db, redis_client, written
+):
+    """IDNA 2003 (Python's codec) maps "straße" to "strasse"; IDNA 2008 receivers read their
+    own A-label, a domain someone else may own: the lock must not compare the mapped form."""
+    _, secret = services.api_key_create(
+        application="app", scopes=[Scope.MESSAGES_SEND], allowed_from_domains=["strasse.example"]
+    )
+    header = f"From: app@{written}\r\n".encode()
+    code, text = submit(relay, smtp_tls_files, secret, header + TAIL)
+    assert code == 550 and b"IDNA" in text, text
+    assert not TransactionalMessage.objects.exists()
+    assert submit(relay, smtp_tls_files, secret, b"From: app@strasse.example\r\n" + TAIL)[0] == 250
+    [received] = downstream.wait_for_messages(1)
+    assert b"From: app@strasse.example" in received.data
 
 
 def test_headers_only_message_without_a_body_is_read_strictly(relay, secret, smtp_tls_files):
