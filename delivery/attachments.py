@@ -243,7 +243,7 @@ def _ascii_fallback(name: str) -> str:
         char if " " <= char <= "~" else ("" if unicodedata.combining(char) else "_")
         for char in decomposed
     )
-    ascii_name = _clean(re.sub(r"_+", "_", ascii_name).replace("%", "_"))
+    ascii_name = _clean(re.sub(r"_+", "_", ascii_name.replace(";", "_")).replace("%", "_"))
     stem, extension = _split_extension(ascii_name)
     ascii_name = (stem.strip("_ ") or DEFAULT_FILENAME) + extension
     if len(ascii_name) > _FALLBACK_CHARS:
@@ -278,7 +278,9 @@ def filename_params(filename: str) -> tuple[str, str]:
     plain `filename` next to `filename*` is a duplicate parameter that parsers resolve
     differently (Python's takes the first), and no RFC 2047 word is written inside quotes.
     """
-    if _PLAIN.fullmatch(filename) and not set('"\\?') & set(filename):
+    # A ";" inside quotes ends the parameter for readers that split first (Rust's mailparse
+    # reads `filename="a.txt; filename=evil.exe"` as `evil.exe"`): percent-encoded instead.
+    if _PLAIN.fullmatch(filename) and not set('"\\?;') & set(filename):
         return f';\r\n name="{filename}"', f';\r\n filename="{filename}"'
     return f';\r\n name="{_ascii_fallback(filename)}"', _extended("filename", filename)
 

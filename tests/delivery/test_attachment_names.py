@@ -53,6 +53,10 @@ HOSTILE = {
     "nul-del-c1": "a\x00b\x7fc\x85d.txt",
     "line-separator": "a\u2028b\u2029c.txt",
     "quote-breakout": 'a.pdf"; filename="../../evil.exe',
+    # Quoted, a ";" ends the parameter for readers that split on it before unquoting.
+    "semicolon-parameter": "a.txt; filename=evil.exe",
+    "semicolon-extended-parameter": "a.txt;filename*=utf-8''evil.exe",
+    "q-encoded-semicolon": "=?utf-8?q?a.txt=3B_filename=3Devil.exe?=",
     "lone-surrogate": "x\ud800y.txt",
     "ads-colon": "report.txt:evil.exe",
     "dot-file": ".bashrc",

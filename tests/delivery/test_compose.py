@@ -322,7 +322,9 @@ def test_filenames_round_trip_with_rfc2231_where_needed(filename):
     # Content-Type's name is the ASCII fallback for clients without RFC 2231.
     fallback = attachment.get_param("name")
     assert fallback.isascii() and fallback.endswith(filename.rpartition(".")[2])
-    assert fallback == filename or not filename.isascii() or len(filename) > 60
+    # A ";" becomes "_" there: quoted, it ends the parameter for readers that split on it.
+    expected = filename.replace(";", "_")
+    assert fallback == expected or not filename.isascii() or len(filename) > 60
 
 
 def test_paths_and_controls_are_stripped_from_filenames():
