@@ -532,10 +532,13 @@ def _apply(
     primary_outcome = None
     for recipient in report.recipients:
         is_primary = recipient is primary
+        # The primary outcome is the matched message's, under its address: under the name
+        # a VERP report wrote (anyone's) it would count towards that person's policy.
+        named = match.email if is_primary and match.found else recipient.recipient
         outcome = BounceOutcome(
             message=message,
             created_at=now,
-            recipient=(recipient.recipient or "")[:320],
+            recipient=(named or "")[:320],
             kind=str(recipient.kind),
             reason=str(recipient.reason),
             enhanced_status=recipient.status[:16],
@@ -667,7 +670,7 @@ def _apply_policy(*, outcome: BounceOutcome, match: _Match, now: datetime) -> st
     """The policy table: count this person's reports of the kind, act at the threshold.
 
     A person is the contact when there is one; a transactional recipient with no contact is
-    counted by the address its reports named.
+    counted by the address of the messages its reports matched.
     """
     policy = bounce_policy_for(kind=outcome.kind)
     if policy is None or policy.action == PolicyAction.NONE:
@@ -677,7 +680,7 @@ def _apply_policy(*, outcome: BounceOutcome, match: _Match, now: datetime) -> st
         counted = counted.filter(contact_id=match.contact_id)
     else:
         counted = counted.filter(contact__isnull=True).annotate(recipient_lower=Lower("recipient"))
-        counted = counted.filter(recipient_lower=(outcome.recipient or match.email).lower())
+        counted = counted.filter(recipient_lower=match.email.lower())
     if policy.window_days:
         counted = counted.filter(created_at__gte=now - timedelta(days=policy.window_days))
     # Distinct messages: two reports about one message (a DSN and a webhook) count once. This

@@ -242,6 +242,38 @@ def test_soft_bounces_of_an_address_without_contact_add_up_to_the_policy(api_key
     assert not Contact.objects.exists()
 
 
+def test_forged_reports_on_the_attackers_own_messages_never_count_for_another_address(
+    api_key, smtp
+):
+    """The attacker's own return paths, with the victim's address as the bounced recipient:
+    they act on the attacker's messages only, and never bring the victim (no contact)
+    nearer to the policy's threshold."""
+    BouncePolicy.objects.update_or_create(
+        kind="soft", defaults={"count": 3, "window_days": 30, "action": "suppress"}
+    )
+    for nonce in ("1", "2"):
+        mine, received = send(api_key, smtp, to="attacker@example.net")
+        forged = make_dsn(
+            recipient="victim@example.com",
+            to=received.mail_from,
+            status="4.2.2",
+            diagnostic="smtp; 452 4.2.2 Mailbox full",
+            nonce=f"forged-{nonce}",
+        )
+        assert bounce_ingest(raw=forged, source="smtp").action == "counted"
+    victims, received = send(api_key, smtp, to="victim@example.com")
+    genuine = make_dsn(
+        recipient=victims.to_email,
+        to=received.mail_from,
+        status="4.2.2",
+        diagnostic="smtp; 452 4.2.2 Mailbox full",
+        nonce="genuine",
+    )
+    # One real soft bounce of three needed: counted, not suppressed.
+    assert bounce_ingest(raw=genuine, source="smtp").action == "counted"
+    assert not Suppression.objects.filter(value="victim@example.com").exists()
+
+
 def test_delayed_dsn_only_appends_a_deferred_event(api_key, smtp):
     message, received = send(api_key, smtp)
     raw = make_dsn(
