@@ -17,6 +17,8 @@ from jinja2.utils import pass_environment
 
 from delivery.render.limits import (
     check_built,
+    check_compare,
+    check_comparisons,
     check_measured,
     check_repeat,
     current_limits,
@@ -86,6 +88,10 @@ def filter_datetime(value: Any, format: str = "%Y-%m-%d %H:%M", tz: Any = None) 
     return filter_date(value, format, tz=tz)
 
 
+# Digits before the decimal point that number() formats; a longer number passes through.
+_NUMBER_MAX_DIGITS = 1_000
+
+
 def filter_number(
     value: Any, decimals: int = 0, thousands: str = ",", decimal_point: str = "."
 ) -> str:
@@ -96,7 +102,10 @@ def filter_number(
         number = Decimal(str(value).strip())
     except (InvalidOperation, ValueError):
         return str(value)
-    if not number.is_finite():
+    # Decimal("1e999999999") is a dozen characters and formats as a billion digits, in one C
+    # call the clock cannot interrupt (3.6 GB in the web worker): such a number is not one a
+    # person reads, so it passes through like any other non-number.
+    if not number.is_finite() or number.adjusted() > _NUMBER_MAX_DIGITS:
         return str(value)
     decimals = max(0, min(int(decimals), 20))
     text = f"{number:,.{decimals}f}"
@@ -130,6 +139,9 @@ _SELECTING = frozenset({"attr", "d", "default", "first", "last", "max", "min", "
 # Filters whose integer arguments size the output.
 _SIZED = frozenset({"center", "indent", "wordwrap", "batch", "slice"})
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+# Filters that compare their items in C (and, but for case_sensitive, lower every text key).
+_COMPARING = frozenset({"sort", "dictsort", "groupby", "unique", "max", "min"})
+_SORTING = frozenset({"sort", "dictsort", "groupby"})
 
 
 # printf-style conversion: %[(key)][flags][width][.precision][length]type
@@ -262,10 +274,20 @@ def _guard(name: str, original: Any) -> Any:
     bound = _BOUNDS.get(name)
     selecting = name in _SELECTING
     sized = name in _SIZED
+    comparing = name in _COMPARING
+    sorting = name in _SORTING
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         tick()
         value = args[skip] if len(args) > skip else None
+        if comparing and value is not None and not isinstance(value, jinja2.Undefined):
+            if isinstance(value, Mapping):
+                check_comparisons(list(value.items()), sorting=sorting)
+            else:
+                if not isinstance(value, (list, tuple)):
+                    value = list(value)  # a generator is read once: measured, then passed on
+                    args = (*args[:skip], value, *args[skip + 1 :])
+                check_comparisons(value, sorting=sorting)
         if sized:
             check_repeat(*args[skip + 1 :], *kwargs.values())
         if bound is not None:
@@ -285,9 +307,21 @@ def _guard(name: str, original: Any) -> Any:
     return guarded
 
 
-def _guard_test(original: Any) -> Any:
+# Tests that compare their two arguments: "in" looks for the value in the argument.
+_COMPARING_TESTS = {"in": "in"} | dict.fromkeys(
+    ("==", "eq", "equalto", "!=", "ne", ">", "gt", "greaterthan", "ge", ">=", "<", "lt",
+     "lessthan", "<=", "le"),
+    "eq",
+)  # fmt: skip
+
+
+def _guard_test(original: Any, name: str = "") -> Any:
+    compare_op = _COMPARING_TESTS.get(name)
+
     def guarded(*args: Any, **kwargs: Any) -> Any:
         tick()
+        if compare_op is not None and len(args) == 2:
+            check_compare(args[0], args[1], op=compare_op)
         return original(*args, **kwargs)
 
     pass_arg = getattr(original, "jinja_pass_arg", None)
@@ -348,4 +382,4 @@ def install(env: jinja2.Environment) -> None:
     for name, original in list(filters.items()):
         filters[name] = _guard(name, original)
     for name, original in list(env.tests.items()):
-        env.tests[name] = _guard_test(original)
+        env.tests[name] = _guard_test(original, name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,6 +26,7 @@ from delivery.render import filters as guarded
 from delivery.render.filters import check_percent, computed_width_refused
 from delivery.render.limits import (
     check_built,
+    check_compare,
     check_measured,
     check_repeat,
     current_budget,
@@ -76,6 +78,17 @@ class _SkylarkCodeGenerator(CodeGenerator):
         self.write("))")
 
     @_optimizeconst
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        # `in`, `==`, `<` ... of lists run in C, out of reach of the clock: measured first.
+        # The operands of a chain are evaluated before comparing (no side effects in Jinja).
+        self.write("environment.checked_compare(")
+        self.visit(node.expr, frame)
+        for operand in node.ops:
+            self.write(f", {operand.op!r}, ")
+            self.visit(operand.expr, frame)
+        self.write(")")
+
+    @_optimizeconst
     def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
         # Jinja writes slices as plain Python subscripts; a slice is a new value to pay for.
         if not isinstance(node.arg, nodes.Slice):
@@ -100,6 +113,16 @@ _BLOCKED_METHODS = frozenset({"encode", "translate", "maketrans", "expandtabs", 
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 _SPLIT_METHODS = frozenset({"split", "rsplit", "splitlines", "partition", "rpartition"})
 _NESTED_CALLABLES = (Macro, LoopContext, BlockReference)
+_COMPARISONS = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "gteq": operator.ge,
+    "lt": operator.lt,
+    "lteq": operator.le,
+    "in": lambda left, right: left in right,
+    "notin": lambda left, right: left not in right,
+}
 _SEQUENCE_TYPES = (str, bytes, bytearray, list, tuple)
 
 
@@ -204,6 +227,18 @@ class SkylarkEnvironment(ImmutableSandboxedEnvironment):
         tick()
         return check_built(obj[part], obj)
 
+    def checked_compare(self, left: Any, *chain: Any) -> Any:
+        tick()
+        result: Any = True
+        for index in range(0, len(chain), 2):
+            op, right = chain[index], chain[index + 1]
+            check_compare(left, right, op=op)
+            result = _COMPARISONS[op](left, right)
+            if not result:
+                return result
+            left = right
+        return result
+
     def checked_concat(self, context: jinja2.runtime.Context, parts: tuple[Any, ...]) -> str:
         tick()
         cap = current_limits().max_part_chars
@@ -269,6 +304,8 @@ class SkylarkEnvironment(ImmutableSandboxedEnvironment):
                 items = guarded.joined_items(args[0], separator=owner)
                 args = (items, *args[1:])
             deep = name in _SPLIT_METHODS
+        elif isinstance(owner, (list, tuple)) and name in ("count", "index") and args:
+            check_compare(args[0], owner, op="in")
         if isinstance(__obj, _NESTED_CALLABLES):
             return __self._call_nested(__context, __obj, *args, **kwargs)
         result = super().call(__context, __obj, *args, **kwargs)

@@ -18,7 +18,17 @@ import tracemalloc
 # One 150-byte template, many ways to make the sandbox build gigabytes from small values.
 BIG = "{% set b = 'x' * 999999 %}"
 WIDE = "{% set b = '\U0001f600' * 999999 %}"  # four bytes a character
+# Equal-length texts that differ only at the end: every comparison reads all of them, in C.
+LONG = BIG + "{% set c = 'x' * 999998 ~ 'y' %}{% set b2 = 'x' * 999998 ~ 'x' %}"
 AMPLIFIERS: dict[str, str] = {
+    "in of a list of long texts": LONG + "{{ (b in [c] * 100000) or (b in [c] * 100000) }}",
+    "not in of a list of long texts": LONG + "{{ b not in [c] * 100000 }}",
+    "count of a long text": LONG + "{{ ([c] * 100000).count(b) }}",
+    "equal lists of long texts": LONG + "{{ ([b] * 99999 + [c]) == ([b2] * 99999 + [c]) }}",
+    "in test of long texts": LONG + "{{ ([b] * 100000)|select('in', [c] * 100000)|list|length }}",
+    "sort of long texts": LONG + "{{ ([b] * 3000)|sort|length }}",
+    "unique of long texts": LONG + "{{ ([b, b2] * 50000)|unique|list|length }}",
+    "max of long texts": LONG + "{{ ([b] * 100000)|max|length }}",
     "format fields": BIG + "{{ '" + "{0}" * 40 + "'.format(b) }}",
     "format_map fields": BIG + "{{ '" + "{a}" * 40 + "'.format_map({'a': b}) }}",
     "format widths": "{{ ('{:9999}' * 100000).format(*([1] * 100000)) }}",

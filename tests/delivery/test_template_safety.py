@@ -262,3 +262,17 @@ def test_oversized_template_is_refused_before_compiling(source, message):
     with pytest.raises(TemplateError, match=message):
         compile_templates(TemplateSource(subject="s", html=source))
     assert time.process_time() - started < 0.5
+
+
+@pytest.mark.parametrize("value", ["1e20000000", "-9.5E+20000000", "1e1001"])
+def test_number_filter_leaves_a_number_too_long_to_read_unchanged(value):
+    compiled = compile_templates(TemplateSource(subject="s", html="{{ n|number(2) }}"))
+    started = time.process_time()
+    assert render_content(compiled, {"n": value}).html == value
+    assert time.process_time() - started < 0.2
+
+
+def test_number_filter_still_formats_a_thousand_digits():
+    compiled = compile_templates(TemplateSource(subject="s", html="{{ n|number }}"))
+    html = render_content(compiled, {"n": "9" * 1000}).html
+    assert html.replace(",", "") == "9" * 1000
