@@ -4,7 +4,8 @@ Each provider's documented JSON is read into the classifier's `BounceReport` (on
 and stored through `bounce_ingest_report`, so webhooks reach the same outcome path and policy
 as mailed reports. Every call is authenticated before anything is read (403 otherwise):
 
-- Mailgun: HMAC-SHA256 of timestamp+token with `EDM_MAILGUN_SIGNING_KEY`, at most 15 minutes old.
+- Mailgun: HMAC-SHA256 of timestamp+token with `EDM_MAILGUN_SIGNING_KEY`, at most 15 minutes old,
+  the token bound to the first body it came with (Mailgun signs no body).
 - SendGrid: the signed event webhook's ECDSA signature with `EDM_SENDGRID_VERIFICATION_KEY`
   when set; otherwise the shared token.
 - SES: SNS signatures can only be checked against a certificate fetched from AWS at run time,
@@ -29,6 +30,7 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from redis.exceptions import RedisError
 
 from contacts.text import clean_json
 from delivery.bounce_models import BounceSource
@@ -40,6 +42,7 @@ from delivery.bounces import (
     classify_smtp_reply,
 )
 from delivery.intake import bounce_ingest_report
+from delivery.redis import get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -387,7 +390,27 @@ def _mailgun_ok(request: HttpRequest, payload: object) -> bool:
     except ValueError:
         return False
     expected = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
-    return fresh and hmac.compare_digest(expected, given)
+    if not (fresh and hmac.compare_digest(expected, given)):
+        return False
+    return _mailgun_token_bound(token, request.body)
+
+
+def _mailgun_token_bound(token: str, body: bytes) -> bool:
+    """Mailgun signs the timestamp and a token, not the body: a signature seen once (a log, a
+    proxy) would carry any events for 15 minutes. So the first body a token comes with is the
+    only one it may ever carry: a retry (the same body) passes, a replay with another fails."""
+    digest = hashlib.sha256(body).hexdigest()
+    name = f"skylark:mailgun-token:{hashlib.sha256(token.encode()).hexdigest()}"
+    try:
+        connection = get_redis()
+        # Kept longer than a signature stays fresh, so no token outlives its binding.
+        if connection.set(name, digest, nx=True, ex=2 * MAILGUN_MAX_AGE_SECONDS):
+            return True
+        bound = connection.get(name)
+    except RedisError:
+        logger.warning("webhook mailgun: Redis unavailable, refusing (Mailgun retries)")
+        return False
+    return bound is not None and hmac.compare_digest(bound, digest.encode())
 
 
 def _sendgrid_ok(request: HttpRequest, payload: object) -> bool:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import time
 
 import pytest
@@ -260,9 +261,9 @@ def test_sendgrid_signed_webhook(client, settings):
 # --- Mailgun -------------------------------------------------------------------------------------
 
 
-def _mailgun(delivery, *, key=MAILGUN_KEY, severity="permanent", timestamp=None):
+def _mailgun(delivery, *, key=MAILGUN_KEY, severity="permanent", timestamp=None, token=None):
     timestamp = str(int(time.time()) if timestamp is None else timestamp)
-    token = "a8ce0edb2dd8301dee6c2405235584e45aa91d1e9f979f3de0"
+    token = token or secrets.token_hex(25)  # Mailgun's tokens are random, one per call
     signature = hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
     # Mailgun's "failed" (permanent) event sample, from the webhooks documentation.
     return {
@@ -330,6 +331,27 @@ def test_mailgun_wrong_or_stale_signature_is_forbidden(client, payload_kwargs):
     assert not BounceMessage.objects.exists()
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.SENT
+
+
+@pytest.mark.django_db
+def test_a_mailgun_signature_replayed_with_other_events_is_forbidden(client):
+    """Mailgun signs only timestamp and token: a captured signature must not carry a forged
+    body (here: a bounce of another person) while it is fresh."""
+    genuine = make_sent_delivery("real@example.com")
+    victim = make_sent_delivery("victim@example.com")
+    captured = _mailgun(genuine)
+    assert _post(client, "/hooks/mailgun/", captured).status_code == 200
+    # Mailgun retries the same call after an error: the same body is accepted (and deduplicated).
+    retry = _post(client, "/hooks/mailgun/", captured)
+    assert retry.status_code == 200 and retry.json() == {"stored": 0, "duplicates": 1}
+
+    forged = _mailgun(victim)
+    forged["signature"] = captured["signature"]
+    response = _post(client, "/hooks/mailgun/", forged)
+    assert response.status_code == 403
+    victim.refresh_from_db()
+    assert victim.status == DeliveryStatus.SENT
+    assert not Suppression.objects.filter(value=victim.email).exists()
 
 
 # --- Postmark ------------------------------------------------------------------------------------
