@@ -698,9 +698,10 @@ def messages_accept_raw(
         prefix += f"Message-ID: {message_id}\r\n".encode()
     if headers.get("Date") is None:
         prefix += f"Date: {formatdate(usegmt=True)}\r\n".encode()
-    # Bcc must never travel with the message (RFC 5322 3.6.3); a correlation header is ours
-    # to stamp (one per recipient's copy), never the client's.
-    raw = prefix + headers_strip(data, ("bcc", "x-skylark-delivery"))
+    # Bcc and Resent-Bcc must never travel with the message (RFC 5322 3.6.3, 3.6.6); the
+    # Return-Path is the final receiver's to add (RFC 5321 4.4), as Postfix drops a client's;
+    # a correlation header is ours to stamp (one per recipient's copy), never the client's.
+    raw = prefix + headers_strip(data, ("bcc", "resent-bcc", "return-path", "x-skylark-delivery"))
     subject = clean_text(str(headers.get("Subject", "")))[:998]
     messages = []
     for recipient in recipients:

@@ -82,6 +82,7 @@ def test_relayed_messages_get_our_header_and_lose_the_clients(api_key):
     key, _ = api_key
     data = (
         b"From: app@shop.test\r\nTo: a@example.com\r\nX-Skylark-Delivery: 42\r\n"
+        b"Return-Path: <bounces@evil.example>\r\nResent-Bcc: hidden@example.org\r\n"
         b"Subject: Hi\r\n\r\nHello\r\n"
     )
     messages = services.messages_accept_raw(
@@ -93,6 +94,7 @@ def test_relayed_messages_get_our_header_and_lose_the_clients(api_key):
     for message in messages:
         parsed = message_from_bytes(bytes(message.raw))
         assert parsed.get_all("X-Skylark-Delivery") == [correlation.signed_key(message.public_id)]
+        assert parsed["Return-Path"] is None and parsed["Resent-Bcc"] is None
 
 
 # -- DSNs ---------------------------------------------------------------------------------------
