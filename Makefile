@@ -26,10 +26,12 @@ run: migrate
 demo: migrate
 	$(PY) manage.py demo
 
-## Lint and the whole test suite (SQLite unless DATABASE_URL is set).
+## Lint, the layers contract, mypy on mailkit and the whole test suite (SQLite unless DATABASE_URL is set).
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
 lint: install

@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 from api import selectors, services
 from api.errors import IdempotencyConflict, MessageRejected, SenderNotAllowed
 from api.models import ApiKey, Scope
-from contacts.text import refused_path
+from mailkit.text import refused_path
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Keys that tie a report back to a transactional message: its return path and "tx-<id>".
 
-Pure (no database). The return path is a VERP address made by delivery.verp with a secret of
+Pure (no database). The return path is a VERP address made by mailkit.verp with a secret of
 its own, derived from SECRET_KEY: a campaign's return path never parses as a message's, nor
 the other way round, though both are `bounces+...@EDM_BOUNCE_DOMAIN`. The "tx-<public id>"
 key is the message's reference inside Skylark (BounceMessage.message_ref); what travels, as
@@ -18,7 +18,7 @@ import uuid
 from django.conf import settings
 
 from delivery.tokens import purpose_secret
-from delivery.verp import keyed_reference, keyed_reference_parse, verp_address, verp_parse
+from mailkit.verp import keyed_reference, keyed_reference_parse, verp_address, verp_parse
 
 KEY_PREFIX = "tx-"
 

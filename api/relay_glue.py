@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from api import services
 from api.errors import SenderNotAllowed
 from api.models import ApiKey, Scope
-from delivery.errors import MessageRefused
-from delivery.headerblock import HeaderRefusal
+from mailkit.errors import MessageRefused
+from mailkit.headerblock import HeaderRefusal
 
 
 def authenticate(password: str) -> ApiKey | None:

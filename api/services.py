@@ -58,28 +58,28 @@ from contacts.models import (
     SuppressionScope,
 )
 from contacts.selectors import contacts_by_keys
-from contacts.text import clean_text
 from delivery import tokens
-from delivery.compose import (
+from delivery.redis import get_redis
+from delivery.services import message_send_now
+from delivery.tokens import make_token
+from mailkit.compose import (
     Attachment,
     Composer,
     MessageSpec,
     make_message_id,
     validate_address,
 )
-from delivery.errors import DeliveryError, InvalidAddressError, TemplateError
-from delivery.headerblock import headers_strip, originators_read
-from delivery.outcomes import Outcome, RetryPolicy, outcome_for_result
-from delivery.redis import get_redis
-from delivery.render import (
+from mailkit.errors import DeliveryError, InvalidAddressError, TemplateError
+from mailkit.headerblock import headers_strip, originators_read
+from mailkit.outcomes import Outcome, RetryPolicy, outcome_for_result
+from mailkit.render import (
     CompiledTemplates,
     TemplateSource,
     compile_templates,
     contact_context,
     render_content,
 )
-from delivery.services import message_send_now
-from delivery.tokens import make_token
+from mailkit.text import clean_text
 
 logger = logging.getLogger(__name__)
 

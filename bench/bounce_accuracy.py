@@ -13,8 +13,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from delivery.bounces.evaluate import evaluate, find_corpus  # noqa: E402
-from delivery.bounces.kinds import BounceKind  # noqa: E402
+from mailkit.bounces.evaluate import evaluate, find_corpus  # noqa: E402
+from mailkit.bounces.kinds import BounceKind  # noqa: E402
 
 
 def main() -> int:

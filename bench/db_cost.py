@@ -52,10 +52,11 @@ def one_run(recipients: int, per_row: bool) -> dict[str, tuple[float, float]]:
     from send_throughput import FROM_EMAIL, HTML, SUBJECT
 
     from campaigns.models import Campaign
+    from campaigns.sending import claims
     from campaigns.services import campaign_create
     from delivery import services
     from delivery.models import DeliveryStatus
-    from delivery.outcomes import Outcome
+    from mailkit.outcomes import Outcome
 
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE delivery_deliveryevent, delivery_delivery CASCADE")
@@ -74,7 +75,7 @@ def one_run(recipients: int, per_row: bool) -> dict[str, tuple[float, float]]:
         mark = (backend_cpu(), time.process_time())
 
     for low in range(1, recipients + 1, 5000):
-        services.deliveries_materialize(
+        claims.deliveries_materialize(
             campaign_id=campaign.pk, list_ids=lists, contact_ids=(low, low + 4999)
         )
     step("materialize")
@@ -83,24 +84,24 @@ def one_run(recipients: int, per_row: bool) -> dict[str, tuple[float, float]]:
     mark = (backend_cpu(), time.process_time())  # the ranges are the dispatch's work
     taken = []
     if per_row:
-        while rows := services.deliveries_claim(
+        while rows := claims.deliveries_claim(
             campaign_id=campaign.pk, limit=800, list_ids=lists, only_if_sending=True
         ):
             taken += rows
     else:
         for low, high in ranges:  # one lease per batch task's range
-            lease = services.deliveries_lease(
+            lease = claims.deliveries_lease(
                 campaign_id=campaign.pk, id_from=low, id_to=high, holder=f"bench-{low}"
             )
             after, limit = low - 1, 800
-            while rows := services.deliveries_read(
+            while rows := claims.deliveries_read(
                 lease=lease, after=after, limit=limit, list_ids=lists
             ):
                 taken += rows
                 after = rows[-1].id
                 if len(rows) < limit:  # the range is read (as a batch task stops)
                     break
-            services.deliveries_lease_end(lease)
+            claims.deliveries_lease_end(lease)
     step("take")
     now = timezone.now()
     outcomes = [

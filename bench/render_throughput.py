@@ -13,9 +13,9 @@ from email.message import EmailMessage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from delivery.compose import Composer, MessageSpec, make_message_id  # noqa: E402
-from delivery.dkim import DkimSigner, generate_dkim_key  # noqa: E402
-from delivery.render import (  # noqa: E402
+from mailkit.compose import Composer, MessageSpec, make_message_id  # noqa: E402
+from mailkit.dkim import DkimSigner, generate_dkim_key  # noqa: E402
+from mailkit.render import (  # noqa: E402
     TemplateSource,
     compile_templates,
     contact_context,

@@ -147,8 +147,8 @@ def prepare_database(args: argparse.Namespace) -> None:
             cursor.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     call_command("migrate", verbosity=0)
     from contacts.models import Contact, ContactList, Subscription
-    from delivery.dkim import generate_dkim_key
     from delivery.models import DkimKey
+    from mailkit.dkim import generate_dkim_key
 
     contact_list = ContactList.objects.create(name="Bench")
     batch = 5000
@@ -243,10 +243,10 @@ def _bare_part(job: tuple[int, int, int, int, int]) -> tuple[int, float, float]:
 
     django.setup()
     from campaigns.models import Campaign
+    from campaigns.sending.claims import ClaimedDelivery
     from campaigns.services import campaign_prepare
-    from delivery.runner import send_envelopes, shutdown
-    from delivery.services import ClaimedDelivery
-    from delivery.smtp import SmtpConfig
+    from mailkit.runner import send_envelopes, shutdown
+    from mailkit.smtp import SmtpConfig
 
     prepared = campaign_prepare(Campaign.objects.get(pk=campaign_id))
     from django.db import connection
@@ -266,8 +266,8 @@ def _bare_part(job: tuple[int, int, int, int, int]) -> tuple[int, float, float]:
 
 def _raw_part(job: tuple[int, int, int, int]) -> tuple[int, float, float]:
     start, count, port, pool_size = job
-    from delivery.runner import send_envelopes, shutdown
-    from delivery.smtp import Envelope, SmtpConfig
+    from mailkit.runner import send_envelopes, shutdown
+    from mailkit.smtp import Envelope, SmtpConfig
 
     config = SmtpConfig(host="127.0.0.1", port=port, security="none", pool_size=pool_size)
     data = message(0, 8000)

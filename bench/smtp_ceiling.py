@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from delivery.runner import send_envelopes, shutdown  # noqa: E402
-from delivery.smtp import Envelope, SendStatus, SmtpConfig  # noqa: E402
+from mailkit.runner import send_envelopes, shutdown  # noqa: E402
+from mailkit.smtp import Envelope, SendStatus, SmtpConfig  # noqa: E402
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
 

@@ -34,9 +34,9 @@ from campaigns.services import (
     campaign_send,
     campaign_send_test,
 )
-from delivery.errors import DeliveryError, TemplateError
-from delivery.render import TemplateSource, compile_templates
 from delivery.selectors import delivery_counts
+from mailkit.errors import DeliveryError, TemplateError
+from mailkit.render import TemplateSource, compile_templates
 
 
 class TemplateCheckMixin:

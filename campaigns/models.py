@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from delivery.attachments import attachment_content_id, attachment_content_type
-from delivery.errors import InvalidHeaderError
+from mailkit.attachments import attachment_content_id, attachment_content_type
+from mailkit.errors import InvalidHeaderError
 
 
 class Template(models.Model):

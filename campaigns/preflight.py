@@ -20,10 +20,10 @@ from contacts.models import Contact, ContactStatus, Subscription, SubscriptionSt
 from contacts.selectors import contacts_by_keys
 from delivery import selectors as delivery_selectors
 from delivery import tokens
-from delivery.compose import Composer, MessageSpec, make_message_id, validate_address
-from delivery.dkim import DkimSigner
-from delivery.errors import DeliveryError, DkimError, InvalidAddressError, TemplateError
-from delivery.render import (
+from mailkit.compose import Composer, MessageSpec, make_message_id, validate_address
+from mailkit.dkim import DkimSigner
+from mailkit.errors import DeliveryError, DkimError, InvalidAddressError, TemplateError
+from mailkit.render import (
     CompiledTemplates,
     TemplateSource,
     compile_templates,

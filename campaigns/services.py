@@ -21,38 +21,39 @@ from django.utils import timezone
 
 from campaigns.errors import CampaignStateError, CampaignValidationError
 from campaigns.models import Campaign, CampaignStatus
+from campaigns.sending import claims
+from campaigns.sending.claims import ClaimedDelivery
 from campaigns.tracking import campaign_links_register
 from contacts.models import ContactList, SubscriptionStatus
 from contacts.segments import SegmentRuleError
 from delivery import selectors as delivery_selectors
 from delivery import services as delivery_services
 from delivery import tokens, tracking
-from delivery.compose import (
+from delivery.health import quota_refund, quota_take, record_result
+from delivery.models import Delivery, DeliveryLease, DeliveryStatus
+from delivery.ratelimit import is_slow_down, slow_down, slow_down_keys
+from delivery.redis import claim_once, get_redis, release
+from delivery.selectors import Route
+from mailkit.compose import (
     Attachment,
     Composer,
     MessageSpec,
     make_message_id,
     validate_address,
 )
-from delivery.dkim import DkimSigner
-from delivery.errors import DeliveryError, TemplateError
-from delivery.health import quota_refund, quota_take, record_result
-from delivery.models import Delivery, DeliveryLease, DeliveryStatus
-from delivery.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
-from delivery.ratelimit import is_slow_down, slow_down, slow_down_keys
-from delivery.redis import claim_once, get_redis, release
-from delivery.render import (
+from mailkit.dkim import DkimSigner
+from mailkit.errors import DeliveryError, TemplateError
+from mailkit.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
+from mailkit.render import (
     CompiledTemplates,
     TemplateSource,
     compile_templates,
     contact_context,
     render_content,
 )
-from delivery.runner import send_envelopes
-from delivery.selectors import Route
-from delivery.services import ClaimedDelivery
-from delivery.smtp import Envelope, SendResult, SendStatus
-from delivery.verp import verp_address
+from mailkit.runner import send_envelopes
+from mailkit.smtp import Envelope, SendResult, SendStatus
+from mailkit.verp import verp_address
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -339,7 +340,7 @@ def campaign_dispatch(*, campaign_id: int) -> int:
     existing = campaign.deliveries.count()  # a re-run: what an earlier dispatch made
     chunks = _contact_id_chunks(settings.EDM_DISPATCH_CHUNK, first=settings.EDM_BATCH_SIZE)
     for contact_ids in chunks:
-        created += delivery_services.deliveries_materialize(
+        created += claims.deliveries_materialize(
             campaign_id=campaign_id,
             list_ids=list_ids,
             segment_querysets=segment_querysets,
@@ -575,7 +576,7 @@ class _BatchRun:
                 return [], False
         claimed = self._take(limit)
         self.claimed += len(claimed)
-        kept = delivery_services.deliveries_drop_suppressed(
+        kept = claims.deliveries_drop_suppressed(
             claimed, targeted=_still_targeted(self.campaign, claimed)
         )
         quota_refund(route.key, limit - len(kept), daily_quota=route.daily_quota)
@@ -586,7 +587,7 @@ class _BatchRun:
         of it; after taking a dead task's lease over, the rows it left are sent carefully."""
         if not self.ranged:
             return
-        self.lease = delivery_services.deliveries_lease(
+        self.lease = claims.deliveries_lease(
             campaign_id=self.campaign_id,
             id_from=self.id_from,
             id_to=self.id_to,
@@ -606,7 +607,7 @@ class _BatchRun:
         """Up to ``limit`` rows to send: read from the task's leased range, or claimed one by
         one. Nothing once the campaign is paused or cancelled, or the range is another's."""
         if not self.ranged:
-            return delivery_services.deliveries_claim(
+            return claims.deliveries_claim(
                 campaign_id=self.campaign_id,
                 limit=limit,
                 id_from=self.id_from,
@@ -616,7 +617,7 @@ class _BatchRun:
             )
         if self.lease is None or self.read_all:
             return []
-        rows = delivery_services.deliveries_read(
+        rows = claims.deliveries_read(
             lease=self.lease, after=self.read_after, limit=limit, list_ids=self.list_ids
         )
         if rows:
@@ -708,10 +709,8 @@ class _BatchRun:
             # Well before the lease runs out, not at every flush: each renewal rewrites rows.
             self.lease_renewed = now
             if not self.ranged:
-                delivery_services.deliveries_renew_lease([*self.held, *self.in_flight])
-            elif self.lease is not None and not delivery_services.deliveries_lease_renew(
-                self.lease
-            ):
+                claims.deliveries_renew_lease([*self.held, *self.in_flight])
+            elif self.lease is not None and not claims.deliveries_lease_renew(self.lease):
                 # Taken back after this task stalled past its lease: its rows are another's.
                 logger.warning("campaign %s: a batch lost its lease", self.campaign_id)
                 self.stopping = True
@@ -788,10 +787,10 @@ class _BatchRun:
             written = failed is None
         finally:
             if not self.ranged:
-                delivery_services.deliveries_release(list(held))
+                claims.deliveries_release(list(held))
             elif self.lease is not None and written and then is not None:
                 # Rows read under the lease and never sent are pending again.
-                delivery_services.deliveries_lease_end(self.lease)
+                claims.deliveries_lease_end(self.lease)
             # Otherwise (outcomes not written, or the task failed with messages on the
             # wire) the lease stays until it expires: the sweeper then takes the rows back
             # and counts their attempt, as for a dead worker, instead of sending them again
@@ -799,7 +798,7 @@ class _BatchRun:
             quota_refund(self.route.key, len(held), daily_quota=self.route.daily_quota)
         if self._status() == CampaignStatus.CANCELLED:
             # Rows that came back deferred after the cancel: nothing more will be tried.
-            delivery_services.deliveries_cancel(campaign_id=self.campaign_id)
+            claims.deliveries_cancel(campaign_id=self.campaign_id)
         if then is not None:
             then()
         if failed is not None:
@@ -973,13 +972,13 @@ def _sweep(campaign_dispatch, campaign_send_batch) -> dict[str, int]:
     ).values_list("id", flat=True):
         if claim_once(_sweep_key(f"dispatch:{campaign_id}"), seconds=60):
             campaign_dispatch.delay(campaign_id)
-    reclaimed = delivery_services.deliveries_reclaim_expired(now=now)
+    reclaimed = claims.deliveries_reclaim_expired(now=now)
     resumed = 0
     sending = set(
         Campaign.objects.filter(status=CampaignStatus.SENDING).values_list("id", flat=True)
     )
     # Rows that came back deferred (or were reclaimed) after their campaign was cancelled.
-    delivery_services.deliveries_cancel_for(
+    claims.deliveries_cancel_for(
         campaign_ids=list(
             Campaign.objects.filter(
                 status=CampaignStatus.CANCELLED,
@@ -1021,7 +1020,7 @@ def campaign_send_test(
     "[Test] ". One result per address, in order; an invalid address gets a result, not an error.
     """
     from campaigns.preflight import campaign_preview, find_contact
-    from delivery.errors import InvalidAddressError
+    from mailkit.errors import InvalidAddressError
 
     campaign = Campaign.objects.get(pk=campaign_id)
     contact = find_contact(str(contact_id)) if contact_id else None
@@ -1170,7 +1169,7 @@ def campaign_cancel(*, campaign_id: int) -> Campaign:
             action="cancel",
             finished_at=timezone.now(),
         )
-        delivery_services.deliveries_cancel(campaign_id=campaign_id)
+        claims.deliveries_cancel(campaign_id=campaign_id)
     return campaign
 
 

@@ -102,9 +102,9 @@ def click_view(request: HttpRequest, token: str, link: str) -> HttpResponse:
 
 @require_http_methods(["GET", "HEAD"])
 def webview_view(request: HttpRequest, token: str) -> HttpResponse:
+    from campaigns.sending.claims import ClaimedDelivery
     from delivery.models import Delivery
-    from delivery.render import render_content
-    from delivery.services import ClaimedDelivery
+    from mailkit.render import render_content
 
     delivery_id = tracking.read_recipient_token(
         "webview", token, max_age_seconds=tracking_services.TOKEN_MAX_AGE_SECONDS

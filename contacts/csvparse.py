@@ -24,8 +24,8 @@ from typing import IO, BinaryIO, NamedTuple
 
 from contacts.errors import ImportFileError
 from contacts.normalize import EmailPolicy, InvalidEmail, RejectReason, email_key, normalize_email
-from contacts.text import has_refused
 from contacts.xlsxzip import XlsxLimits
+from mailkit.text import has_refused
 
 # A lone surrogate can never come out of a strict decoder, so it marks undecodable input.
 UNDECODABLE_MARK = "\udcff"

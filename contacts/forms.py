@@ -18,7 +18,7 @@ from unfold.widgets import (
 
 from contacts.csvparse import CORE_TARGETS, attribute_key
 from contacts.models import ContactList, ImportMode
-from contacts.text import clean_text, refused_path
+from mailkit.text import clean_text, refused_path
 
 ENCODING_CHOICES = [
     ("auto", "Detect automatically"),

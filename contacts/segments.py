@@ -56,7 +56,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from contacts.errors import ContactsError
-from contacts.text import refused_path
+from mailkit.text import refused_path
 
 MATCH_ALL = "all"
 MATCH_ANY = "any"

@@ -33,7 +33,7 @@ from contacts.models import (
 from contacts.normalize import InvalidEmail, normalize_email
 from contacts.selectors import contacts_by_keys, suppression_check
 from contacts.signup_limits import signup_mail_quota_take
-from contacts.text import clean_text, has_refused
+from mailkit.text import clean_text, has_refused
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from contacts.admin import ContactAdmin
 from contacts.forms import StorableJSONMixin
 from contacts.models import ConsentRecord, SignupForm
 from contacts.signup import signup_embed_html, signup_form_url
-from delivery.errors import TemplateError
-from delivery.render import TemplateSource, compile_templates, template_variables
+from mailkit.errors import TemplateError
+from mailkit.render import TemplateSource, compile_templates, template_variables
 
 __all__ = ["ConsentRecordAdmin", "ConsentRecordInline", "SignupFormAdmin"]
 

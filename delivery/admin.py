@@ -96,7 +96,7 @@ class DkimKeyAdmin(ModelAdmin):
     def txt_record(self, obj: DkimKey) -> str:
         if not obj.public_key:
             return "Generated when you save."
-        from delivery.dkim import dkim_txt_record
+        from mailkit.dkim import dkim_txt_record
 
         return format_html(
             "<code style='word-break: break-all'>{}</code>",
@@ -105,7 +105,7 @@ class DkimKeyAdmin(ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: DkimKey, form, change: bool) -> None:
         if not obj.private_key_encrypted:
-            from delivery.dkim import generate_dkim_key
+            from mailkit.dkim import generate_dkim_key
 
             private_pem, public_b64 = generate_dkim_key(algorithm=obj.algorithm)
             obj.set_private_key(private_pem)

@@ -47,7 +47,7 @@ class BounceMessageStatus(models.TextChoices):
 
 
 class OutcomeKind(models.TextChoices):
-    """The classifier's kinds (delivery.bounces.BounceKind), as stored values."""
+    """The classifier's kinds (mailkit.bounces.BounceKind), as stored values."""
 
     HARD = "hard", "Hard bounce"
     SOFT = "soft", "Soft bounce"

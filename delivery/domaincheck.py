@@ -13,7 +13,7 @@ import dns.exception
 import dns.name
 import dns.resolver
 
-from delivery.dkim import dkim_txt_record
+from mailkit.dkim import dkim_txt_record
 
 __all__ = ["DkimSelector", "DomainFinding", "DomainReport", "check_domain", "make_resolver"]
 

@@ -14,7 +14,7 @@ import redis
 from django.conf import settings
 
 from delivery.redis import get_redis
-from delivery.smtp import SendResult, SendStatus
+from mailkit.smtp import SendResult, SendStatus
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,6 @@ from contacts.models import (
     SuppressionReason,
     SuppressionScope,
 )
-from contacts.text import clean_text
 from delivery import tokens
 from delivery.bounce_models import (
     RAW_KEEP_BYTES,
@@ -47,11 +46,12 @@ from delivery.bounce_models import (
     PolicyAction,
     PolicyKind,
 )
-from delivery.bounces import BounceKind, BounceReason, BounceRecipient, BounceReport, parse_bounce
-from delivery.compose import message_id_delivery
 from delivery.mailto import MailtoRequest, mailto_apply, mailto_find
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
-from delivery.verp import verp_parse
+from mailkit.bounces import BounceKind, BounceReason, BounceRecipient, BounceReport, parse_bounce
+from mailkit.compose import message_id_delivery
+from mailkit.text import clean_text
+from mailkit.verp import verp_parse
 
 logger = logging.getLogger(__name__)
 
@@ -426,7 +426,7 @@ def _correlate(
     keys never look like a delivery's: a VERP tag made with another secret, "tx-..." values).
     """
     correlators = tuple(_CORRELATORS.values())
-    # 1. VERP: the return path carries the message id and an HMAC tag (delivery/verp.py).
+    # 1. VERP: the return path carries the message id and an HMAC tag (mailkit/verp.py).
     for address in (*envelope_rcpts, report.envelope_to):
         if not address:
             continue

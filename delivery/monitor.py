@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from contacts.text import clean_text
-from delivery.smtp import credentials_refusal, tls_client_context
+from mailkit.smtp import credentials_refusal, tls_client_context
+from mailkit.text import clean_text
 
 __all__ = ["CheckResult", "CheckTarget", "Finding", "check_smtp", "findings_for"]
 
@@ -186,7 +186,7 @@ def _describe_certificate(result: CheckResult, der: bytes, now: dt.datetime) -> 
 
 
 def _client_context(target: CheckTarget, *, verify: bool) -> ssl.SSLContext:
-    # The sender's own policy (delivery.smtp), so the check can never trust a certificate the
+    # The sender's own policy (mailkit.smtp), so the check can never trust a certificate the
     # sender would refuse. verify=False only for the second look at a certificate that failed,
     # which never carries credentials.
     return tls_client_context(ca_file=target.ca_file, verify=verify and target.verify_tls)

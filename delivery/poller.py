@@ -21,8 +21,8 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from delivery.bounce_models import BounceSource, Mailbox, MailboxProtocol, MailboxSecurity
-from delivery.errors import DeliveryError
 from delivery.intake import bounce_ingest
+from mailkit.errors import DeliveryError
 
 logger = logging.getLogger(__name__)
 

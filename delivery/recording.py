@@ -17,9 +17,9 @@ from contacts.models import (
     SuppressionReason,
     SuppressionScope,
 )
-from contacts.text import clean_text, has_refused
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
-from delivery.outcomes import Outcome
+from mailkit.outcomes import Outcome
+from mailkit.text import clean_text, has_refused
 
 logger = logging.getLogger(__name__)
 

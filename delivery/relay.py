@@ -18,8 +18,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from delivery.compose import validate_address
-from delivery.errors import InvalidAddressError, MessageRefused
+from mailkit.compose import validate_address
+from mailkit.errors import InvalidAddressError, MessageRefused
 
 logger = logging.getLogger(__name__)
 

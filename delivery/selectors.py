@@ -14,10 +14,10 @@ from django.db.models import Count, IntegerField, Q, Value
 from django.db.models.functions import Lower, StrIndex, Substr
 from django.utils import timezone
 
-from delivery.dkim import DkimSigner
 from delivery.models import OPEN_STATUSES, Delivery, DeliveryStatus, DkimKey, EventKind, SmtpServer
 from delivery.ratelimit import Limit, RateLimiter
-from delivery.smtp import Security, SmtpConfig, smtp_config_from_url
+from mailkit.dkim import DkimSigner
+from mailkit.smtp import Security, SmtpConfig, smtp_config_from_url
 
 
 def smtp_config_for(server: SmtpServer | None) -> SmtpConfig:

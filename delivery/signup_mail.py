@@ -14,11 +14,11 @@ from contacts.models import Subscription, SubscriptionStatus
 from contacts.signup import confirm_token, confirm_url
 from contacts.signup_limits import signup_mail_quota_release
 from contacts.signup_models import SignupForm
-from delivery.compose import Composer, MessageSpec, make_message_id
-from delivery.errors import DeliveryError, TemplateError
-from delivery.render import TemplateSource, compile_templates, contact_context, render_content
 from delivery.services import message_send_now
-from delivery.smtp import SendStatus
+from mailkit.compose import Composer, MessageSpec, make_message_id
+from mailkit.errors import DeliveryError, TemplateError
+from mailkit.render import TemplateSource, compile_templates, contact_context, render_content
+from mailkit.smtp import SendStatus
 
 logger = logging.getLogger(__name__)
 

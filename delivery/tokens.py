@@ -10,7 +10,7 @@ import hmac
 from django.conf import settings
 from django.core import signing
 
-from delivery.verp import (
+from mailkit.verp import (
     keyed_reference,
     keyed_reference_parse,
     signed_token_parse,
@@ -73,7 +73,7 @@ def delivery_from_reference(value: str) -> int | None:
 
 
 def message_id_secret() -> str:
-    """The secret of Message-IDs' unguessable part (delivery.compose.make_message_id)."""
+    """The secret of Message-IDs' unguessable part (mailkit.compose.make_message_id)."""
     return purpose_secret("message-id")
 
 

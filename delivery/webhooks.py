@@ -32,17 +32,17 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
-from contacts.text import clean_json
 from delivery.bounce_models import BounceSource
-from delivery.bounces import (
+from delivery.intake import bounce_ingest_report
+from delivery.redis import get_redis
+from mailkit.bounces import (
     BounceKind,
     BounceReason,
     BounceRecipient,
     BounceReport,
     classify_smtp_reply,
 )
-from delivery.intake import bounce_ingest_report
-from delivery.redis import get_redis
+from mailkit.text import clean_json
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from api.models import Category, MessageStatus, TransactionalMessage
 from contacts.models import Contact, ContactStatus, Suppression, SuppressionReason
 from delivery.bounce_models import BounceMessage, BounceMessageStatus, BouncePolicy
 from delivery.intake import bounce_ingest
-from delivery.verp import verp_parse
+from mailkit.verp import verp_parse
 from tests.api.conftest import auth
 from tests.delivery.test_intake import make_arf, make_dsn, make_sent_delivery, verp_of
 from tests.factories import ContactFactory, SubscriptionFactory

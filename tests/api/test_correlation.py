@@ -7,7 +7,7 @@ import uuid
 from django.conf import settings
 
 from api import correlation
-from delivery.verp import verp_address, verp_parse
+from mailkit.verp import verp_address, verp_parse
 
 
 def test_return_path_round_trips_in_any_case():

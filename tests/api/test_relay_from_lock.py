@@ -16,8 +16,8 @@ import pytest
 
 from api import relay_glue, services
 from api.models import Scope, TransactionalMessage
-from delivery.headerblock import originators_read
 from delivery.relay import relay_start
+from mailkit.headerblock import originators_read
 from tests.api.conftest import auth
 
 GOOD = b"From: App <app@good.example>\r\n"

@@ -13,12 +13,13 @@ import pytest
 from django.utils import timezone
 
 from campaigns.models import Campaign, CampaignStatus
+from campaigns.sending import claims
 from campaigns.services import campaign_dispatch, campaign_send, campaign_send_batch
 from contacts.models import Contact, ContactStatus, Suppression
 from delivery import services as delivery_services
 from delivery.models import Delivery, DeliveryEvent, DeliveryLease
-from delivery.outcomes import Outcome
 from delivery.recording import UNSTORABLE_REPLY
+from mailkit.outcomes import Outcome
 from tests.factories import CampaignFactory, audience
 
 SIZE = 22
@@ -88,7 +89,7 @@ def test_nul_and_invalid_utf8_in_replies_cost_no_outcome_and_send_nothing_twice(
     assert Contact.objects.get(email="r4@example.com").status == ContactStatus.BOUNCED
 
     # And nothing is sent again later: the sweeper finds no lease to take back.
-    assert delivery_services.deliveries_reclaim_expired() == 0
+    assert claims.deliveries_reclaim_expired() == 0
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.SENDING  # r5 is deferred, due later
 

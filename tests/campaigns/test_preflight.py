@@ -14,8 +14,8 @@ from campaigns.preflight import (
 )
 from campaigns.services import campaign_send, campaign_validate
 from contacts.models import ContactStatus, SubscriptionStatus
-from delivery.dkim import generate_dkim_key
 from delivery.models import DkimKey
+from mailkit.dkim import generate_dkim_key
 from tests.factories import ContactFactory, ContactListFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db

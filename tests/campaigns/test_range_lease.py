@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from campaigns import services as campaign_services
 from campaigns.models import CampaignStatus
+from campaigns.sending import claims
 from campaigns.services import (
     campaign_cancel,
     campaign_dispatch,
@@ -21,7 +22,7 @@ from campaigns.services import (
 )
 from delivery import services as delivery_services
 from delivery.models import Delivery, DeliveryEvent, DeliveryLease, DeliveryStatus, EventKind
-from delivery.outcomes import Outcome
+from mailkit.outcomes import Outcome
 from tests.factories import CampaignFactory, audience
 
 
@@ -88,18 +89,18 @@ def test_a_dead_tasks_lease_is_taken_back_and_only_the_rows_it_read_count_an_att
     smtp_settings, no_broker
 ):
     campaign, id_from, id_to = started(8, no_broker)
-    lease = delivery_services.deliveries_lease(
+    lease = claims.deliveries_lease(
         campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="dead-task"
     )
-    read = delivery_services.deliveries_read(lease=lease, after=id_from - 1, limit=3)
+    read = claims.deliveries_read(lease=lease, after=id_from - 1, limit=3)
     assert [row.id for row in read] == [row_id for row_id, _, _ in rows(campaign)[:3]]
     lease.refresh_from_db()
     assert lease.read_to == read[-1].id
     # The task dies. Until its lease expires, the sweeper leaves it alone.
-    assert delivery_services.deliveries_reclaim_expired() == 0
+    assert claims.deliveries_reclaim_expired() == 0
     assert DeliveryLease.objects.filter(pk=lease.pk).exists()
     expire(lease)
-    assert delivery_services.deliveries_reclaim_expired() == 3
+    assert claims.deliveries_reclaim_expired() == 3
     assert not DeliveryLease.objects.exists()
     after = rows(campaign)
     assert [(status, attempts) for _, status, attempts in after[:3]] == [("deferred", 1)] * 3
@@ -117,29 +118,29 @@ def test_a_dead_tasks_lease_is_taken_back_and_only_the_rows_it_read_count_an_att
 @pytest.mark.django_db(transaction=True)
 def test_the_same_task_delivered_again_takes_its_own_lease_over_at_once(no_broker):
     campaign, id_from, id_to = started(5, no_broker)
-    first = delivery_services.deliveries_lease(
+    first = claims.deliveries_lease(
         campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1"
     )
-    delivery_services.deliveries_read(lease=first, after=id_from - 1, limit=2)
+    claims.deliveries_read(lease=first, after=id_from - 1, limit=2)
     # Another task's live lease on the range: refused.
     assert (
-        delivery_services.deliveries_lease(
+        claims.deliveries_lease(
             campaign_id=campaign.pk, id_from=id_from + 1, id_to=id_to + 5, holder="task-2"
         )
         is None
     )
     # The same task again (its worker died, the broker delivered it anew): taken over.
-    again = delivery_services.deliveries_lease(
+    again = claims.deliveries_lease(
         campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1"
     )
     assert again is not None and again.pk != first.pk
     assert list(DeliveryLease.objects.values_list("pk", flat=True)) == [again.pk]
     assert [(s, a) for _, s, a in rows(campaign)] == [("deferred", 1)] * 2 + [("pending", 0)] * 3
     # The old lease is gone: what the dead run would still read is nothing.
-    assert delivery_services.deliveries_read(lease=first, after=id_from - 1, limit=10) == []
-    assert delivery_services.deliveries_lease_renew(first) is False
+    assert claims.deliveries_read(lease=first, after=id_from - 1, limit=10) == []
+    assert claims.deliveries_lease_renew(first) is False
     # The new one reads the whole range again, the reclaimed rows included.
-    assert len(delivery_services.deliveries_read(lease=again, after=id_from - 1, limit=10)) == 5
+    assert len(claims.deliveries_read(lease=again, after=id_from - 1, limit=10)) == 5
 
 
 @pytest.mark.django_db(transaction=True)
@@ -148,7 +149,7 @@ def test_a_batch_whose_range_another_live_task_holds_tries_again_later(
 ):
     settings.EDM_LEASE_RETRY_SECONDS = 7
     campaign, id_from, id_to = started(4, no_broker)
-    other = delivery_services.deliveries_lease(
+    other = claims.deliveries_lease(
         campaign_id=campaign.pk, id_from=id_from, id_to=id_from + 1, holder="busy-task"
     )
     no_broker.clear()
@@ -159,7 +160,7 @@ def test_a_batch_whose_range_another_live_task_holds_tries_again_later(
     # Enqueued again (with the countdown) rather than left to the sweeper's slow path.
     assert no_broker == [("campaign_send_batch", (campaign.pk, id_from, id_to))]
     # Once the other task is done, the retry sends the whole range.
-    delivery_services.deliveries_lease_end(other)
+    claims.deliveries_lease_end(other)
     campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to)
     assert {status for _, status, _ in rows(campaign)} == {"sent"}
     assert len(smtp_settings.messages) == 4
@@ -168,7 +169,7 @@ def test_a_batch_whose_range_another_live_task_holds_tries_again_later(
 @pytest.mark.django_db(transaction=True)
 def test_a_refused_batch_of_a_paused_campaign_is_not_tried_again(smtp_settings, no_broker):
     campaign, id_from, id_to = started(2, no_broker)
-    delivery_services.deliveries_lease(
+    claims.deliveries_lease(
         campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="busy-task"
     )
     campaign_services.campaign_pause(campaign_id=campaign.pk)
@@ -195,23 +196,21 @@ def test_a_batch_whose_outcomes_could_not_be_written_keeps_its_lease_until_it_ex
     lease = DeliveryLease.objects.get()
     assert lease.read_to == id_to
     expire(lease)
-    assert delivery_services.deliveries_reclaim_expired() == 3
+    assert claims.deliveries_reclaim_expired() == 3
     assert [(s, a) for _, s, a in rows(campaign)] == [("deferred", 1)] * 3
 
 
 @pytest.mark.django_db(transaction=True)
 def test_per_row_claims_leave_a_leased_range_alone(no_broker):
     campaign, id_from, id_to = started(6, no_broker)
-    lease = delivery_services.deliveries_lease(
+    lease = claims.deliveries_lease(
         campaign_id=campaign.pk, id_from=id_from, id_to=id_from + 2, holder="task"
     )
-    claimed = delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=100)
+    claimed = claims.deliveries_claim(campaign_id=campaign.pk, limit=100)
     assert [row.id for row in claimed] == list(range(id_from + 3, id_to + 1))
-    assert delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=100) == []
-    delivery_services.deliveries_lease_end(lease)
-    assert [
-        row.id for row in delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=9)
-    ] == [
+    assert claims.deliveries_claim(campaign_id=campaign.pk, limit=100) == []
+    claims.deliveries_lease_end(lease)
+    assert [row.id for row in claims.deliveries_claim(campaign_id=campaign.pk, limit=9)] == [
         id_from,
         id_from + 1,
         id_from + 2,
@@ -221,13 +220,13 @@ def test_per_row_claims_leave_a_leased_range_alone(no_broker):
 @pytest.mark.django_db(transaction=True)
 def test_a_lease_reads_nothing_once_the_campaign_stops_sending(no_broker):
     campaign, id_from, id_to = started(3, no_broker)
-    lease = delivery_services.deliveries_lease(
+    lease = claims.deliveries_lease(
         campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task"
     )
     campaign_services.campaign_pause(campaign_id=campaign.pk)
-    assert delivery_services.deliveries_read(lease=lease, after=id_from - 1, limit=10) == []
+    assert claims.deliveries_read(lease=lease, after=id_from - 1, limit=10) == []
     assert (
-        delivery_services.deliveries_lease(
+        claims.deliveries_lease(
             campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="other"
         )
         is None
@@ -237,10 +236,10 @@ def test_a_lease_reads_nothing_once_the_campaign_stops_sending(no_broker):
 @pytest.mark.django_db(transaction=True)
 def test_a_row_cancelled_while_on_the_wire_still_gets_what_happened_to_it(no_broker):
     campaign, id_from, id_to = started(3, no_broker)
-    lease = delivery_services.deliveries_lease(
+    lease = claims.deliveries_lease(
         campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task"
     )
-    on_the_wire = delivery_services.deliveries_read(lease=lease, after=id_from - 1, limit=1)[0]
+    on_the_wire = claims.deliveries_read(lease=lease, after=id_from - 1, limit=1)[0]
     campaign_cancel(campaign_id=campaign.pk)
     assert {status for _, status, _ in rows(campaign)} == {"cancelled"}
     delivery_services.deliveries_record(
@@ -267,10 +266,10 @@ def test_after_a_takeover_the_dead_tasks_rows_go_one_at_a_time_each_written_firs
     time, each outcome written before the next row is read, so a recipient that kills its
     worker again is the only one charged with the reclaim (EDM_MAX_RECLAIMS)."""
     campaign, id_from, id_to = started(6, no_broker)
-    dead = delivery_services.deliveries_lease(
+    dead = claims.deliveries_lease(
         campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1"
     )
-    delivery_services.deliveries_read(lease=dead, after=id_from - 1, limit=3)
+    claims.deliveries_read(lease=dead, after=id_from - 1, limit=3)
     ids = [row_id for row_id, _, _ in rows(campaign)]
     seen = []
     real = campaign_services.outcome_for_result
@@ -316,12 +315,12 @@ def test_a_per_row_claim_waits_for_a_lease_being_taken_on_postgresql(no_broker):
 
     def claim() -> None:
         try:
-            claimed.extend(delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=10))
+            claimed.extend(claims.deliveries_claim(campaign_id=campaign.pk, limit=10))
         finally:
             connections.close_all()
 
     with transaction.atomic():  # a lease being taken: the lock is held until commit
-        delivery_services._lock_campaign_claims(campaign.pk)
+        claims._lock_campaign_claims(campaign.pk)
         claimer = threading.Thread(target=claim)
         claimer.start()
         claimer.join(0.5)
@@ -343,10 +342,10 @@ def test_a_careful_phase_cut_short_by_the_time_budget_goes_on_in_the_continuatio
     smtp_settings, no_broker, settings
 ):
     campaign, id_from, id_to = started(4, no_broker)
-    dead = delivery_services.deliveries_lease(
+    dead = claims.deliveries_lease(
         campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1"
     )
-    delivery_services.deliveries_read(lease=dead, after=id_from - 1, limit=3)
+    claims.deliveries_read(lease=dead, after=id_from - 1, limit=3)
     ids = [row_id for row_id, _, _ in rows(campaign)]
     settings.EDM_TASK_SECONDS = 0  # out of time before the first row
     no_broker.clear()
@@ -356,14 +355,14 @@ def test_a_careful_phase_cut_short_by_the_time_budget_goes_on_in_the_continuatio
     assert no_broker == [("campaign_send_batch", (campaign.pk, id_from, id_to, ids[2]))]
     settings.EDM_TASK_SECONDS = 30
     reads = []
-    real = delivery_services.deliveries_read
+    real = claims.deliveries_read
 
     def recording(**kwargs):
         reads.append(kwargs["limit"])
         return real(**kwargs)
 
     with pytest.MonkeyPatch.context() as patched:
-        patched.setattr(delivery_services, "deliveries_read", recording)
+        patched.setattr(claims, "deliveries_read", recording)
         campaign_send_batch(
             campaign_id=campaign.pk, id_from=id_from, id_to=id_to, careful_to=ids[2]
         )

@@ -21,9 +21,9 @@ from campaigns.models import Campaign, CampaignStatus
 from campaigns.services import campaign_create, campaign_send
 from contacts.models import Contact, ContactStatus, Suppression
 from delivery import tokens
-from delivery.compose import message_id_delivery
 from delivery.models import Delivery, DeliveryEvent
-from delivery.verp import verp_parse
+from mailkit.compose import message_id_delivery
+from mailkit.verp import verp_parse
 from tests.worker import wait_until
 
 CSV = """email,name,city

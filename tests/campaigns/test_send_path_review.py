@@ -10,6 +10,7 @@ import pytest
 
 from campaigns import services as campaign_services
 from campaigns.models import CampaignStatus
+from campaigns.sending import claims
 from campaigns.services import (
     campaign_cancel,
     campaign_dispatch,
@@ -18,7 +19,6 @@ from campaigns.services import (
     campaign_send_batch,
     delivery_unsubscribe,
 )
-from delivery import services as delivery_services
 from delivery.models import OPEN_STATUSES, Delivery, DeliveryStatus, SmtpServer
 from delivery.ratelimit import is_slow_down
 from tests.factories import CampaignFactory, ContactFactory, SubscriptionFactory, audience
@@ -52,7 +52,7 @@ def test_rows_waiting_behind_the_rate_limit_are_not_sent_twice_when_their_lease_
 
     def outcome_then_sweep(*args, **kwargs):
         if not swept and time.monotonic() - began > 1.3:
-            swept.append(delivery_services.deliveries_reclaim_expired())
+            swept.append(claims.deliveries_reclaim_expired())
             # What the sweeper enqueues next, run by another worker:
             campaign_send_batch(campaign_id=campaign.pk)
         return real(*args, **kwargs)
@@ -241,9 +241,7 @@ def test_the_claim_takes_nothing_once_the_campaign_is_paused(smtp_settings, no_b
     campaign = CampaignFactory(lists=[audience(2)])
     start(campaign)
     campaign_pause(campaign_id=campaign.pk)
-    assert not delivery_services.deliveries_claim(
-        campaign_id=campaign.pk, limit=10, only_if_sending=True
-    )
+    assert not claims.deliveries_claim(campaign_id=campaign.pk, limit=10, only_if_sending=True)
     assert set(statuses(campaign).values()) == {DeliveryStatus.PENDING}
-    claimed = delivery_services.deliveries_claim(campaign_id=campaign.pk, limit=10)
+    claimed = claims.deliveries_claim(campaign_id=campaign.pk, limit=10)
     assert len(claimed) == 2  # without the condition

@@ -14,11 +14,11 @@ from django.utils import timezone
 
 from campaigns import tracking as tracking_services
 from campaigns.models import CampaignLink, CampaignMinute, CampaignStats, Engagement
+from campaigns.sending.claims import ClaimedDelivery
 from campaigns.services import campaign_prepare
 from delivery import tracking
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
-from delivery.render import render_content
-from delivery.services import ClaimedDelivery
+from mailkit.render import render_content
 from tests.factories import CampaignFactory, audience
 
 HTML = """<html><body>

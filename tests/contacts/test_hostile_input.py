@@ -12,7 +12,7 @@ from django.test import Client
 from contacts.csvparse import _check_fields
 from contacts.models import Contact, SignupForm
 from contacts.normalize import RejectReason
-from contacts.text import clean_json, clean_text, has_refused, refused_path
+from mailkit.text import clean_json, clean_text, has_refused, refused_path
 from tests.factories import ContactFactory, ContactListFactory
 
 # --- the cleaning function -------------------------------------------------------------------

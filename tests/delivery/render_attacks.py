@@ -93,8 +93,8 @@ def main() -> None:
     import django
 
     django.setup()
-    from delivery.errors import TemplateError
-    from delivery.render import TemplateSource, compile_templates, render_content
+    from mailkit.errors import TemplateError
+    from mailkit.render import TemplateSource, compile_templates, render_content
 
     # Whatever escapes the limits fails here (MemoryError) instead of swapping the machine.
     cap = 3 * 1024**3

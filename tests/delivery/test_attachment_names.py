@@ -8,15 +8,15 @@ from email.parser import BytesParser
 
 import pytest
 
-from delivery.attachments import (
+from mailkit.attachments import (
     attachment_content_id,
     attachment_content_type,
     clean_filename,
     filename_params,
 )
-from delivery.compose import Attachment, Composer, MessageSpec, make_message_id
-from delivery.errors import InvalidHeaderError
-from delivery.render import RenderedContent
+from mailkit.compose import Attachment, Composer, MessageSpec, make_message_id
+from mailkit.errors import InvalidHeaderError
+from mailkit.render import RenderedContent
 from tests.mail_readers import assert_received_safely, received_filenames
 
 _NESTED = "=?utf-8?b?" + base64.b64encode(b"=?utf-8?b?Li4vLi4vZXZpbC5leGU=?=").decode() + "?="

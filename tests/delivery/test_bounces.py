@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from delivery.bounces import (
+from mailkit.bounces import (
     BounceKind,
     BounceReason,
     BounceReport,
     classify_smtp_reply,
     parse_bounce,
 )
-from delivery.bounces.evaluate import find_corpus
+from mailkit.bounces.evaluate import find_corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORPUS = find_corpus(REPO_ROOT)
@@ -27,7 +27,7 @@ def corpus_figures():
     if CORPUS is None:
         where = os.environ.get("EDM_BOUNCE_CORPUS") or REPO_ROOT.parent / "shared/corpus/bounces"
         pytest.skip(f"bounce corpus absent at {where}")
-    from delivery.bounces.evaluate import evaluate
+    from mailkit.bounces.evaluate import evaluate
 
     return evaluate(CORPUS)
 

@@ -7,7 +7,7 @@ from email.parser import BytesParser
 
 import pytest
 
-from delivery.compose import (
+from mailkit.compose import (
     Attachment,
     Composer,
     MessageSpec,
@@ -15,8 +15,8 @@ from delivery.compose import (
     needs_smtputf8,
     sanitize_header_value,
 )
-from delivery.errors import InvalidAddressError, InvalidHeaderError
-from delivery.render import RenderedContent
+from mailkit.errors import InvalidAddressError, InvalidHeaderError
+from mailkit.render import RenderedContent
 
 SPEC = MessageSpec(
     from_email="news@example.com",

@@ -6,10 +6,10 @@ dkimpy verifies Ed25519 with PyNaCl (a dev dependency), unmodified.
 import dkim as dkimpy
 import pytest
 
-from delivery.compose import Composer, MessageSpec, make_message_id
-from delivery.dkim import DkimSigner, dkim_txt_record, generate_dkim_key
-from delivery.errors import DkimError
-from delivery.render import RenderedContent
+from mailkit.compose import Composer, MessageSpec, make_message_id
+from mailkit.dkim import DkimSigner, dkim_txt_record, generate_dkim_key
+from mailkit.errors import DkimError
+from mailkit.render import RenderedContent
 
 
 @pytest.fixture(scope="module", params=["rsa", "ed25519"])

@@ -17,8 +17,8 @@ from django.conf import settings
 from contacts.models import Contact, ContactStatus, Suppression
 from delivery import tokens
 from delivery.bounce_models import BounceMessage, BounceMessageStatus
-from delivery.compose import make_message_id
 from delivery.models import DeliveryStatus, EventKind
+from mailkit.compose import make_message_id
 from tests.delivery.test_intake import make_dsn, make_sent_delivery
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -181,7 +181,7 @@ def test_a_complaint_quoting_our_message_id_or_header_applies(bounce_server):
 
 
 def test_message_ids_are_unguessable_and_verifiable():
-    from delivery.compose import message_id_delivery
+    from mailkit.compose import message_id_delivery
 
     secret = tokens.message_id_secret()
     ids = [make_message_id(domain="skylark.test", delivery_id=7, secret=secret) for _ in range(3)]

@@ -28,11 +28,11 @@ from delivery.bounce_models import (
     BounceOutcome,
     BouncePolicy,
 )
-from delivery.compose import make_message_id
 from delivery.intake import bounce_ingest, bounce_policy_for
 from delivery.models import Delivery, DeliveryStatus, EventKind
 from delivery.selectors import bounce_rates_by_campaign, bounce_rates_by_domain
-from delivery.verp import verp_address
+from mailkit.compose import make_message_id
+from mailkit.verp import verp_address
 from tests.factories import ContactFactory, SubscriptionFactory
 
 # --- helpers shared with the other intake tests -----------------------------------------------

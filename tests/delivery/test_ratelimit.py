@@ -8,7 +8,7 @@ import time
 import pytest
 
 from delivery.ratelimit import Limit, RateLimiter, is_slow_down, slow_down
-from delivery.smtp import Envelope
+from mailkit.smtp import Envelope
 
 
 def envelope(to: str) -> Envelope:

@@ -7,9 +7,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from campaigns.sending.claims import deliveries_materialize
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus
-from delivery.outcomes import Outcome
-from delivery.services import deliveries_materialize, deliveries_record
+from delivery.services import deliveries_record
+from mailkit.outcomes import Outcome
 from tests.factories import CampaignFactory, audience
 
 

@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from delivery.errors import TemplateError
-from delivery.render import (
+from mailkit.errors import TemplateError
+from mailkit.render import (
     TemplateSource,
     compile_templates,
     contact_context,

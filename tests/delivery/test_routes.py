@@ -7,7 +7,7 @@ import pytest
 from delivery.health import is_rested, record_result
 from delivery.models import SmtpServer
 from delivery.selectors import choose_route, routes_for
-from delivery.smtp import SendResult, SendStatus
+from mailkit.smtp import SendResult, SendStatus
 
 pytestmark = pytest.mark.django_db
 

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from delivery import runner
-from delivery.runner import send_envelopes, shutdown
-from delivery.smtp import Envelope, SendStatus, smtp_config_from_url
+from mailkit import runner
+from mailkit.runner import send_envelopes, shutdown
+from mailkit.smtp import Envelope, SendStatus, smtp_config_from_url
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dkim
 import pytest
 
-from delivery.dkim import dkim_txt_record, generate_dkim_key
 from delivery.models import DkimKey
 from delivery.services import message_send_now
-from delivery.smtp import SendStatus
+from mailkit.dkim import dkim_txt_record, generate_dkim_key
+from mailkit.smtp import SendStatus
 
 MESSAGE = (
     b"From: News <news@skylark.test>\r\nTo: anna@b\xc3\xbccher.example\r\n"

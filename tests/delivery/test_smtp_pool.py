@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from delivery.errors import SmtpConfigError
-from delivery.smtp import (
+from mailkit.errors import SmtpConfigError
+from mailkit.smtp import (
     Envelope,
     Security,
     SendResult,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from delivery.errors import TemplateError
-from delivery.render import (
+from mailkit.errors import TemplateError
+from mailkit.render import (
     RenderLimits,
     TemplateSource,
     compile_templates,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from delivery.verp import verp_address, verp_parse
+from mailkit.verp import verp_address, verp_parse
 
 SECRET = "test-secret-not-for-production"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from delivery.bounces import parse_bounce
+from mailkit.bounces import parse_bounce
 
 
 class Command(BaseCommand):

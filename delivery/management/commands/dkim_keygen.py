@@ -8,10 +8,10 @@ import re
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from delivery.compose import validate_address
-from delivery.dkim import dkim_txt_record, generate_dkim_key
-from delivery.errors import InvalidAddressError
 from delivery.models import DkimAlgorithm, DkimKey
+from mailkit.compose import validate_address
+from mailkit.dkim import dkim_txt_record, generate_dkim_key
+from mailkit.errors import InvalidAddressError
 
 # Same shape DkimSigner accepts: a DNS label (dots allowed for sub-selectors).
 _SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")

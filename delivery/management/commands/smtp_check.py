@@ -10,9 +10,9 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from delivery import monitor_services
-from delivery.errors import SmtpConfigError
 from delivery.models import SmtpServer
 from delivery.monitor import check_smtp, findings_for
+from mailkit.errors import SmtpConfigError
 
 
 class Command(BaseCommand):

@@ -8,11 +8,11 @@ says the address itself is the problem; a policy or spam block fails the deliver
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from delivery.bounces import BounceKind, classify_smtp_reply
-from delivery.smtp import SendResult, SendStatus
+from mailkit.bounces import BounceKind, classify_smtp_reply
+from mailkit.smtp import SendResult, SendStatus
 
 
 @dataclass(frozen=True)
@@ -54,35 +54,36 @@ def outcome_for_result(
     message_id: str = "",
 ) -> Outcome:
     """Decide what a send result means for the delivery; `attempts` counts this one."""
-    reply = _reply_text(result)
-    common = {
-        "delivery_id": delivery_id,
-        "smtp_code": result.code,
-        "enhanced_status": result.enhanced or "",
-        "reply": reply,
-        "attempted_at": now,
-        "message_id": message_id,
-    }
+    base = Outcome(
+        delivery_id=delivery_id,
+        status="sent",
+        reason="",
+        smtp_code=result.code,
+        enhanced_status=result.enhanced or "",
+        reply=_reply_text(result),
+        attempted_at=now,
+        message_id=message_id,
+    )
     if result.status == SendStatus.SENT:
-        return Outcome(status="sent", reason="", **common)
+        return base
     kind, reason = classify_smtp_reply(
         code=result.code, enhanced=result.enhanced or "", text=result.text or ""
     )
     if result.status == SendStatus.TEMPORARY:
         started = first_attempt_at or now
         if (now - started).total_seconds() >= policy.lifetime_seconds:
-            return Outcome(status="failed", reason="expired", **common)
-        return Outcome(
+            return replace(base, status="failed", reason="expired")
+        return replace(
+            base,
             status="deferred",
             reason=str(reason),
             next_attempt_at=now + policy.delay(attempts),
-            **common,
         )
     if result.stage == "size":
-        return Outcome(status="failed", reason="message_too_large", **common)
+        return replace(base, status="failed", reason="message_too_large")
     if kind == BounceKind.HARD:
-        return Outcome(status="bounced", reason=str(reason), suppress=True, **common)
-    return Outcome(status="failed", reason=str(reason), **common)
+        return replace(base, status="bounced", reason=str(reason), suppress=True)
+    return replace(base, status="failed", reason=str(reason))
 
 
 def failed_outcome(*, delivery_id: int, reason: str, detail: str, now: datetime) -> Outcome:

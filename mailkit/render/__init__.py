@@ -1,8 +1,8 @@
 """Per-campaign template compilation and per-recipient rendering in a capped Jinja2 sandbox."""
 
-from delivery.render.html import html_to_text
-from delivery.render.limits import DEFAULT_LIMITS, RenderLimits
-from delivery.render.templates import (
+from mailkit.render.html import html_to_text
+from mailkit.render.limits import DEFAULT_LIMITS, RenderLimits
+from mailkit.render.templates import (
     LAYOUT_NAME,
     CompiledTemplates,
     RenderedContent,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.header import decode_header
 
-from delivery.errors import DeliveryError
+from mailkit.errors import DeliveryError
 
 __all__ = ["HeaderRefusal", "Originators", "headers_strip", "originators_read"]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, cast
 
 import jinja2
-from django.utils.translation import gettext as _
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.compiler import optimizeconst as _optimizeconst
@@ -22,9 +21,10 @@ from jinja2.sandbox import (
 )
 from markupsafe import Markup
 
-from delivery.render import filters as guarded
-from delivery.render.filters import check_percent, computed_width_refused
-from delivery.render.limits import (
+from mailkit.i18n import gettext as _
+from mailkit.render import filters as guarded
+from mailkit.render.filters import check_percent, computed_width_refused
+from mailkit.render.limits import (
     check_built,
     check_compare,
     check_measured,
@@ -47,20 +47,21 @@ class LenientUndefined(jinja2.ChainableUndefined):
     def _absorb(self, *args: Any, **kwargs: Any) -> LenientUndefined:
         return self
 
-    __add__ = __radd__ = __sub__ = __rsub__ = _absorb
-    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _absorb
-    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _absorb
-    __pos__ = __neg__ = __call__ = _absorb
+    # jinja2's stubs type these as its one failing method; here they absorb instead.
+    __add__ = __radd__ = __sub__ = __rsub__ = _absorb  # type: ignore[assignment]
+    __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _absorb  # type: ignore[assignment]
+    __floordiv__ = __rfloordiv__ = __mod__ = __rmod__ = _absorb  # type: ignore[assignment]
+    __pos__ = __neg__ = __call__ = _absorb  # type: ignore[assignment]
 
     def _false(self, other: Any) -> bool:
         return False
 
-    __lt__ = __le__ = __gt__ = __ge__ = _false
+    __lt__ = __le__ = __gt__ = __ge__ = _false  # type: ignore[assignment]
 
-    def __int__(self) -> int:
+    def __int__(self) -> int:  # type: ignore[override]
         return 0
 
-    def __float__(self) -> float:
+    def __float__(self) -> float:  # type: ignore[override]
         return 0.0
 
     __hash__ = jinja2.ChainableUndefined.__hash__
@@ -113,7 +114,7 @@ _BLOCKED_METHODS = frozenset({"encode", "translate", "maketrans", "expandtabs", 
 _WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 _SPLIT_METHODS = frozenset({"split", "rsplit", "splitlines", "partition", "rpartition"})
 _NESTED_CALLABLES = (Macro, LoopContext, BlockReference)
-_COMPARISONS = {
+_COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
     "eq": operator.eq,
     "ne": operator.ne,
     "gt": operator.gt,
@@ -133,7 +134,8 @@ class _CountingFormatterMixin:
 
     def vformat(self, format_string: str, args: Any, kwargs: Any) -> str:
         self._built_chars = len(format_string)
-        return super().vformat(format_string, args, kwargs)  # type: ignore[misc]
+        built: str = super().vformat(format_string, args, kwargs)  # type: ignore[misc]
+        return built
 
     def convert_field(self, value: Any, conversion: str | None) -> Any:
         if conversion:
@@ -250,7 +252,7 @@ class SkylarkEnvironment(ImmutableSandboxedEnvironment):
         join = markup_join if context.eval_ctx.autoescape else str_join
         return check_built(join(parts))
 
-    def concat(self, parts: Iterable[Any]) -> str:  # type: ignore[override]
+    def concat(self, parts: Iterable[Any]) -> str:
         # Every block, macro and call-block body is joined here.
         items = parts if isinstance(parts, list) else list(parts)
         total = 0
@@ -279,8 +281,9 @@ class SkylarkEnvironment(ImmutableSandboxedEnvironment):
             if is_format_map:
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one argument")
-                args, kwargs = (), args[0]
-            return str_type(formatter.vformat(owner, args, kwargs))
+                return cast(str, str_type(formatter.vformat(owner, (), args[0])))
+            # str_type is str or Markup: a Markup's format stays Markup (escaped already).
+            return cast(str, str_type(formatter.vformat(owner, args, kwargs)))
 
         return functools.update_wrapper(wrapper, value)
 

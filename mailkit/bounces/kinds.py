@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from contacts.text import clean_text, has_refused
+from mailkit.text import clean_text, has_refused
 
 
 class BounceKind(StrEnum):
@@ -98,7 +98,8 @@ class BounceReport:
         """This report with every text cleaned of what the databases refuse (NUL, lone
         surrogates from undecodable bytes): a hostile report must still be stored."""
         recipients = tuple(_storable(recipient) for recipient in self.recipients)
-        return dataclasses.replace(_storable(self), recipients=recipients)
+        cleaned: BounceReport = dataclasses.replace(_storable(self), recipients=recipients)
+        return cleaned
 
 
 def _storable(item: Any) -> Any:

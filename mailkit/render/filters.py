@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
-from django.utils.translation import gettext as _
 from jinja2.exceptions import SecurityError
 from jinja2.filters import make_attrgetter
 from jinja2.utils import pass_environment
 
-from delivery.render.limits import (
+from mailkit.i18n import gettext as _
+from mailkit.render.limits import (
     check_built,
     check_compare,
     check_comparisons,
@@ -257,7 +257,7 @@ def _bound_tojson(value: Any, indent: Any = None) -> None:
     check_measured(value, indent=step)
 
 
-_BOUNDS = {
+_BOUNDS: dict[str, Callable[..., None]] = {
     "indent": _bound_indent,
     "wordwrap": _bound_wordwrap,
     "urlize": _bound_urlize,

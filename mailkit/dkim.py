@@ -11,7 +11,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
-from delivery.errors import DkimError
+from mailkit.errors import DkimError
 
 __all__ = ["DEFAULT_SIGNED_HEADERS", "DkimSigner", "dkim_txt_record", "generate_dkim_key"]
 
@@ -98,7 +98,7 @@ class DkimSigner:
 
     def _sign_digest(self, data: bytes) -> bytes:
         if self.algorithm == "rsa-sha256":
-            return self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[union-attr,call-arg]
+            return self._key.sign(data, padding.PKCS1v15(), hashes.SHA256())  # type: ignore[call-arg]
         # RFC 8463 3: Ed25519 signs the SHA-256 hash of the canonicalized data.
         return self._key.sign(hashlib.sha256(data).digest())  # type: ignore[call-arg]
 

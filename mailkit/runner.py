@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import functools
 import logging
 import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
-from delivery.smtp import Envelope, SendResult, SmtpConfig, SmtpPool
+from mailkit.smtp import Envelope, SendResult, SmtpConfig, SmtpPool
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class _LoopThread:
             concurrent.futures.Future() for _ in coroutines
         ]
 
-        def chain(task: asyncio.Task, future: concurrent.futures.Future) -> None:
+        def chain(task: asyncio.Task[T], future: concurrent.futures.Future[T]) -> None:
             if task.cancelled():
                 future.cancel()
             elif task.exception() is not None:
@@ -66,7 +67,7 @@ class _LoopThread:
             for coroutine, future in zip(coroutines, futures, strict=True):
                 if future.set_running_or_notify_cancel():
                     task = self.loop.create_task(coroutine)
-                    task.add_done_callback(lambda t, f=future: chain(t, f))
+                    task.add_done_callback(functools.partial(chain, future=future))
                 else:
                     coroutine.close()
 
@@ -159,7 +160,7 @@ def send_envelopes(
     exhausted = False
     try:
         while True:
-            batch = []
+            batch: list[Coroutine[Any, Any, SendResult]] = []
             while not exhausted and len(pending) + len(batch) < limit:
                 try:
                     envelope = next(source)

@@ -9,9 +9,8 @@ import unicodedata
 import urllib.parse
 from email.message import Message
 
-from django.utils.translation import gettext as _
-
-from delivery.errors import InvalidHeaderError
+from mailkit.errors import InvalidHeaderError
+from mailkit.i18n import gettext as _
 
 __all__ = [
     "DEFAULT_FILENAME",

@@ -11,15 +11,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from delivery.attachments import (
+from mailkit.attachments import (
     attachment_content_id,
     attachment_content_type,
     clean_filename,
     filename_params,
 )
-from delivery.errors import InvalidAddressError, InvalidHeaderError
-from delivery.render import RenderedContent
-from delivery.verp import keyed_reference, keyed_reference_parse
+from mailkit.errors import InvalidAddressError, InvalidHeaderError
+from mailkit.render import RenderedContent
+from mailkit.verp import keyed_reference, keyed_reference_parse
 
 __all__ = [
     "Attachment",
@@ -400,7 +400,7 @@ class Composer:
             if unsubscribe_url.startswith(("https://", "http://")):
                 parts.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
         if delivery_reference:
-            # A keyed reference (delivery.verp.keyed_reference): what a report quotes of it
+            # A keyed reference (mailkit.verp.keyed_reference): what a report quotes of it
             # proves the report saw this message.
             if not _REFERENCE.fullmatch(delivery_reference):
                 raise InvalidHeaderError("X-Skylark-Delivery must be a keyed reference")

@@ -1,7 +1,7 @@
 """A pool of authenticated aiosmtplib connections that turns every send into a SendResult.
 
 Pure module: no Django imports. One ``SmtpPool`` per SMTP server configuration, living as long
-as the worker process (see delivery/runner.py for use from synchronous code).
+as the worker process (see mailkit/runner.py for use from synchronous code).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import aiosmtplib
 from aiosmtplib.protocol import normalize_message_line_endings
 
-from contacts.text import clean_text
-from delivery.errors import SmtpConfigError
+from mailkit.errors import SmtpConfigError
+from mailkit.text import clean_text
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import Any
 
 from .classify import (
     classify_failure,
@@ -167,11 +168,11 @@ def _parse(raw: bytes) -> BounceReport:
     reporting_mta = _field_value(dsn_message.get("reporting-mta", ""))
     if dsn_recipients:
         text_blocks = _text_blocks(bounce_text, own)
-        recipients = tuple(
+        parsed = (
             _dsn_recipient(block, reporting_mta, text_blocks, bounce_text)
             for block in dsn_recipients
         )
-        recipients = tuple(r for r in recipients if r is not None)
+        recipients = tuple(r for r in parsed if r is not None)
         if recipients:
             return BounceReport(recipients=recipients, **report_fields)
 
@@ -327,7 +328,7 @@ def _html_to_text(text: str) -> str:
 
 def _headers_from_text(text: str) -> Message:
     # Header lines of a returned original, maybe quoted ("> ") or indented by the MTA.
-    lines = []
+    lines: list[str] = []
     for line in text.lstrip("\n").splitlines()[:300]:
         stripped = line.lstrip(">| ")
         if not stripped and lines:
@@ -385,7 +386,7 @@ def _envelope_to(msg: Message) -> str:
 
 def _own_addresses(msg: Message) -> set[str]:
     """Addresses of the report's sender and of us, its addressee: never the bounced recipient."""
-    own = set()
+    own: set[str] = set()
     for name in (
         "from",
         "to",
@@ -607,7 +608,7 @@ def _classify_texts(
 
 def _is_feedback(msg: Message, readable: str) -> bool:
     if msg.get_content_type() == "multipart/report":
-        if (msg.get_param("report-type") or "").lower() == "feedback-report":
+        if str(msg.get_param("report-type") or "").lower() == "feedback-report":
             return True
     return bool(re.search(r"(?im)^feedback-type:\s*\S", readable))
 
@@ -619,7 +620,7 @@ def _feedback_recipients(
     for block in _field_blocks("\n\n".join(texts) or readable):
         for name, value in block.items():
             fields.setdefault(name, value)
-    addresses = []
+    addresses: list[str] = []
     for name in ("original-rcpt-to", "removal-recipient"):
         address = _first_address(fields.get(name, ""))
         if address:
@@ -642,7 +643,7 @@ def _feedback_recipients(
             reporting_mta=_field_value(fields.get("reported-domain", "")),
             feedback_type=feedback_type,
         )
-        for address in (addresses or [None])
+        for address in (addresses or [None])  # type: ignore[list-item]
     )
 
 
@@ -655,7 +656,7 @@ def _hotmail_complaint(originals: list[Message]) -> bool:
 # --- Amazon SES notifications (JSON by email, through SNS) -----------------------------------
 
 
-def _json_object(text: str, start: int) -> dict | None:
+def _json_object(text: str, start: int) -> dict[str, Any] | None:
     for candidate in (text[start:], text[start:].replace("\n", "")):
         try:
             value, _ = json.JSONDecoder().raw_decode(candidate)
@@ -853,7 +854,7 @@ def _text_recipients(
                 addresses.append(address)
                 break
     out = []
-    for address in addresses or [None]:
+    for address in addresses or [None]:  # type: ignore[list-item]
         block = blocks.get(address.lower(), "") if address else ""
         diagnostic = block if _has_signal(block) else bounce_text
         status, reply_code = _codes(diagnostic)

@@ -9,7 +9,7 @@ import css_inline
 from inscriptis import get_text
 from inscriptis.model.config import ParserConfig
 
-from delivery.errors import TemplateError
+from mailkit.errors import TemplateError
 
 __all__ = ["STYLE_BLOCK", "html_to_text", "inline_css", "text_template_from_html"]
 
@@ -157,13 +157,13 @@ _TEXT_CONFIG = ParserConfig(display_links=True)
 
 def html_to_text(html: str) -> str:
     """Plain-text alternative of an HTML body; links stay visible as [label](url)."""
-    return get_text(html, _TEXT_CONFIG).strip() + "\n"
+    return str(get_text(html, _TEXT_CONFIG)).strip() + "\n"
 
 
 def text_template_from_html(source: str) -> str | None:
     """Convert an HTML template to a text template once, if every tag keeps its place."""
     protected = _protect(source, comments=False)
-    text = get_text(protected.text, _TEXT_CONFIG)
+    text = str(get_text(protected.text, _TEXT_CONFIG))
     if not _kept_in_order(text, protected):
         return None
     return _restore(text, protected.spans)

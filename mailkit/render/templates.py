@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jinja2
-from django.utils.translation import gettext as _
 from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 
-from delivery.errors import TemplateError
-from delivery.render.html import STYLE_BLOCK, html_to_text, inline_css, text_template_from_html
-from delivery.render.limits import DEFAULT_LIMITS, RenderLimits, budget_scope
-from delivery.render.sandbox import SkylarkEnvironment, make_environment
+from mailkit.errors import TemplateError
+from mailkit.i18n import gettext as _
+from mailkit.render.html import STYLE_BLOCK, html_to_text, inline_css, text_template_from_html
+from mailkit.render.limits import DEFAULT_LIMITS, RenderLimits, budget_scope
+from mailkit.render.sandbox import SkylarkEnvironment, make_environment
 
 __all__ = [
     "CompiledTemplates",
@@ -161,7 +162,7 @@ def _parts(source: TemplateSource) -> tuple[tuple[str, str], ...]:
 def _syntax_check(source: TemplateSource) -> None:
     env = make_environment(autoescape=True)
     for field_name, text in _parts(source):
-        _guarded(lambda text=text: env.parse(text), field_name)
+        _guarded(functools.partial(env.parse, text), field_name)
 
 
 def _render_part(
@@ -276,6 +277,6 @@ def template_variables(source: TemplateSource) -> set[str]:
     for field_name, text in _parts(source):
         if not text:
             continue
-        tree: nodes.Template = _guarded(lambda text=text: env.parse(text), field_name)
-        found |= _guarded(lambda tree=tree: meta.find_undeclared_variables(tree), field_name)
+        tree: nodes.Template = _guarded(functools.partial(env.parse, text), field_name)
+        found |= _guarded(functools.partial(meta.find_undeclared_variables, tree), field_name)
     return found - set(env.globals)

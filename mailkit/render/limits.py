@@ -7,12 +7,13 @@ import sys
 import time
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
-from django.utils.translation import gettext as _
 from jinja2.exceptions import SecurityError
 from jinja2.utils import Namespace
+
+from mailkit.i18n import gettext as _
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -127,6 +128,9 @@ class budget_scope:  # noqa: N801 - used as a context manager, reads like a stat
         _BUDGET.reset(self._token)
 
 
+_V = TypeVar("_V")
+
+
 def current_budget() -> Budget | None:
     return _BUDGET.get()
 
@@ -179,7 +183,7 @@ def measure(value: Any, limit: int, *, indent: int = 0) -> int:
             total += len(item) + 2
             continue
         if isinstance(item, Namespace):
-            item = dict(item._Namespace__attrs)  # type: ignore[attr-defined]
+            item = dict(item._Namespace__attrs)
             total += 12
         per_item = 2 + (indent * (depth + 1) + 1 if indent else 0)
         if isinstance(item, (dict, Mapping)):
@@ -243,7 +247,7 @@ def _deep_size(value: Any) -> int:
     return size
 
 
-def check_built(value: Any, *inputs: Any, deep: bool = False) -> Any:
+def check_built(value: _V, *inputs: Any, deep: bool = False) -> _V:
     """Check a value a sandbox operation built and charge its memory to the budget.
 
     A value that is one of the operation's inputs was already paid for. ``deep`` also charges

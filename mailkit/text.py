@@ -45,7 +45,7 @@ def refused_path(value: Any) -> str | None:
     Iterative, so a deeply nested document cannot exhaust the stack; the path is built only
     for the hit (from links to the parents), so the walk stays linear in the document.
     """
-    stack: list[tuple[Any, tuple | None]] = [(value, None)]
+    stack: list[tuple[Any, tuple[str, Any] | None]] = [(value, None)]
     while stack:
         item, link = stack.pop()
         if isinstance(item, str):
@@ -63,7 +63,7 @@ def refused_path(value: Any) -> str | None:
     return None
 
 
-def _path(link: tuple | None) -> str:
+def _path(link: tuple[str, Any] | None) -> str:
     names = []
     while link is not None:
         name, link = link
