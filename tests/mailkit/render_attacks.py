@@ -1,6 +1,6 @@
 """Resource attacks on the template sandbox, run in a child process that measures each one.
 
-Run as a script (``python -m tests.delivery.render_attacks``): it renders every payload of
+Run as a script (``python -m tests.mailkit.render_attacks``): it renders every payload of
 AMPLIFIERS under tracemalloc and an address-space limit, and prints one JSON line per payload
 (outcome, CPU seconds, peak traced memory). The test reads those lines; the child process keeps
 a payload that escapes the limits from taking the test run down with it.

@@ -16,7 +16,7 @@ from mailkit.render import (
     render_content,
     template_variables,
 )
-from tests.delivery.render_attacks import AMPLIFIERS
+from tests.mailkit.render_attacks import AMPLIFIERS
 
 HOSTILE = [
     "{{ ''.__class__.__mro__ }}",
@@ -124,14 +124,14 @@ def test_no_dangerous_globals():
 # --------------------------------------------------------------------------------------------
 # Values built from many: each payload is small, each value it starts from is within the caps,
 # and what it builds from them would be gigabytes (issue 14, item 4). They run in a child
-# process (tests/delivery/render_attacks.py) that measures CPU time and peak memory of each.
+# process (tests/mailkit/render_attacks.py) that measures CPU time and peak memory of each.
 
 
 @pytest.fixture(scope="module")
 def amplifier_results():
     try:
         child = subprocess.run(
-            [sys.executable, "-m", "tests.delivery.render_attacks"],
+            [sys.executable, "-m", "tests.mailkit.render_attacks"],
             cwd=Path(__file__).resolve().parents[2],
             capture_output=True,
             text=True,
