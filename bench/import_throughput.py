@@ -56,8 +56,8 @@ def run(args: argparse.Namespace, scratch: Path) -> None:
     from django.core.management import call_command
     from django.db import connection
 
+    from contacts.imports import contacts_import
     from contacts.models import Contact, ContactList, ImportMode, Subscription
-    from contacts.services import contacts_import
 
     call_command("migrate", verbosity=0)
     # Raw deletes: QuerySet.delete() collects every related object in memory first, which

@@ -16,9 +16,11 @@ from django.utils.html import format_html
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
-from contacts.csvparse import XLSX_MAGIC, preview_file
 from contacts.errors import ContactsError
 from contacts.forms import ImportMappingForm, ImportUploadForm, StorableJSONMixin
+from contacts.imports import import_job_create, import_job_start, rejected_rows_csv
+from contacts.imports.csvparse import XLSX_MAGIC, preview_file
+from contacts.imports.xlsxparse import workbook_data_rows
 from contacts.models import (
     Contact,
     ContactList,
@@ -33,13 +35,9 @@ from contacts.selectors import contact_lists_with_counts
 from contacts.services import (
     contact_list_get_or_create,
     contacts_export,
-    import_job_create,
-    import_job_start,
-    rejected_rows_csv,
     suppression_add,
     suppression_remove,
 )
-from contacts.xlsxparse import workbook_data_rows
 
 
 @admin.register(ContactList)
@@ -324,7 +322,7 @@ def _progress(job: ImportJob) -> dict:
             total = max(int(expected), job.processed_rows)
         elif job.detected_encoding == "xlsx" or not total:
             # Nothing read yet, or a workbook: workbooks report no bytes read
-            # (contacts.csvparse), so job.total_rows is only the rows done so far, which
+            # (contacts.imports.csvparse), so job.total_rows is only the rows done so far, which
             # made a bar at 100% from the first second.
             total = None
     if job.status == ImportStatus.DONE:

@@ -16,7 +16,7 @@ from unfold.widgets import (
     UnfoldBooleanSwitchWidget,
 )
 
-from contacts.csvparse import CORE_TARGETS, attribute_key
+from contacts.imports.csvparse import CORE_TARGETS, attribute_key
 from contacts.models import ContactList, ImportMode
 from mailkit.text import clean_text, refused_path
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from contacts.services import import_job_run
+from contacts.imports import import_job_run
 
 
 @shared_task(name="contacts.import_job")

@@ -14,8 +14,8 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
+from contacts.imports import import_job_run
 from contacts.models import Contact, ContactList, ImportJob, ImportStatus, Segment
-from contacts.services import import_job_run
 from tests.factories import ContactFactory, ContactListFactory, SubscriptionFactory
 
 webdriver = pytest.importorskip("selenium.webdriver")

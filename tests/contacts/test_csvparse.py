@@ -8,7 +8,8 @@ import tracemalloc
 import pytest
 from openpyxl import Workbook
 
-from contacts.csvparse import (
+from contacts.errors import ImportFileError
+from contacts.imports.csvparse import (
     ContactFileReader,
     ContactRow,
     Record,
@@ -19,7 +20,6 @@ from contacts.csvparse import (
     plan_columns,
     preview_file,
 )
-from contacts.errors import ImportFileError
 from contacts.normalize import RejectReason
 
 CHINESE = (

@@ -9,7 +9,7 @@ import json
 import pytest
 from django.test import Client
 
-from contacts.csvparse import _check_fields
+from contacts.imports.csvparse import _check_fields
 from contacts.models import Contact, SignupForm
 from contacts.normalize import RejectReason
 from mailkit.text import clean_json, clean_text, has_refused, refused_path

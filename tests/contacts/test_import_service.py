@@ -8,6 +8,7 @@ import pytest
 from django.db import connection
 
 from contacts.errors import ImportConfigError
+from contacts.imports import contacts_import
 from contacts.models import (
     Contact,
     ContactStatus,
@@ -19,7 +20,7 @@ from contacts.models import (
     SuppressionScope,
 )
 from contacts.selectors import suppression_check
-from contacts.services import contacts_import, suppression_add
+from contacts.services import suppression_add
 from tests.factories import ContactFactory, ContactListFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -337,13 +338,13 @@ def test_interrupted_import_stops_its_reader_thread(write_file):
 
 
 def test_a_reader_error_reaches_the_caller_and_stops_the_thread(write_file, monkeypatch):
-    import contacts.services as services
+    from contacts.imports import engine
 
     def broken_rows(records, plan, **kwargs):
         yield from []
         raise RuntimeError("disk went away")
 
-    monkeypatch.setattr(services, "contact_rows", broken_rows)
+    monkeypatch.setattr(engine, "contact_rows", broken_rows)
     with pytest.raises(RuntimeError, match="disk went away"):
         run(write_file("email\na@example.com\n"), ContactListFactory(), ImportMode.UPSERT)
     assert _reader_threads() == []
@@ -351,9 +352,9 @@ def test_a_reader_error_reaches_the_caller_and_stops_the_thread(write_file, monk
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL fast path")
 def test_unique_violation_on_the_fast_path_falls_back_to_on_conflict(write_file, monkeypatch):
-    import contacts.services as services
+    from contacts.imports import postgresql
 
-    real_merge = services._pg_merge_chunk
+    real_merge = postgresql._pg_merge_chunk
     attempts = []
 
     def merge_losing_a_race(cursor, *args, on_conflict):
@@ -368,7 +369,7 @@ def test_unique_violation_on_the_fast_path_falls_back_to_on_conflict(write_file,
             )
         return real_merge(cursor, *args, on_conflict=on_conflict)
 
-    monkeypatch.setattr(services, "_pg_merge_chunk", merge_losing_a_race)
+    monkeypatch.setattr(postgresql, "_pg_merge_chunk", merge_losing_a_race)
     contact_list = ContactListFactory()
     summary = run(
         write_file("email\na@example.com\nb@example.com\n"), contact_list, ImportMode.UPSERT
@@ -394,7 +395,7 @@ def test_names_and_attributes_with_tabs_backslashes_and_line_breaks_round_trip(w
 
 
 def test_read_ahead_yields_in_order_and_raises_the_producer_error():
-    from contacts.services import _read_ahead
+    from contacts.imports.engine import _read_ahead
 
     def produce():
         yield 1
@@ -410,7 +411,7 @@ def test_read_ahead_yields_in_order_and_raises_the_producer_error():
 
 
 def test_closing_read_ahead_early_stops_the_producer():
-    from contacts.services import _read_ahead
+    from contacts.imports.engine import _read_ahead
 
     produced = []
 
@@ -444,7 +445,7 @@ def test_inside_an_outer_transaction_each_chunk_stages_only_its_own_rows(write_f
 def test_chunks_written_on_parallel_connections_count_every_row_exactly(write_file, settings):
     """Outside a transaction, PostgreSQL imports write chunks on EDM_IMPORT_WRITERS
     connections; the summary and the rows are the same as a serial import's."""
-    from contacts.services import _parallel_writers
+    from contacts.imports.engine import _parallel_writers
 
     settings.EDM_IMPORT_WRITERS = 3
     contact_list = ContactListFactory(name="Parallel")
@@ -498,8 +499,7 @@ def test_a_large_import_refreshes_the_planner_statistics(write_file, monkeypatch
     sent right after it is not planned on the sizes of the tables before the import."""
     from django.core.management import call_command
 
-    from contacts import services
-    from contacts.services import contacts_statistics_refresh
+    from contacts.imports import contacts_statistics_refresh, jobs
 
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL only: SQLite plans without such statistics")
@@ -509,7 +509,7 @@ def test_a_large_import_refreshes_the_planner_statistics(write_file, monkeypatch
 
     summary = run(write_file(addresses("a"), "a.csv"), ContactListFactory(), ImportMode.ADD_NEW)
     assert not contacts_statistics_refresh(summary=summary)  # under ANALYZE_AFTER_ROWS
-    monkeypatch.setattr(services, "ANALYZE_AFTER_ROWS", 5)
+    monkeypatch.setattr(jobs, "ANALYZE_AFTER_ROWS", 5)
     with open(os.devnull, "w") as devnull:
         call_command(
             "import_contacts", str(write_file(addresses("b"), "b.csv")), "--list", "Big",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from contacts.imports import contacts_import
 from contacts.models import Contact, ImportMode
-from contacts.services import contacts_import
 from tests.factories import ContactListFactory
 
 SAMPLE = Path(__file__).resolve().parents[2] / "demo" / "sample_contacts.csv"

@@ -12,12 +12,18 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from openpyxl import load_workbook
 
-from contacts.csvparse import ContactFileReader, ContactRow, Record, contact_rows, plan_columns
 from contacts.errors import ImportFileError, WorkbookRefused
+from contacts.imports import contacts_import
+from contacts.imports.csvparse import (
+    ContactFileReader,
+    ContactRow,
+    Record,
+    contact_rows,
+    plan_columns,
+)
+from contacts.imports.xlsxparse import cell_text
 from contacts.models import Contact, ContactList, ImportJob, ImportStatus
 from contacts.normalize import RejectReason
-from contacts.services import contacts_import
-from contacts.xlsxparse import cell_text
 from tests.contacts.xlsx_bombs import (
     DECLARATION,
     lie_about_sizes,

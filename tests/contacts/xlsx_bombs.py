@@ -143,7 +143,7 @@ READ_IN_A_CHILD = """
 import json, os, resource, sys, time
 import django
 django.setup()
-from contacts.csvparse import ContactFileReader
+from contacts.imports.csvparse import ContactFileReader
 from contacts.errors import ImportFileError
 started = time.monotonic()
 result = {}

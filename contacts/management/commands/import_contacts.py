@@ -8,12 +8,9 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from contacts.errors import ContactsError
+from contacts.imports import contacts_import, contacts_statistics_refresh
 from contacts.models import ImportMode
-from contacts.services import (
-    contact_list_get_or_create,
-    contacts_import,
-    contacts_statistics_refresh,
-)
+from contacts.services import contact_list_get_or_create
 
 JSON_REJECTED_ROWS = 100
 

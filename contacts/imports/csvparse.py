@@ -1,8 +1,8 @@
 """Streaming reader for contact files (CSV, TSV, XLSX) with bounded memory (pure: no ORM).
 
-Workbooks are read by contacts.xlsxparse, within its limits (decompression bombs). Bytes are
-decoded incrementally; bytes that do not decode become a marker character, so the row they
-belong to is rejected ("undecodable bytes at column N") instead of being stored as mojibake.
+Workbooks are read by xlsxparse (in this package), within its limits (decompression bombs).
+Bytes are decoded incrementally; bytes that do not decode become a marker character, so the row
+they belong to is rejected ("undecodable bytes at column N") instead of being stored as mojibake.
 Physical lines are bounded in size, and records spanning lines (quoted line breaks) are bounded
 in lines and size, so no input (a 1 GB file without a line break, an unmatched quote) can make
 the reader hold more than a few megabytes.
@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import IO, BinaryIO, NamedTuple
 
 from contacts.errors import ImportFileError
+from contacts.imports.xlsxzip import XlsxLimits
 from contacts.normalize import EmailPolicy, InvalidEmail, RejectReason, email_key, normalize_email
-from contacts.xlsxzip import XlsxLimits
 from mailkit.text import has_refused
 
 # A lone surrogate can never come out of a strict decoder, so it marks undecodable input.
@@ -396,7 +396,7 @@ class ContactFileReader:
         self._body = body
         self._records: Iterator[Record]
         if head.startswith(XLSX_MAGIC):
-            from contacts.xlsxparse import open_workbook  # it builds on this module's records
+            from contacts.imports.xlsxparse import open_workbook  # it builds on our records
 
             self._workbook, headers, self._records = open_workbook(
                 body, limits=xlsx_limits, max_field_bytes=max_field_bytes, progress=self.progress

@@ -15,10 +15,9 @@ from django.utils.translation import gettext as _
 from openpyxl.styles.numbers import builtin_format_code, is_date_format, is_timedelta_format
 from openpyxl.utils.datetime import MAC_EPOCH, WINDOWS_EPOCH, from_excel, from_ISO8601
 
-from contacts.csvparse import ReadProgress, Record, _check_fields
 from contacts.errors import ImportFileError
-from contacts.normalize import RejectReason
-from contacts.xlsxzip import (
+from contacts.imports.csvparse import ReadProgress, Record, _check_fields
+from contacts.imports.xlsxzip import (
     LOCAL_NAMES,
     MAX_DEPTH,
     MB,
@@ -28,6 +27,7 @@ from contacts.xlsxzip import (
     local_name,
     refused,
 )
+from contacts.normalize import RejectReason
 
 __all__ = ["XlsxLimits", "Workbook", "open_workbook", "sheet_rows", "workbook_data_rows"]
 
