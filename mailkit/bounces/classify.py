@@ -380,6 +380,34 @@ def classify_failure(
     return kind_for(reason, temporary=temporary), reason
 
 
+def classify_texts(
+    *,
+    status: str,
+    reply_code: int | None,
+    texts: list[str],
+    temporary: bool | None = None,
+    command: str = "",
+    words_alone: bool = False,
+) -> tuple[BounceKind, BounceReason]:
+    """Classify with the first text that says something we know."""
+    chosen = ""
+    for text in texts:
+        if text and reason_from_text(text) is not None:
+            chosen = text
+            break
+    # Only the failure's own words name its command: a transcript elsewhere in the report may
+    # belong to another recipient.
+    command = command or find_smtp_command(chosen or texts[0] if texts else "")
+    return classify_failure(
+        status=status,
+        reply_code=reply_code,
+        text=chosen,
+        command=command,
+        temporary=temporary,
+        words_alone=words_alone,
+    )
+
+
 # Definite directory answers: a mailbox server's own lookup, not a gateway's words.
 _DIRECTORY_MISS_RE = re.compile(
     r"\(000c05a6\)"  # Exchange 2000/2003 MSEXCH:IMS "Unknown Recipient" error code
