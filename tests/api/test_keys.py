@@ -9,7 +9,9 @@ import pytest
 from django.core.management import call_command
 
 from api import services
+from api.errors import ScopeError
 from api.models import ApiKey, Scope, TransactionalMessage
+from api.services import keys
 from contacts.models import Contact
 from tests.api.conftest import auth
 
@@ -77,7 +79,7 @@ def test_missing_scope_gets_403(client, redis_client, db):
 
 
 def test_unknown_scope_is_refused(db):
-    with pytest.raises(services.ScopeError):
+    with pytest.raises(ScopeError):
         services.api_key_create(application="x", scopes=["messages:delete"])
 
 
@@ -172,7 +174,7 @@ def test_without_redis_keys_are_checked_in_the_database(client, api_key, monkeyp
     def down():
         raise redis.ConnectionError("down")
 
-    monkeypatch.setattr(services, "_redis", down)
+    monkeypatch.setattr(keys, "_redis", down)
     ApiKey.objects.filter(pk=key.pk).update(revoked_at="2026-01-01T00:00:00Z")
     assert post(client, "/api/v1/messages", MESSAGE, secret).status_code == 401
 

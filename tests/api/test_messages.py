@@ -11,6 +11,7 @@ import pytest
 
 from api import services
 from api.models import Category, MessageStatus, Scope, TransactionalMessage
+from api.services import messages as message_services
 from campaigns.models import Template
 from contacts.models import Suppression, SuppressionReason, SuppressionScope
 from tests.api.conftest import auth
@@ -257,7 +258,7 @@ def test_with_eager_tasks_no_broker_connection_is_made(
     def no_broker():
         raise AssertionError("connected to the broker")
 
-    monkeypatch.setattr(services, "_task_producer", no_broker)
+    monkeypatch.setattr(message_services, "_task_producer", no_broker)
     with django_capture_on_commit_callbacks(execute=True):
         response = post(client, {"to": "a@example.org", "subject": "S", "text": "T"}, secret)
     assert response.status_code == 202

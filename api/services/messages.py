@@ -1,4 +1,4 @@
-"""Writes of the API app: keys, accepting transactional messages, sending them, the sweeper."""
+"""Transactional messages: accepting, composing and storing them, sending, recording, the sweeper."""
 
 from __future__ import annotations
 
@@ -10,19 +10,13 @@ import json
 import logging
 import os
 import re
-import secrets
 import threading
-import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.parser import BytesHeaderParser
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import formatdate
 
-import redis
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, models, transaction
 from django.db.models import Q
@@ -31,13 +25,7 @@ from django.utils import timezone
 from kombu import Producer
 
 from api import correlation
-from api.errors import (
-    IdempotencyConflict,
-    InvalidSenderDomain,
-    MessageRejected,
-    ScopeError,
-    SenderNotAllowed,
-)
+from api.errors import IdempotencyConflict, MessageRejected
 from api.models import (
     ApiKey,
     Category,
@@ -45,32 +33,23 @@ from api.models import (
     MessageEventKind,
     MessageSource,
     MessageStatus,
-    Scope,
     TransactionalMessage,
 )
 from api.selectors import UNSUBSCRIBE_TOKEN_PURPOSE
+from api.services.contacts import contacts_by_address
+from api.services.keys import sender_check
 from campaigns.models import Template
 from contacts.models import (
-    Contact,
     ContactStatus,
     Suppression,
     SuppressionReason,
     SuppressionScope,
 )
-from contacts.selectors import contacts_by_keys
 from delivery import tokens
-from delivery.redis import get_redis
 from delivery.services import message_send_now
 from delivery.tokens import make_token
-from mailkit.compose import (
-    Attachment,
-    Composer,
-    MessageSpec,
-    make_message_id,
-    validate_address,
-)
-from mailkit.errors import DeliveryError, InvalidAddressError, TemplateError
-from mailkit.headerblock import headers_strip, originators_read
+from mailkit.compose import Attachment, Composer, MessageSpec, make_message_id
+from mailkit.errors import DeliveryError, TemplateError
 from mailkit.outcomes import Outcome, RetryPolicy, outcome_for_result
 from mailkit.render import (
     CompiledTemplates,
@@ -79,13 +58,9 @@ from mailkit.render import (
     contact_context,
     render_content,
 )
-from mailkit.text import clean_text
 
 logger = logging.getLogger(__name__)
 
-KEY_PREFIX = "sky_"
-_KEY_FORMAT = re.compile(r"sky_([a-z0-9]{8})_([A-Za-z0-9_-]{20,100})")
-_RATE_PREFIX = "skylark:api-rate:"
 # Statuses that stop a message however it is asked for again.
 FINAL_STATUSES = (
     MessageStatus.SENT,
@@ -96,251 +71,6 @@ FINAL_STATUSES = (
 # Suppressions that stop transactional mail too: the address is dead or its owner complained.
 ALWAYS_SUPPRESSED = (SuppressionReason.HARD_BOUNCE, SuppressionReason.COMPLAINT)
 LEASE_SECONDS = 120
-
-
-# -- API keys --------------------------------------------------------------------------------
-
-
-def _hash_secret(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def sender_domains_normalize(domains: Sequence[str]) -> list[str]:
-    """Domains as a key stores and compares them: lowercase A-labels, sorted, each once.
-
-    InvalidSenderDomain names the first entry that is not a domain name.
-    """
-    normalized = set()
-    for domain in domains:
-        normalized.add(_domain_normalize(domain))
-    return sorted(normalized)
-
-
-def _domain_normalize(domain: str) -> str:
-    cleaned = domain.strip().rstrip(".").lower()
-    try:
-        # The address check does the IDNA encoding (an A-label is what DKIM and DNS see).
-        normalized = validate_address(f"x@{cleaned}").rpartition("@")[2].lower()
-    except InvalidAddressError:
-        normalized = ""
-    # A sender domain has a dot: a single label has no public DNS for SPF, DKIM or DMARC.
-    if "." not in normalized:
-        raise InvalidSenderDomain(f"not a domain name: {domain!r}")
-    return normalized
-
-
-def sender_check(*, api_key: ApiKey, from_emails: Sequence[str]) -> None:
-    """SenderNotAllowed unless every From address is in a domain the key may send from."""
-    if not api_key.allowed_from_domains:
-        return
-    for address in from_emails:
-        try:
-            domain = _domain_normalize(address.rpartition("@")[2])
-        except InvalidSenderDomain:
-            domain = ""
-        if not domain or not api_key.allows_from_domain(domain):
-            raise SenderNotAllowed(
-                f"this API key may not send from {address!r}: its From domains are "
-                f"{', '.join(api_key.allowed_from_domains)}"
-            )
-
-
-def api_key_create(
-    *,
-    application: str,
-    scopes: Sequence[str],
-    rate_limit_per_minute: int | None = None,
-    allowed_from_domains: Sequence[str] = (),
-) -> tuple[ApiKey, str]:
-    """Create a key; returns it with the full secret, which is never stored nor shown again.
-
-    With `allowed_from_domains`, the key may send only From those domains (empty: any).
-    """
-    unknown = sorted(set(scopes) - set(Scope.values))
-    if unknown:
-        raise ScopeError(f"unknown scopes: {', '.join(unknown)} (known: {', '.join(Scope.values)})")
-    domains = sender_domains_normalize(allowed_from_domains)
-    while True:
-        prefix = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
-        if not ApiKey.objects.filter(prefix=prefix).exists():
-            break
-    plaintext = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
-    key = ApiKey.objects.create(
-        application=application,
-        prefix=prefix,
-        secret_hash=_hash_secret(plaintext),
-        scopes=sorted(set(scopes)),
-        rate_limit_per_minute=rate_limit_per_minute,
-        allowed_from_domains=domains,
-    )
-    logger.info("API key %s created for %s", prefix, application)
-    return key, plaintext
-
-
-def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
-    """Revoke a key at once; it is kept (its messages refer to it) but never accepted again."""
-    if api_key.revoked_at is None:
-        api_key.revoked_at = timezone.now()
-        api_key.save(update_fields=["revoked_at"])  # post_save: api_keys_changed()
-        logger.info("API key %s revoked", api_key.prefix)
-    return api_key
-
-
-def api_key_authenticate(token: str) -> ApiKey | None:
-    """The active key this secret belongs to, or None; constant-time comparison of hashes."""
-    match = _KEY_FORMAT.fullmatch(token.strip())
-    if match is None:
-        return None
-    key = ApiKey.objects.filter(prefix=match.group(1), revoked_at__isnull=True).first()
-    if key is None or not secrets.compare_digest(key.secret_hash, _hash_secret(token.strip())):
-        return None
-    _touch(key, timezone.now())
-    return key
-
-
-def _touch(key: ApiKey, now: datetime) -> None:
-    # One write a minute at most, not one per request.
-    if key.last_used_at is None or now - key.last_used_at > timedelta(seconds=60):
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-        key.last_used_at = now
-
-
-# -- the per-process key cache -----------------------------------------------------------------
-# The web API looks a key up in the database once per process and cache period, not once per
-# request. What keeps a revocation immediate: every change to any key (a save, a delete, a
-# revocation) writes a new random generation to Redis, before and after its commit, and every
-# request reads the generation (in the rate limit's round trip) before trusting its cached key.
-# The generation is read before the database is, so a key read from the database is never
-# cached under a generation older than a revocation it missed. Without Redis, no cache.
-
-_KEYS_GENERATION = "skylark:api-keys:generation"
-_KEY_CACHE_MAX = 1000
-
-
-@dataclass
-class _CachedKey:
-    key: ApiKey
-    generation: bytes | None
-    loaded_at: float
-
-
-_key_cache: dict[str, _CachedKey] = {}  # by SHA-256 of the secret
-_redis_client: tuple[int, redis.Redis] | None = None
-
-
-def _redis() -> redis.Redis:
-    """One client (and connection pool) per process, not a new connection per request."""
-    global _redis_client
-    if _redis_client is None or _redis_client[0] != os.getpid():
-        _redis_client = (os.getpid(), get_redis())
-    return _redis_client[1]
-
-
-def api_keys_changed() -> None:
-    """Make every process drop its cached keys: call on any change to an ApiKey row.
-
-    Bumped now (a request that reads the key after this sees the change) and again after the
-    commit (a request that read the old row before the commit cached it under the first bump).
-    """
-
-    def bump() -> None:
-        try:
-            _redis().set(_KEYS_GENERATION, secrets.token_hex(8))
-        except redis.RedisError as exc:  # the cache period bounds staleness then
-            logger.error("API key cache not invalidated: redis: %s", exc)
-
-    bump()
-    transaction.on_commit(bump)
-    _key_cache.clear()
-
-
-def api_key_authorize(token: str, *, now: float | None = None) -> tuple[ApiKey | None, int]:
-    """(the active key of this secret or None, seconds to wait under its rate limit or 0).
-
-    What the web API calls on every request: api_key_authenticate and api_key_throttle, from
-    the per-process cache with one Redis round trip when the key was seen recently.
-    """
-    token = token.strip()
-    if _KEY_FORMAT.fullmatch(token) is None:
-        return None, 0
-    now = time.time() if now is None else now
-    cache_seconds = settings.EDM_API_KEY_CACHE_SECONDS
-    digest = _hash_secret(token)
-    cached = _key_cache.get(digest) if cache_seconds > 0 else None
-    counted: int | None = None
-    if cached is not None and time.monotonic() - cached.loaded_at < cache_seconds:
-        try:
-            generation, counted = _generation_and_count(cached.key, now)
-        except redis.RedisError as exc:
-            logger.warning("API key cache not used: redis: %s", exc)
-        else:
-            if generation == cached.generation:
-                _touch(cached.key, timezone.now())
-                return cached.key, _retry_after(cached.key, counted, now)
-    _key_cache.pop(digest, None)
-    generation: bytes | None = None
-    if cache_seconds > 0:
-        try:
-            generation = _redis().get(_KEYS_GENERATION)
-        except redis.RedisError as exc:
-            logger.warning("API key cache not used: redis: %s", exc)
-            cache_seconds = 0
-    key = api_key_authenticate(token)
-    if key is None:
-        return None, 0
-    if cache_seconds > 0:
-        if len(_key_cache) >= _KEY_CACHE_MAX:
-            _key_cache.clear()
-        _key_cache[digest] = _CachedKey(key, generation, time.monotonic())
-    if counted is not None and cached is not None and cached.key.pk == key.pk:
-        return key, _retry_after(key, counted, now)  # this request is counted already
-    return key, api_key_throttle(api_key=key, now=now)
-
-
-def _rate_limit(api_key: ApiKey) -> int:
-    return api_key.rate_limit_per_minute or settings.EDM_API_RATE_PER_MINUTE
-
-
-def _generation_and_count(api_key: ApiKey, now: float) -> tuple[bytes | None, int | None]:
-    """The key generation, and this request counted in the key's window (None: no limit)."""
-    pipe = _redis().pipeline(transaction=False)
-    pipe.get(_KEYS_GENERATION)
-    limit = _rate_limit(api_key)
-    if limit > 0:
-        rate_key = f"{_RATE_PREFIX}{api_key.pk}:{int(now // 60)}"
-        pipe.incr(rate_key)
-        pipe.expire(rate_key, 120)
-    replies = pipe.execute()
-    return replies[0], (replies[1] if limit > 0 else None)
-
-
-def _retry_after(api_key: ApiKey, count: int | None, now: float) -> int:
-    limit = _rate_limit(api_key)
-    if count is None or limit <= 0 or count <= limit:
-        return 0
-    return max(1, int((int(now // 60) + 1) * 60 - now))
-
-
-def api_key_throttle(*, api_key: ApiKey, now: float | None = None) -> int:
-    """Count one request in the key's fixed one-minute window.
-
-    Returns 0 when allowed, else the seconds until the window ends. Without Redis, allow:
-    the limit protects capacity, it is not a security boundary.
-    """
-    limit = _rate_limit(api_key)
-    if limit <= 0:
-        return 0
-    now = time.time() if now is None else now
-    key = f"{_RATE_PREFIX}{api_key.pk}:{int(now // 60)}"
-    try:
-        pipe = _redis().pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        count = pipe.execute()[0]
-    except redis.RedisError as exc:
-        logger.warning("API rate limit not applied: redis: %s", exc)
-        return 0
-    return _retry_after(api_key, count, now)
 
 
 # -- accepting messages ----------------------------------------------------------------------
@@ -560,7 +290,7 @@ def message_accept(
     )
     try:
         _insert(message)
-        _enqueue(message)
+        message_enqueue(message=message)
     except IntegrityError:
         if not idempotency_key:
             raise
@@ -620,7 +350,7 @@ def _insert(message: TransactionalMessage) -> None:
     message._state.db = DEFAULT_DB_ALIAS
 
 
-def _enqueue(message: TransactionalMessage) -> None:
+def message_enqueue(*, message: TransactionalMessage) -> None:
     """send_message.delay_on_commit(message.pk), published through this thread's producer."""
     from api.tasks import send_message
 
@@ -666,63 +396,6 @@ def _task_producer() -> Producer:
     return producer
 
 
-_HEADER_PARSER = BytesHeaderParser(policy=SMTP_POLICY)
-
-
-def messages_accept_raw(
-    *, api_key: ApiKey, sender: str, recipients: Sequence[str], data: bytes
-) -> list[TransactionalMessage]:
-    """Accept a message submitted over SMTP: one message per envelope recipient.
-
-    The content is kept as sent (a Message-ID and Date are added when missing, as RFC 6409
-    section 8 lets a submission server do); the envelope recipients are used as given,
-    never derived from To/Cc/Bcc. Nothing is stored when the header block is ambiguous
-    (HeaderRefusal: the bytes travel as written, so no reader may see another From than ours),
-    or SenderNotAllowed when a From, Sender, Resent-From or Resent-Sender mailbox (without a
-    From, the envelope sender) is in a domain the key may not use.
-    """
-    found = originators_read(data)
-    from_emails = list(found.from_addresses) or [sender]
-    # The envelope sender is checked only when it stands in for a missing From: it never
-    # leaves Skylark otherwise (the downstream MAIL FROM is our own return path).
-    sender_check(api_key=api_key, from_emails=[*from_emails, *found.other_addresses])
-    headers = _HEADER_PARSER.parsebytes(data)  # a strict block: it reads what we read
-    from_email = from_emails[0]
-    domain = (from_email.rpartition("@")[2] or "localhost").lower()
-    prefix = b""
-    # The header block was read strictly, but what the database stores must hold whatever a
-    # parser made of bytes it could not decode (lone surrogates).
-    message_id = clean_text(str(headers.get("Message-ID", "")).strip())
-    if not message_id:
-        message_id = make_message_id(domain=domain)
-        prefix += f"Message-ID: {message_id}\r\n".encode()
-    if headers.get("Date") is None:
-        prefix += f"Date: {formatdate(usegmt=True)}\r\n".encode()
-    # Bcc and Resent-Bcc must never travel with the message (RFC 5322 3.6.3, 3.6.6); the
-    # Return-Path is the final receiver's to add (RFC 5321 4.4), as Postfix drops a client's;
-    # a correlation header is ours to stamp (one per recipient's copy), never the client's.
-    raw = prefix + headers_strip(data, ("bcc", "resent-bcc", "return-path", "x-skylark-delivery"))
-    subject = clean_text(str(headers.get("Subject", "")))[:998]
-    messages = []
-    for recipient in recipients:
-        message = TransactionalMessage(
-            api_key=api_key,
-            source=MessageSource.RELAY,
-            category=Category.TRANSACTIONAL,
-            from_email=from_email,
-            to_email=recipient,
-            subject=subject,
-            message_id=message_id[:255],
-        )
-        message.raw = correlation.header_line(message.public_id) + raw
-        messages.append(message)
-    with transaction.atomic():
-        for message in messages:
-            message.save()
-            _enqueue(message)
-    return messages
-
-
 # -- sending ----------------------------------------------------------------------------------
 
 
@@ -750,11 +423,6 @@ def _claim(message_id: int, now: datetime) -> TransactionalMessage | None:
     return TransactionalMessage.objects.select_related("api_key").get(pk=message_id)
 
 
-def _contacts_by_address(email: str):
-    """Contacts with this address in any case, through the lower(email) unique index."""
-    return contacts_by_keys([email.lower()])
-
-
 def suppression_reason(*, email: str, category: str) -> str:
     """Why this address must not get a message of this category now ("" when it may)."""
     email = email.lower()
@@ -763,7 +431,7 @@ def suppression_reason(*, email: str, category: str) -> str:
         Q(scope=SuppressionScope.ADDRESS, value=email)
         | Q(scope=SuppressionScope.DOMAIN, value=domain)
     )
-    contact_status = _contacts_by_address(email).values_list("status", flat=True).first()
+    contact_status = contacts_by_address(email).values_list("status", flat=True).first()
     if category == Category.MARKETING:
         reason = suppressions.values_list("reason", flat=True).first()
         if reason:
@@ -857,7 +525,7 @@ def _record(message: TransactionalMessage, outcome: Outcome) -> None:
                 scope=SuppressionScope.ADDRESS,
                 defaults={"reason": SuppressionReason.HARD_BOUNCE, "source": "smtp (api)"},
             )
-            _contacts_by_address(message.to_email).filter(status=ContactStatus.ACTIVE).update(
+            contacts_by_address(message.to_email).filter(status=ContactStatus.ACTIVE).update(
                 status=ContactStatus.BOUNCED
             )
 
@@ -934,136 +602,3 @@ def messages_sweep(*, now: datetime | None = None, stale_seconds: int = 60) -> d
     for pk in due:
         send_message.delay(pk)
     return {"reclaimed": len(reclaimed), "enqueued": len(due)}
-
-
-# -- contacts ----------------------------------------------------------------------------------
-# The contacts app has no single-contact write service yet (imports are set-based), so the
-# API's are here; they only write through the contacts models' own constraints.
-
-
-def contact_upsert(
-    *,
-    email: str,
-    name: str | None = None,
-    attributes: Mapping[str, object] | None = None,
-    lists: Sequence[str] = (),
-    source: str = "api",
-) -> tuple[Contact, bool]:
-    """Create or update a contact by address and subscribe it to ``lists`` (created if new).
-
-    Attributes are merged; a contact that unsubscribed, bounced or complained stays so: a
-    subscription through the API never resurrects it.
-    """
-    from contacts.models import ContactList, Subscription, SubscriptionStatus
-    from contacts.normalize import InvalidEmail, normalize_email
-
-    try:
-        normalized = normalize_email(email)
-    except InvalidEmail as exc:
-        raise MessageRejected(f"invalid email: {exc.detail}") from None
-    with transaction.atomic():
-        contact = _contacts_by_address(normalized).select_for_update().first()
-        created = contact is None
-        if contact is None:
-            contact = Contact.objects.create(
-                email=normalized, name=name or "", attributes=dict(attributes or {})
-            )
-        else:
-            changed = []
-            if name is not None and name != contact.name:
-                contact.name = name
-                changed.append("name")
-            if attributes:
-                contact.attributes = {**contact.attributes, **attributes}
-                changed.append("attributes")
-            if changed:
-                contact.save(update_fields=[*changed, "updated_at"])
-        for list_name in lists:
-            contact_list, _ = ContactList.objects.get_or_create(name=list_name)
-            subscription, new = Subscription.objects.get_or_create(
-                contact=contact,
-                contact_list=contact_list,
-                defaults={"status": SubscriptionStatus.SUBSCRIBED, "source": source[:100]},
-            )
-            if not new and subscription.status == SubscriptionStatus.UNCONFIRMED:
-                subscription.status = SubscriptionStatus.SUBSCRIBED
-                subscription.save(update_fields=["status", "updated_at"])
-    return contact, created
-
-
-def contact_unsubscribe(*, email: str, lists: Sequence[str] = (), source: str = "api") -> int:
-    """Unsubscribe from ``lists``, or from everything (contact status + suppression) when
-    none is named; returns how many subscriptions changed, each with a consent record.
-    Idempotent."""
-    from contacts.models import Subscription
-    from contacts.signup import subscriptions_unsubscribe
-
-    contact = _contacts_by_address(email.strip()).first()
-    if contact is None:
-        raise MessageRejected("no such contact")
-    with transaction.atomic():
-        if not lists:
-            changed, _ = _unsubscribe_everywhere(email=contact.email, source=source)
-            return changed
-        return subscriptions_unsubscribe(
-            Subscription.objects.filter(contact=contact, contact_list__name__in=list(lists)),
-            source=source,
-        )
-
-
-def _unsubscribe_everywhere(
-    *, email: str, source: str, ip: str = "", user_agent: str = ""
-) -> tuple[int, bool]:
-    """Stop all marketing mail to an address, with or without a contact; idempotent.
-
-    Every subscription of its contact ends (with a consent record, as campaigns' unsubscribe
-    link writes), the contact becomes unsubscribed, and an address suppression with reason
-    `unsubscribe` is kept: campaigns exclude it and `suppression_reason` refuses marketing
-    messages for it, while transactional mail still goes. Returns (subscriptions ended,
-    whether anything changed). Runs inside the caller's transaction.
-    """
-    from contacts.models import Subscription
-    from contacts.signup import subscriptions_unsubscribe
-
-    contacts = list(_contacts_by_address(email).values_list("pk", flat=True))
-    changed = subscriptions_unsubscribe(
-        Subscription.objects.filter(contact_id__in=contacts),
-        source=source,
-        ip=ip,
-        user_agent=user_agent,
-    )
-    contact_changed = Contact.objects.filter(pk__in=contacts, status=ContactStatus.ACTIVE).update(
-        status=ContactStatus.UNSUBSCRIBED
-    )
-    _, suppressed = Suppression.objects.get_or_create(
-        value=email.lower(),
-        scope=SuppressionScope.ADDRESS,
-        defaults={"reason": SuppressionReason.UNSUBSCRIBE, "source": source[:200]},
-    )
-    return changed, bool(changed or contact_changed or suppressed)
-
-
-def message_unsubscribe(
-    *, message: TransactionalMessage, source: str, ip: str = "", user_agent: str = ""
-) -> bool:
-    """The recipient of a marketing message opted out (its List-Unsubscribe link); idempotent.
-
-    A transactional message names no list, so the opt-out covers all marketing mail to the
-    address (`_unsubscribe_everywhere`), and the message's history gets an `unsubscribe`
-    event. Returns True when something changed.
-    """
-    now = timezone.now()
-    with transaction.atomic():
-        _, changed = _unsubscribe_everywhere(
-            email=message.to_email,
-            source=f"message {message.public_id}: {source}"[:100],
-            ip=ip,
-            user_agent=user_agent,
-        )
-        if changed:
-            MessageEvent.objects.create(
-                message=message, kind=MessageEventKind.UNSUBSCRIBE, created_at=now, detail=source
-            )
-    if changed:
-        logger.info("message %s: recipient unsubscribed (%s)", message.public_id, source)
-    return changed
