@@ -177,7 +177,7 @@ def read_in_a_child(path: Path, *, timeout: float = 60, env: dict[str, str] | No
         timeout=timeout,
         preexec_fn=limit_memory,  # noqa: PLW1509 - no threads started before the fork
         env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", **(env or {})},
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-2000:]

@@ -24,7 +24,7 @@ from contacts.imports.csvparse import (
 from contacts.imports.xlsxparse import cell_text
 from contacts.models import Contact, ContactList, ImportJob, ImportStatus
 from contacts.normalize import RejectReason
-from tests.contacts.xlsx_bombs import (
+from tests.contacts.imports.xlsx_bombs import (
     DECLARATION,
     lie_about_sizes,
     many_entries_zip,
