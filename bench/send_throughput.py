@@ -244,7 +244,7 @@ def _bare_part(job: tuple[int, int, int, int, int]) -> tuple[int, float, float]:
     django.setup()
     from campaigns.models import Campaign
     from campaigns.sending.claims import ClaimedDelivery
-    from campaigns.services import campaign_prepare
+    from campaigns.sending.prepare import campaign_prepare
     from mailkit.runner import send_envelopes, shutdown
     from mailkit.smtp import SmtpConfig
 

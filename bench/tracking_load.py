@@ -139,7 +139,7 @@ def load(args: argparse.Namespace) -> None:
 
     from campaigns import tracking as tracking_services
     from campaigns.models import Campaign
-    from campaigns.services import campaign_prepare
+    from campaigns.sending.prepare import campaign_prepare
     from contacts.models import Contact
     from delivery import tracking
     from delivery.models import Delivery

@@ -391,7 +391,7 @@ def campaign_preflight(
     if from_domain:
         try:
             # The same headers campaign_prepare writes, so a bad List-Id shows up here too.
-            from campaigns.services import campaign_list_id
+            from campaigns.sending.prepare import campaign_list_id
 
             list_id = campaign_list_id(campaign, from_domain)
             composer = Composer(
@@ -624,7 +624,7 @@ def campaign_preview(
     subject_prefix: str = "",
 ) -> MessagePreview:
     """The campaign's message for one contact (a random recipient when none is given)."""
-    from campaigns.services import campaign_prepare
+    from campaigns.sending.prepare import campaign_prepare
 
     if contact is None:
         sample = sample_contacts(campaign, size=1)

@@ -1,16 +1,16 @@
-"""Celery tasks of the campaigns app: thin interfaces over campaigns.services."""
+"""Celery tasks of the campaigns app: thin interfaces over the send engine (campaigns.sending)."""
 
 from __future__ import annotations
 
 from celery import shared_task
 from celery.signals import worker_process_shutdown
 
-from campaigns import services
+from campaigns.sending import batch, dispatch, lane, sweep
 
 
 @shared_task(name="campaigns.dispatch")
 def campaign_dispatch(campaign_id: int) -> None:
-    services.campaign_dispatch(campaign_id=campaign_id)
+    dispatch.campaign_dispatch(campaign_id=campaign_id)
 
 
 @shared_task(name="campaigns.send_batch", bind=True)
@@ -24,7 +24,7 @@ def campaign_send_batch(
     # The task's id holds its range's lease: delivered again after its worker died, the
     # task takes its own lease back at once. ``careful_to``: a continuation of a task whose
     # one-at-a-time phase (after taking a dead task's rows over) was cut short.
-    services.campaign_send_batch(
+    batch.campaign_send_batch(
         campaign_id=campaign_id,
         id_from=id_from,
         id_to=id_to,
@@ -36,19 +36,19 @@ def campaign_send_batch(
 
 @shared_task(name="campaigns.resume")
 def campaign_resume(campaign_id: int) -> None:
-    services.campaign_enqueue_open(campaign_id=campaign_id)
+    dispatch.campaign_enqueue_open(campaign_id=campaign_id)
 
 
 @shared_task(name="campaigns.sweep")
 def campaigns_sweep() -> None:
-    services.campaigns_sweep()
+    sweep.campaigns_sweep()
 
 
 @worker_process_shutdown.connect
 def _drain_database_lane(**kwargs: object) -> None:
     """A pool process that stops (warm shutdown, max tasks) first writes what its last
     batch left on the database lane."""
-    services.database_lane_close()
+    lane.database_lane_close()
 
 
 import campaigns.tracking_tasks  # noqa: E402,F401  (registers the tracking tasks)

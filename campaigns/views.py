@@ -22,7 +22,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
 from campaigns import tracking as tracking_services
-from campaigns.services import campaign_prepare, delivery_unsubscribe
+from campaigns.sending.prepare import campaign_prepare
+from campaigns.services import delivery_unsubscribe
 from config.client_ip import client_ip
 from delivery import tracking
 from delivery.tokens import read_token

@@ -62,7 +62,7 @@ def _database_lane_closed_at_the_end(django_db_setup, django_db_blocker):
     """Sending tasks keep a database connection in a thread of their own (the lane); close
     it before the test database is dropped."""
     yield
-    from campaigns.services import database_lane_close
+    from campaigns.sending.lane import database_lane_close
 
     with django_db_blocker.unblock():
         database_lane_close()

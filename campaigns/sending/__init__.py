@@ -1,2 +1,3 @@
-"""The send engine's room: claims and leases of deliveries (claims.py); the batch run,
-dispatch, progress and sweep are still in campaigns/services.py (issue "One house")."""
+"""The send engine's room: prepare.py, dispatch.py, claims.py (claims and leases), lane.py
+(the database lane), batch.py (the batch run), progress.py (error-rate pause, finish),
+sweep.py; the campaign's lifecycle stays in campaigns/services.py."""

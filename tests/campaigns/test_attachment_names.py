@@ -7,7 +7,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from campaigns.models import CampaignAttachment
-from campaigns.services import campaign_dispatch, campaign_send, campaign_send_batch
+from campaigns.sending.batch import campaign_send_batch
+from campaigns.sending.dispatch import campaign_dispatch
+from campaigns.services import campaign_send
 from tests.factories import CampaignFactory, audience
 from tests.mail_readers import assert_received_safely
 

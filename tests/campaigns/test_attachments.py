@@ -11,7 +11,9 @@ from django.core.files.base import ContentFile
 
 from campaigns.models import CampaignAttachment
 from campaigns.preflight import campaign_preflight
-from campaigns.services import campaign_dispatch, campaign_send, campaign_send_batch
+from campaigns.sending.batch import campaign_send_batch
+from campaigns.sending.dispatch import campaign_dispatch
+from campaigns.services import campaign_send
 from tests.factories import CampaignFactory, audience
 
 PNG = bytes.fromhex(

@@ -14,7 +14,9 @@ from django.utils import timezone
 
 from campaigns.models import Campaign, CampaignStatus
 from campaigns.sending import claims
-from campaigns.services import campaign_dispatch, campaign_send, campaign_send_batch
+from campaigns.sending.batch import campaign_send_batch
+from campaigns.sending.dispatch import campaign_dispatch
+from campaigns.services import campaign_send
 from contacts.models import Contact, ContactStatus, Suppression
 from delivery import services as delivery_services
 from delivery.models import Delivery, DeliveryEvent, DeliveryLease

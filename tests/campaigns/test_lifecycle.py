@@ -9,17 +9,16 @@ from django.utils import timezone
 
 from campaigns.errors import CampaignStateError, CampaignValidationError
 from campaigns.models import CampaignStatus
+from campaigns.sending.batch import campaign_send_batch
+from campaigns.sending.dispatch import campaign_dispatch, campaign_enqueue_open
+from campaigns.sending.sweep import campaigns_sweep
 from campaigns.services import (
     campaign_cancel,
-    campaign_dispatch,
-    campaign_enqueue_open,
     campaign_pause,
     campaign_resume,
     campaign_schedule,
     campaign_send,
-    campaign_send_batch,
     campaign_unschedule,
-    campaigns_sweep,
 )
 from delivery.models import Delivery
 from tests.factories import CampaignFactory, audience
@@ -169,7 +168,7 @@ def test_a_batch_that_does_not_wait_leaves_its_last_outcomes_to_the_lane(smtp_se
     """The Celery task returns once every message has its result; its last outcomes, the
     rows it gives back and the campaign's end are written on the process's database lane
     (a thread of its own on PostgreSQL), which a stopping worker process drains."""
-    from campaigns.services import database_lane_close
+    from campaigns.sending.lane import database_lane_close
 
     campaign = CampaignFactory(lists=[audience(5)])
     campaign_send(campaign_id=campaign.pk)
@@ -187,7 +186,7 @@ def test_a_batch_that_does_not_wait_leaves_its_last_outcomes_to_the_lane(smtp_se
 def test_dispatch_materializes_a_small_first_chunk_then_full_ones(
     smtp_settings, no_broker, settings
 ):
-    from campaigns.services import _contact_id_chunks
+    from campaigns.sending.dispatch import _contact_id_chunks
 
     settings.EDM_BATCH_SIZE = 2
     settings.EDM_DISPATCH_CHUNK = 4
@@ -213,7 +212,7 @@ def test_a_batch_started_on_the_lane_thread_does_its_database_work_inline(smtp_s
     the lane's own thread: queueing claims for that thread and waiting for them would hang."""
     from django.db import connection
 
-    from campaigns.services import _database_lane, database_lane_close
+    from campaigns.sending.lane import database_lane, database_lane_close
 
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL only: SQLite has no lane thread")
@@ -222,7 +221,7 @@ def test_a_batch_started_on_the_lane_thread_does_its_database_work_inline(smtp_s
     campaign_send(campaign_id=campaign.pk)
     campaign_dispatch(campaign_id=campaign.pk)
     ((_, (_, id_from, id_to)),) = [item for item in no_broker if item[0] == "campaign_send_batch"]
-    lane = _database_lane()
+    lane = database_lane()
     future = lane.submit(
         lambda: campaign_send_batch(
             campaign_id=campaign.pk, id_from=id_from, id_to=id_to, wait=False
@@ -241,19 +240,19 @@ def test_outcomes_are_written_every_flush_rows_on_a_background_lane(
     not only every EDM_FLUSH_SECONDS; SQLite writes inline, once a second or at the end."""
     from django.db import connection
 
-    from campaigns import services
-    from campaigns.services import database_lane_close
+    from campaigns.sending import batch
+    from campaigns.sending.lane import database_lane_close
 
     settings.EDM_FLUSH_ROWS = 2
     settings.EDM_FLUSH_SECONDS = 3600
     writes: list[int] = []
-    real = services._BatchRun._write
+    real = batch._BatchRun._write
 
     def counted(self, outcomes):
         writes.append(len(outcomes))
         return real(self, outcomes)
 
-    monkeypatch.setattr(services._BatchRun, "_write", counted)
+    monkeypatch.setattr(batch._BatchRun, "_write", counted)
     campaign = CampaignFactory(lists=[audience(8)])
     campaign_send(campaign_id=campaign.pk)
     campaign_dispatch(campaign_id=campaign.pk)

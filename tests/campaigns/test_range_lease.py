@@ -13,13 +13,10 @@ from django.utils import timezone
 
 from campaigns import services as campaign_services
 from campaigns.models import CampaignStatus
-from campaigns.sending import claims
-from campaigns.services import (
-    campaign_cancel,
-    campaign_dispatch,
-    campaign_send,
-    campaign_send_batch,
-)
+from campaigns.sending import batch, claims
+from campaigns.sending.batch import campaign_send_batch
+from campaigns.sending.dispatch import campaign_dispatch
+from campaigns.services import campaign_cancel, campaign_send
 from delivery import services as delivery_services
 from delivery.models import Delivery, DeliveryEvent, DeliveryLease, DeliveryStatus, EventKind
 from mailkit.outcomes import Outcome
@@ -57,7 +54,7 @@ def test_a_batch_sends_its_range_under_one_lease_without_writing_rows_before_the
 ):
     campaign, id_from, id_to = started(6, no_broker)
     seen = []
-    real = campaign_services.outcome_for_result
+    real = batch.outcome_for_result
 
     def look(*args, **kwargs):  # while the task sends: what the database holds
         seen.append(
@@ -68,7 +65,7 @@ def test_a_batch_sends_its_range_under_one_lease_without_writing_rows_before_the
         )
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(campaign_services, "outcome_for_result", look)
+    monkeypatch.setattr(batch, "outcome_for_result", look)
     assert campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to) == 6
     assert len(seen) == 6
     for statuses, leases in seen:
@@ -272,7 +269,7 @@ def test_after_a_takeover_the_dead_tasks_rows_go_one_at_a_time_each_written_firs
     claims.deliveries_read(lease=dead, after=id_from - 1, limit=3)
     ids = [row_id for row_id, _, _ in rows(campaign)]
     seen = []
-    real = campaign_services.outcome_for_result
+    real = batch.outcome_for_result
 
     def look(*args, delivery_id, **kwargs):
         lease = DeliveryLease.objects.get()
@@ -282,7 +279,7 @@ def test_after_a_takeover_the_dead_tasks_rows_go_one_at_a_time_each_written_firs
         seen.append((delivery_id, lease.read_to, sent))
         return real(*args, delivery_id=delivery_id, **kwargs)
 
-    monkeypatch.setattr(campaign_services, "outcome_for_result", look)
+    monkeypatch.setattr(batch, "outcome_for_result", look)
     # The same task, delivered again after its worker died.
     campaign_send_batch(campaign_id=campaign.pk, id_from=id_from, id_to=id_to, holder="task-1")
     # The careful rows one by one, in order; then the rest, whose results come back in

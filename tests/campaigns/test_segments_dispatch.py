@@ -7,7 +7,7 @@ import pytest
 from campaigns.models import CampaignStatus
 from campaigns.preflight import campaign_preflight, sample_contacts
 from campaigns.sending.claims import deliveries_materialize
-from campaigns.services import campaign_dispatch
+from campaigns.sending.dispatch import campaign_dispatch
 from contacts.models import ContactStatus, Segment, SubscriptionStatus, Suppression
 from delivery.models import Delivery
 from tests.factories import (

@@ -8,17 +8,11 @@ import time
 
 import pytest
 
-from campaigns import services as campaign_services
 from campaigns.models import CampaignStatus
-from campaigns.sending import claims
-from campaigns.services import (
-    campaign_cancel,
-    campaign_dispatch,
-    campaign_resume,
-    campaign_send,
-    campaign_send_batch,
-    delivery_unsubscribe,
-)
+from campaigns.sending import batch, claims, dispatch
+from campaigns.sending.batch import campaign_send_batch
+from campaigns.sending.dispatch import campaign_dispatch
+from campaigns.services import campaign_cancel, campaign_resume, campaign_send, delivery_unsubscribe
 from delivery.models import OPEN_STATUSES, Delivery, DeliveryStatus, SmtpServer
 from delivery.ratelimit import is_slow_down
 from tests.factories import CampaignFactory, ContactFactory, SubscriptionFactory, audience
@@ -47,7 +41,7 @@ def test_rows_waiting_behind_the_rate_limit_are_not_sent_twice_when_their_lease_
     campaign = CampaignFactory(lists=[audience(8)])
     start(campaign)
     began = time.monotonic()
-    real = campaign_services.outcome_for_result
+    real = batch.outcome_for_result
     swept = []
 
     def outcome_then_sweep(*args, **kwargs):
@@ -57,7 +51,7 @@ def test_rows_waiting_behind_the_rate_limit_are_not_sent_twice_when_their_lease_
             campaign_send_batch(campaign_id=campaign.pk)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(campaign_services, "outcome_for_result", outcome_then_sweep)
+    monkeypatch.setattr(batch, "outcome_for_result", outcome_then_sweep)
     campaign_send_batch(campaign_id=campaign.pk)
     assert swept == [0]  # the sweeper ran, and took nothing from the working task
     per_recipient = collections.Counter(m.rcpt_tos[0] for m in smtp_settings.messages)
@@ -128,7 +122,7 @@ def test_resumed_campaign_is_not_paused_again_by_another_worker_process(
     # a restart) has not judged this campaign yet:
     with django_capture_on_commit_callbacks(execute=True):
         campaign_resume(campaign_id=campaign.pk)
-    campaign_services.campaign_enqueue_open(campaign_id=campaign.pk)
+    dispatch.campaign_enqueue_open(campaign_id=campaign.pk)
     campaign_send_batch(campaign_id=campaign.pk)
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.SENT, campaign.status_reason
@@ -140,7 +134,7 @@ def test_cancel_during_a_batch_leaves_no_open_rows(smtp_settings, no_broker, set
     smtp_settings.script("rcpt", "451 4.3.0 Try again")
     campaign = CampaignFactory(lists=[audience(6)])
     start(campaign)
-    real = campaign_services.outcome_for_result
+    real = batch.outcome_for_result
     cancelled = []
 
     def cancel_on_first(*args, **kwargs):
@@ -148,7 +142,7 @@ def test_cancel_during_a_batch_leaves_no_open_rows(smtp_settings, no_broker, set
             cancelled.append(campaign_cancel(campaign_id=campaign.pk))  # the operator clicks
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(campaign_services, "outcome_for_result", cancel_on_first)
+    monkeypatch.setattr(batch, "outcome_for_result", cancel_on_first)
     campaign_send_batch(campaign_id=campaign.pk)
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.CANCELLED

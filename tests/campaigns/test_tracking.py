@@ -15,7 +15,7 @@ from django.utils import timezone
 from campaigns import tracking as tracking_services
 from campaigns.models import CampaignLink, CampaignMinute, CampaignStats, Engagement
 from campaigns.sending.claims import ClaimedDelivery
-from campaigns.services import campaign_prepare
+from campaigns.sending.prepare import campaign_prepare
 from delivery import tracking
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
 from mailkit.render import render_content

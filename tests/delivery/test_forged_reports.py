@@ -203,7 +203,9 @@ def test_message_ids_are_unguessable_and_verifiable():
 def sent_campaign(settings, smtp_server, monkeypatch):
     """One campaign sent through the real send path to the scripted SMTP server."""
     from campaigns import tasks
-    from campaigns.services import campaign_dispatch, campaign_send, campaign_send_batch
+    from campaigns.sending.batch import campaign_send_batch
+    from campaigns.sending.dispatch import campaign_dispatch
+    from campaigns.services import campaign_send
     from tests.factories import CampaignFactory, audience
 
     settings.EDM_SMTP_URL = smtp_server.url

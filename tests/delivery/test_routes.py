@@ -85,7 +85,8 @@ def test_daily_quota_grants_only_what_is_left(redis_client):
 @pytest.mark.django_db
 def test_a_campaign_stops_at_the_servers_daily_quota(smtp_server, settings, redis_client):
     from campaigns.models import CampaignStatus
-    from campaigns.services import campaign_dispatch, campaign_send_batch
+    from campaigns.sending.batch import campaign_send_batch
+    from campaigns.sending.dispatch import campaign_dispatch
     from delivery.models import Delivery
     from tests.factories import CampaignFactory, audience
 
