@@ -175,30 +175,15 @@ def bounce_ingest(
     Database errors propagate (the caller retries or tells its peer to); anything else is
     recorded on the kept report with status `error`.
     """
+    # A mail to the List-Unsubscribe address is a request, not a report: it is not classified.
     unsubscribe = mailto_find(raw=raw, envelope_rcpts=envelope_rcpts)
-    if unsubscribe is not None:
-        return _store(
-            raw=raw,
-            source=source,
-            report=None,
-            envelope_from=envelope_from,
-            envelope_rcpts=envelope_rcpts,
-            now=now,
-            unsubscribe=unsubscribe,
-        )
-    try:
-        report = parse_bounce(raw)
-    except Exception as exc:  # the classifier promises never to raise; keep the report anyway
-        logger.exception("bounce classifier failed on a %d-byte report", len(raw))
-        return _store(
-            raw=raw,
-            source=source,
-            report=None,
-            envelope_from=envelope_from,
-            envelope_rcpts=envelope_rcpts,
-            now=now,
-            error=f"classifier error: {exc!r}",
-        )
+    report, error = None, ""
+    if unsubscribe is None:
+        try:
+            report = parse_bounce(raw)
+        except Exception as exc:  # the classifier promises never to raise; keep the report
+            logger.exception("bounce classifier failed on a %d-byte report", len(raw))
+            error = f"classifier error: {exc!r}"
     return _store(
         raw=raw,
         source=source,
@@ -206,6 +191,8 @@ def bounce_ingest(
         envelope_from=envelope_from,
         envelope_rcpts=envelope_rcpts,
         now=now,
+        error=error,
+        unsubscribe=unsubscribe,
     )
 
 
