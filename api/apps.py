@@ -12,8 +12,8 @@ class ApiConfig(AppConfig):
         # Bounces and complaints about transactional messages: the intake asks us (it cannot
         # import the API app, which depends on it).
         from api.bounce_glue import TransactionalCorrelator, TransactionalUnsubscribeHandler
-        from delivery.intake import correlator_register
-        from delivery.mailto import unsubscribe_handler_register
+        from delivery.intake.ingest import correlator_register
+        from delivery.intake.mailto import unsubscribe_handler_register
 
         correlator_register(name="transactional", correlator=TransactionalCorrelator())
         unsubscribe_handler_register(

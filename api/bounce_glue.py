@@ -1,4 +1,4 @@
-"""What the bounce intake (delivery.intake) needs from the API app: find and record messages.
+"""What the bounce intake (delivery.intake.ingest) needs from the API app: find and record messages.
 
 Registered in ApiConfig.ready as an intake.MessageCorrelator, so reports about transactional
 messages go through the same keys, trust rules and policy table as campaigns' while the
@@ -13,8 +13,8 @@ from datetime import datetime
 from api import correlation, selectors, services
 from api.models import Category, TransactionalMessage
 from contacts.selectors import contacts_by_keys
-from delivery.intake import SentMessage
-from delivery.mailto import Unsubscribed
+from delivery.intake.ingest import SentMessage
+from delivery.intake.mailto import Unsubscribed
 from delivery.tokens import unsubscribe_token_parse
 
 
@@ -66,7 +66,7 @@ class TransactionalCorrelator:
 
 
 class TransactionalUnsubscribeHandler:
-    """Mail to a marketing message's List-Unsubscribe mailto (delivery.mailto)."""
+    """Mail to a marketing message's List-Unsubscribe mailto (delivery.intake.mailto)."""
 
     def unsubscribe(self, token: str, *, source: str) -> Unsubscribed | None:
         value = unsubscribe_token_parse(token, purpose=correlation.UNSUBSCRIBE_MAILTO_PURPOSE)

@@ -1,4 +1,4 @@
-"""What the SMTP relay (delivery.relay) needs from the API app: key check and storage."""
+"""What the SMTP relay (api.relay) needs from the API app: key check and storage."""
 
 from __future__ import annotations
 

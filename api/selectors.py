@@ -7,7 +7,7 @@ from typing import Any
 
 from api import correlation
 from api.models import ApiKey, Category, TransactionalMessage
-from delivery.bounce_models import BounceMessage
+from delivery.intake.models import BounceMessage
 from delivery.tokens import read_token
 
 # delivery.tokens purpose of a marketing message's unsubscribe link: its own salt, so a

@@ -26,4 +26,4 @@ current_app.add_periodic_task(
 
 # The SMTP monitor's tasks live in the delivery app but are not part of its send path
 # (delivery/tasks.py); Celery's autodiscovery finds them through this import.
-import delivery.monitor_tasks  # noqa: E402,F401
+import delivery.monitor.tasks  # noqa: E402,F401

@@ -140,10 +140,10 @@ def load(args: argparse.Namespace) -> None:
     from campaigns import tracking as tracking_services
     from campaigns.models import Campaign
     from campaigns.sending.prepare import campaign_prepare
+    from config.redis import get_redis
     from contacts.models import Contact
     from delivery import tracking
     from delivery.models import Delivery
-    from delivery.redis import get_redis
 
     campaign = Campaign.objects.create(
         name=f"Bench {port}",

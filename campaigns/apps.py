@@ -9,6 +9,6 @@ class CampaignsConfig(AppConfig):
         # Mail to a campaign message's List-Unsubscribe mailto: the intake asks us (it cannot
         # import the campaigns app, which depends on it).
         from campaigns.unsubscribe_mail import CampaignUnsubscribeHandler
-        from delivery.mailto import unsubscribe_handler_register
+        from delivery.intake.mailto import unsubscribe_handler_register
 
         unsubscribe_handler_register(name="campaigns", handler=CampaignUnsubscribeHandler())

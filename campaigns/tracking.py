@@ -39,8 +39,8 @@ from campaigns.tracking_models import (
     TrackingCursor,
     WebhookEvent,
 )
+from config.redis import get_redis
 from delivery.models import Delivery, DeliveryEvent, EventKind
-from delivery.redis import get_redis
 from delivery.tracking import Hit, TrackedLink, classify_hits, find_links, url_hash
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""What the bounce intake's List-Unsubscribe mailto (delivery.mailto) needs from campaigns.
+"""What the bounce intake's List-Unsubscribe mailto (delivery.intake.mailto) needs from campaigns.
 
 Registered in CampaignsConfig.ready: a mail to a campaign message's unsubscribe address
 unsubscribes that delivery's recipient exactly as its one-click link does
@@ -8,7 +8,7 @@ unsubscribes that delivery's recipient exactly as its one-click link does
 from __future__ import annotations
 
 from campaigns.services import delivery_unsubscribe
-from delivery.mailto import Unsubscribed
+from delivery.intake.mailto import Unsubscribed
 from delivery.models import Delivery
 from delivery.tokens import unsubscribe_token_parse
 

@@ -18,7 +18,7 @@ urlpatterns = [
     path("o/<str:token>.gif", open_pixel_view, name="track_open"),
     path("c/<str:token>/<str:link>/", click_view, name="track_click"),
     path("v/<str:token>/", webview_view, name="webview"),
-    path("hooks/", include("delivery.bounce_urls")),
+    path("hooks/", include("delivery.intake.urls")),
     path("api/", include("api.urls")),
     path("", include("contacts.urls")),
 ]

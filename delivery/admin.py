@@ -210,5 +210,5 @@ def mailbox_message_view(request: HttpRequest, name: str) -> HttpResponse:
     return TemplateResponse(request, "admin/delivery/mailbox_message.html", context)
 
 
-import delivery.bounce_admin  # noqa: E402,F401
-import delivery.monitor_admin  # noqa: E402,F401
+import delivery.intake.admin  # noqa: E402,F401
+import delivery.monitor.admin  # noqa: E402,F401

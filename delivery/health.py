@@ -13,7 +13,7 @@ import logging
 import redis
 from django.conf import settings
 
-from delivery.redis import get_redis
+from config.redis import get_redis
 from mailkit.smtp import SendResult, SendStatus
 
 logger = logging.getLogger(__name__)

@@ -268,5 +268,5 @@ class DomainRateLimit(models.Model):
         return self.rate / PERIOD_SECONDS[self.period]
 
 
-from delivery.bounce_models import *  # noqa: E402,F401,F403
-from delivery.monitor_models import *  # noqa: E402,F401,F403
+from delivery.intake.models import *  # noqa: E402,F401,F403
+from delivery.monitor.models import *  # noqa: E402,F401,F403

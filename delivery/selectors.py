@@ -95,7 +95,7 @@ def choose_route(routes: list[Route]) -> Route:
     """A route by weight among the servers that are neither resting (they kept failing) nor
     down by the SMTP monitor's latest check; when none is left, any of them."""
     from delivery.health import is_rested
-    from delivery.monitor_services import server_health
+    from delivery.monitor.services import server_health
 
     def usable(route: Route) -> bool:
         if is_rested(route.key):

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-import delivery.bounce_tasks  # noqa: F401
+import delivery.intake.tasks  # noqa: F401
 from delivery.signup_mail import signup_confirmation_send
 
 

@@ -100,7 +100,7 @@ def free_port() -> int:
 @pytest.fixture
 def bounce_server(transactional_db):
     """The inbound bounce SMTP server on a free port, for one test."""
-    from delivery.bounce_server import bounce_server_start
+    from delivery.intake.server import bounce_server_start
 
     controller = bounce_server_start(host="127.0.0.1", port=free_port(), max_bytes=64 * 1024)
     yield controller

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from api.errors import InvalidSenderDomain, ScopeError, SenderNotAllowed
 from api.models import ApiKey, Scope
-from delivery.redis import get_redis
+from config.redis import get_redis
 from mailkit.compose import validate_address
 from mailkit.errors import InvalidAddressError
 

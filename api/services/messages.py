@@ -550,7 +550,7 @@ def message_report_record(
 
     One event (bounced, failed, deferred, complaint, unsubscribe); with `status` (bounced or
     failed) a sent message moves to it with the report's reason and diagnostic, compare-and-
-    set. Suppression is the bounce policy's (delivery.intake), as for campaigns.
+    set. Suppression is the bounce policy's (delivery.intake.ingest), as for campaigns.
     """
     if status is not None:
         TransactionalMessage.objects.filter(pk=message_pk, status__in=_REPORTABLE).update(

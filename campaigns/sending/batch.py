@@ -21,6 +21,7 @@ from campaigns.sending.lane import database_lane
 from campaigns.sending.prepare import PreparedCampaign, campaign_prepare
 from campaigns.sending.progress import campaign_check_error_rate, campaign_finish_if_done
 from campaigns.services import campaign_pause
+from config.redis import get_redis
 from contacts.models import SubscriptionStatus
 from contacts.segments import SegmentRuleError
 from delivery import selectors as delivery_selectors
@@ -28,7 +29,6 @@ from delivery import services as delivery_services
 from delivery.health import quota_refund, quota_take, record_result
 from delivery.models import DeliveryLease
 from delivery.ratelimit import is_slow_down, slow_down, slow_down_keys
-from delivery.redis import get_redis
 from mailkit.errors import DeliveryError, TemplateError
 from mailkit.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
 from mailkit.runner import send_envelopes

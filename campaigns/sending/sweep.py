@@ -10,9 +10,9 @@ from campaigns.models import Campaign, CampaignStatus
 from campaigns.sending import claims
 from campaigns.sending.progress import campaign_finish_if_done
 from campaigns.services import campaign_send
+from config.redis import claim_once, release
 from delivery import selectors as delivery_selectors
 from delivery.models import DeliveryStatus
-from delivery.redis import claim_once, release
 
 
 def campaigns_sweep() -> dict[str, int]:

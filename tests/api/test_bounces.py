@@ -18,8 +18,8 @@ from django.contrib.auth import get_user_model
 from api import correlation, services
 from api.models import Category, MessageStatus, TransactionalMessage
 from contacts.models import Contact, ContactStatus, Suppression, SuppressionReason
-from delivery.bounce_models import BounceMessage, BounceMessageStatus, BouncePolicy
-from delivery.intake import bounce_ingest
+from delivery.intake.ingest import bounce_ingest
+from delivery.intake.models import BounceMessage, BounceMessageStatus, BouncePolicy
 from mailkit.verp import verp_parse
 from tests.api.conftest import auth
 from tests.delivery.test_intake import make_arf, make_dsn, make_sent_delivery, verp_of

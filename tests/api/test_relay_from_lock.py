@@ -16,7 +16,7 @@ import pytest
 
 from api import relay_glue, services
 from api.models import Scope, TransactionalMessage
-from delivery.relay import relay_start
+from api.relay import relay_start
 from mailkit.headerblock import originators_read
 from tests.api.conftest import auth
 

@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 from api import relay_glue, services
 from api.errors import InvalidSenderDomain
 from api.models import ApiKey, Scope, TransactionalMessage
-from delivery.relay import relay_start
+from api.relay import relay_start
 from tests.api.conftest import auth
 
 

@@ -14,7 +14,7 @@ def test_a_marketing_api_message_is_unsubscribed_by_its_mailto(api_key, smtp_ser
     from api import services
     from api.models import Category
     from contacts.models import Suppression
-    from delivery.intake import bounce_ingest
+    from delivery.intake.ingest import bounce_ingest
 
     settings.EDM_SMTP_URL = smtp_server.url
     settings.EDM_SMTP_TLS_CA_FILE = smtp_server.ca_file

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.db import DatabaseError
 
 from contacts.models import Contact, ContactStatus, Suppression
-from delivery.bounce_models import BounceMessage, BounceMessageStatus
+from delivery.intake.models import BounceMessage, BounceMessageStatus
 from delivery.models import DeliveryStatus
 from tests.delivery.test_intake import make_dsn, make_sent_delivery, verp_of
 
@@ -83,7 +83,7 @@ def test_a_database_error_is_a_temporary_failure(bounce_server, monkeypatch):
     def unavailable(**kwargs):
         raise DatabaseError("database is locked")
 
-    monkeypatch.setattr("delivery.bounce_server.bounce_ingest", unavailable)
+    monkeypatch.setattr("delivery.intake.server.bounce_ingest", unavailable)
     with smtplib.SMTP(bounce_server.hostname, bounce_server.port, timeout=10) as client:
         client.ehlo("mx.example.com")
         client.mail("<>")

@@ -15,8 +15,8 @@ import dns.rrset
 import pytest
 from django.core.management import call_command
 
-from delivery.domaincheck import DkimSelector, check_domain, make_resolver
 from delivery.models import DkimKey
+from delivery.monitor.domaincheck import DkimSelector, check_domain, make_resolver
 
 KEY = "MCowBQYDK2VwAyEAq1OZk0mRqJ5rHyB4mQzvZ2yWc0l1S2aJ0X9w1yq2b3c="
 

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from contacts.models import Contact, ContactStatus, Suppression
 from delivery import tokens
-from delivery.bounce_models import BounceMessage, BounceMessageStatus
+from delivery.intake.models import BounceMessage, BounceMessageStatus
 from delivery.models import DeliveryStatus, EventKind
 from mailkit.compose import make_message_id
 from tests.delivery.test_intake import make_dsn, make_sent_delivery

@@ -8,7 +8,7 @@ import smtplib
 
 import pytest
 
-from delivery.bounce_models import BounceMessage, BounceOutcome
+from delivery.intake.models import BounceMessage, BounceOutcome
 from delivery.models import DeliveryStatus
 from tests.delivery.test_intake import make_dsn, make_sent_delivery, verp_of
 from tests.delivery.test_webhooks import TOKEN, _post, _ses_bounce, _sns

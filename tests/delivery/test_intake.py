@@ -22,13 +22,13 @@ from contacts.models import (
     SuppressionReason,
 )
 from delivery import tokens
-from delivery.bounce_models import (
+from delivery.intake.ingest import bounce_ingest, bounce_policy_for
+from delivery.intake.models import (
     BounceMessage,
     BounceMessageStatus,
     BounceOutcome,
     BouncePolicy,
 )
-from delivery.intake import bounce_ingest, bounce_policy_for
 from delivery.models import Delivery, DeliveryStatus, EventKind
 from delivery.selectors import bounce_rates_by_campaign, bounce_rates_by_domain
 from mailkit.compose import make_message_id
@@ -288,7 +288,7 @@ def test_a_bug_while_applying_keeps_the_report_as_error(monkeypatch):
     def broken(**kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("delivery.intake._apply_outcome", broken)
+    monkeypatch.setattr("delivery.intake.ingest._apply_outcome", broken)
     result = bounce_ingest(
         raw=make_dsn(recipient=delivery.email, to=verp_of(delivery)), source="pipe"
     )
@@ -491,7 +491,7 @@ def test_admin_pages_show_reports_rates_and_mailboxes(admin_client):
         },
     )
     assert response.status_code == 302, response.content
-    from delivery.bounce_models import Mailbox
+    from delivery.intake.models import Mailbox
 
     mailbox = Mailbox.objects.get()
     assert mailbox.get_password() == "s3cret"

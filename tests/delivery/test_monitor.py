@@ -12,10 +12,10 @@ import pytest
 from django.core import mail
 from django.core.management import call_command
 
-from delivery import monitor_services
 from delivery.models import SmtpServer
-from delivery.monitor import CheckTarget, _hostname_matches, check_smtp, findings_for
-from delivery.monitor_models import SmtpAlert, SmtpCheck
+from delivery.monitor import services as monitor_services
+from delivery.monitor.checks import CheckTarget, _hostname_matches, check_smtp, findings_for
+from delivery.monitor.models import SmtpAlert, SmtpCheck
 
 
 def run_check(server, **overrides):
@@ -192,7 +192,7 @@ def test_down_server_alerts_once_by_email_and_webhook(db, smtp_server_factory, s
 
 
 def test_tls_that_disappears_is_a_warning_even_without_configured_security():
-    from delivery.monitor import CheckResult
+    from delivery.monitor.checks import CheckResult
 
     result = CheckResult(host="h", port=25, security="none", up=True)
     assert {f.severity for f in findings_for(result) if f.code == "no_tls"} == {"info"}

@@ -11,9 +11,9 @@ import time
 import pytest
 from django.utils import timezone
 
-from delivery import monitor_services
-from delivery.monitor import CheckTarget, check_smtp
-from delivery.monitor_models import SmtpCheck
+from delivery.monitor import services as monitor_services
+from delivery.monitor.checks import CheckTarget, check_smtp
+from delivery.monitor.models import SmtpCheck
 
 
 def _target(server, **overrides) -> CheckTarget:

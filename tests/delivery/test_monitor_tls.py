@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.core.management import call_command
 
-from delivery import monitor_services
 from delivery.models import SmtpServer
-from delivery.monitor import CheckTarget, check_smtp, findings_for
-from delivery.monitor_models import SmtpAlert, SmtpCheck
-from delivery.monitor_tasks import check_smtp_server
+from delivery.monitor import services as monitor_services
+from delivery.monitor.checks import CheckTarget, check_smtp, findings_for
+from delivery.monitor.models import SmtpAlert, SmtpCheck
+from delivery.monitor.tasks import check_smtp_server
 from tests.smtp_server import ScriptedSmtpServer, TlsFiles, _make_ca, _name
 
 USERS = {"skylark": "secret"}

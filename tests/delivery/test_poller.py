@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from delivery.bounce_models import BounceMessage, Mailbox
+from delivery.intake.models import BounceMessage, Mailbox
+from delivery.intake.poller import mailbox_poll
 from delivery.models import DeliveryStatus
-from delivery.poller import mailbox_poll
 from tests.conftest import free_port
 from tests.delivery.test_intake import make_auto_reply, make_dsn, make_sent_delivery, verp_of
 

@@ -9,7 +9,7 @@ import pytest
 
 from api import relay_glue, services
 from api.models import Scope, TransactionalMessage
-from delivery.relay import relay_start
+from api.relay import relay_start
 
 MESSAGE = (
     b"From: App <app@shop.test>\r\nTo: a@example.com\r\nBcc: hidden@example.com\r\n"

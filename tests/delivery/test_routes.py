@@ -116,7 +116,7 @@ def test_a_campaign_stops_at_the_servers_daily_quota(smtp_server, settings, redi
 def test_a_server_the_monitor_finds_down_gets_no_traffic(redis_client):
     from django.utils import timezone
 
-    from delivery.monitor_models import SmtpCheck
+    from delivery.monitor.models import SmtpCheck
 
     down, up = server("down"), server("up")
     SmtpCheck.objects.create(

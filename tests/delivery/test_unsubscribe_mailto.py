@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from contacts.models import Subscription, SubscriptionStatus
-from delivery.bounce_models import BounceMessage
+from delivery.intake.models import BounceMessage
 from delivery.models import EventKind
 from tests.delivery.test_forged_reports import sent_campaign  # noqa: F401 (fixture)
 from tests.delivery.test_intake import make_dsn
@@ -139,7 +139,7 @@ def test_a_bounce_quoting_the_list_unsubscribe_header_unsubscribes_nobody(
 
 def test_the_mailbox_poller_applies_an_unsubscribe_mail(sent_campaign):  # noqa: F811
     """The operator's mailbox behind the bounce domain: no envelope, the To header says it."""
-    from delivery.poller import mailbox_poll
+    from delivery.intake.poller import mailbox_poll
     from tests.delivery.test_poller import _mailbox, _start_dovecot
 
     campaign, wires = sent_campaign

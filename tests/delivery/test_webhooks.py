@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from contacts.models import Contact, ContactStatus, Suppression
 from delivery import tokens
-from delivery.bounce_models import BounceMessage
+from delivery.intake.models import BounceMessage
 from delivery.models import DeliveryStatus, EventKind
 from tests.delivery.test_intake import make_sent_delivery
 

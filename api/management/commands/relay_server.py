@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from api import relay_glue
-from delivery.relay import relay_start
+from api.relay import relay_start
 from delivery.sink import serve_until_stopped
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from delivery.bounce_server import bounce_server_start
+from delivery.intake.server import bounce_server_start
 from delivery.sink import serve_until_stopped
 
 

@@ -7,8 +7,8 @@ import json
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from delivery.domaincheck import DkimSelector, check_domain, make_resolver
 from delivery.models import DkimKey
+from delivery.monitor.domaincheck import DkimSelector, check_domain, make_resolver
 
 
 class Command(BaseCommand):

@@ -18,8 +18,8 @@ import sys
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError
 
-from delivery.bounce_models import BounceSource
-from delivery.intake import bounce_ingest
+from delivery.intake.ingest import bounce_ingest
+from delivery.intake.models import BounceSource
 
 logger = logging.getLogger(__name__)
 

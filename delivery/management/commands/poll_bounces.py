@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from delivery.bounce_models import Mailbox
-from delivery.poller import mailbox_poll, mailboxes_poll
+from delivery.intake.models import Mailbox
+from delivery.intake.poller import mailbox_poll, mailboxes_poll
 
 
 class Command(BaseCommand):

@@ -9,9 +9,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from delivery import monitor_services
 from delivery.models import SmtpServer
-from delivery.monitor import check_smtp, findings_for
+from delivery.monitor import services as monitor_services
+from delivery.monitor.checks import check_smtp, findings_for
 from mailkit.errors import SmtpConfigError
 
 

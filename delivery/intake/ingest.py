@@ -35,7 +35,8 @@ from contacts.models import (
     SuppressionScope,
 )
 from delivery import tokens
-from delivery.bounce_models import (
+from delivery.intake.mailto import MailtoRequest, mailto_apply, mailto_find
+from delivery.intake.models import (
     RAW_KEEP_BYTES,
     BounceAction,
     BounceMessage,
@@ -46,7 +47,6 @@ from delivery.bounce_models import (
     PolicyAction,
     PolicyKind,
 )
-from delivery.mailto import MailtoRequest, mailto_apply, mailto_find
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
 from mailkit.bounces import BounceKind, BounceReason, BounceRecipient, BounceReport, parse_bounce
 from mailkit.compose import message_id_delivery

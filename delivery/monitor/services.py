@@ -14,8 +14,8 @@ from django.core.mail import send_mail
 from django.utils import timezone
 
 from delivery.models import SmtpServer
-from delivery.monitor import CheckResult, CheckTarget, Finding, check_smtp, findings_for
-from delivery.monitor_models import Health, SmtpAlert, SmtpCheck
+from delivery.monitor.checks import CheckResult, CheckTarget, Finding, check_smtp, findings_for
+from delivery.monitor.models import Health, SmtpAlert, SmtpCheck
 from delivery.selectors import smtp_config_for_url
 
 logger = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from celery import current_app, shared_task, signature
 from django.conf import settings
 
-from delivery.bounce_models import Mailbox
-from delivery.poller import mailbox_poll
+from delivery.intake.models import Mailbox
+from delivery.intake.poller import mailbox_poll
 
 
 @shared_task(name="delivery.poll_mailboxes")

@@ -17,8 +17,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
-from delivery.bounce_models import BounceSource
-from delivery.intake import IngestResult, bounce_ingest
+from delivery.intake.ingest import IngestResult, bounce_ingest
+from delivery.intake.models import BounceSource
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from delivery.bounce_models import BounceSource, Mailbox, MailboxProtocol, MailboxSecurity
-from delivery.intake import bounce_ingest
+from delivery.intake.ingest import bounce_ingest
+from delivery.intake.models import BounceSource, Mailbox, MailboxProtocol, MailboxSecurity
 from mailkit.errors import DeliveryError
 
 logger = logging.getLogger(__name__)

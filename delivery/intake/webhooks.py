@@ -32,9 +32,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from redis.exceptions import RedisError
 
-from delivery.bounce_models import BounceSource
-from delivery.intake import bounce_ingest_report
-from delivery.redis import get_redis
+from config.redis import get_redis
+from delivery.intake.ingest import bounce_ingest_report
+from delivery.intake.models import BounceSource
 from mailkit.bounces import (
     BounceKind,
     BounceReason,

@@ -12,8 +12,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 from unfold.admin import ModelAdmin
 
-from delivery import monitor_services
-from delivery.monitor_models import SmtpAlert, SmtpCheck
+from delivery.monitor import services as monitor_services
+from delivery.monitor.models import SmtpAlert, SmtpCheck
 
 _CHART_W, _CHART_H = 600, 120
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from celery import current_app, shared_task, signature
 from django.conf import settings
 
-from delivery import monitor_services
 from delivery.models import SmtpServer
+from delivery.monitor import services as monitor_services
 
 
 @shared_task(name="delivery.monitor_smtp")

@@ -1,4 +1,4 @@
-"""History of SMTP server health checks (delivery.monitor) and the alerts they raised."""
+"""History of SMTP server health checks (delivery.monitor.checks) and the alerts they raised."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from delivery.webhooks import provider_webhook_view
+from delivery.intake.webhooks import provider_webhook_view
 
 urlpatterns = [
     path("<slug:provider>/", provider_webhook_view, name="bounce_webhook"),

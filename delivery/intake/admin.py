@@ -13,7 +13,7 @@ from django.utils.html import format_html
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
-from delivery.bounce_models import (
+from delivery.intake.models import (
     BounceMessage,
     BounceOutcome,
     BouncePolicy,
@@ -205,7 +205,7 @@ class MailboxAdmin(ModelAdmin):
 
     @admin.action(description="Poll now")
     def poll_now(self, request: HttpRequest, queryset: QuerySet[Mailbox]) -> None:
-        from delivery.bounce_tasks import poll_mailbox
+        from delivery.intake.tasks import poll_mailbox
 
         ids = list(queryset.values_list("pk", flat=True))
         for mailbox_id in ids:
