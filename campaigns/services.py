@@ -13,6 +13,7 @@ from campaigns.models import Campaign, CampaignStatus
 from campaigns.sending import claims
 from campaigns.sending.prepare import campaign_prepare
 from contacts.models import ContactList
+from contacts.suppression import contacts_unsubscribed
 from delivery import services as delivery_services
 from mailkit.errors import DeliveryError, TemplateError
 from mailkit.render import TemplateSource, compile_templates
@@ -142,7 +143,7 @@ def delivery_unsubscribe(
     Each subscription changed gets a consent record. Returns True when something changed.
     """
     from campaigns.tracking import tracking_record_unsubscribe
-    from contacts.models import Contact, ContactStatus, Subscription
+    from contacts.models import Subscription
     from contacts.signup import subscriptions_unsubscribe
     from delivery.models import Delivery, DeliveryEvent, EventKind
 
@@ -166,9 +167,7 @@ def delivery_unsubscribe(
         if not member or delivery.campaign.segments.exists():
             # Reached through a segment: the person cannot leave a segment, so the opt-out
             # covers all campaign mail.
-            changed += Contact.objects.filter(
-                pk=delivery.contact_id, status=ContactStatus.ACTIVE
-            ).update(status=ContactStatus.UNSUBSCRIBED, updated_at=now)
+            changed += contacts_unsubscribed(contact_ids=[delivery.contact_id], now=now)
         if changed:
             DeliveryEvent.objects.create(
                 delivery=delivery, kind=EventKind.UNSUBSCRIBE, created_at=now, detail=source

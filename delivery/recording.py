@@ -9,14 +9,9 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import connection, transaction
+from django.utils import timezone
 
-from contacts.models import (
-    Contact,
-    ContactStatus,
-    Suppression,
-    SuppressionReason,
-    SuppressionScope,
-)
+from delivery.intake.policy import synchronous_bounces_apply
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
 from mailkit.outcomes import Outcome
 from mailkit.text import clean_text, has_refused
@@ -278,19 +273,6 @@ def _update_from_values(
 
 
 def _suppress_deliveries(delivery_ids: list[int]) -> None:
-    pairs = list(Delivery.objects.filter(id__in=delivery_ids).values_list("contact_id", "email"))
-    Suppression.objects.bulk_create(
-        [
-            Suppression(
-                value=email.lower(),
-                scope=SuppressionScope.ADDRESS,
-                reason=SuppressionReason.HARD_BOUNCE,
-                source="smtp",
-            )
-            for _, email in pairs
-        ],
-        ignore_conflicts=True,
-    )
-    Contact.objects.filter(id__in=[c for c, _ in pairs], status=ContactStatus.ACTIVE).update(
-        status=ContactStatus.BOUNCED
-    )
+    """Synchronous hard bounces: the bounce policy decides, as for a report (one table)."""
+    pairs = Delivery.objects.filter(id__in=delivery_ids).values_list("email", "contact_id")
+    synchronous_bounces_apply(recipients=list(pairs), source="smtp", now=timezone.now())

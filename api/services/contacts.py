@@ -12,12 +12,10 @@ from api.errors import MessageRejected
 from api.models import MessageEvent, MessageEventKind, TransactionalMessage
 from contacts.models import (
     Contact,
-    ContactStatus,
-    Suppression,
     SuppressionReason,
-    SuppressionScope,
 )
 from contacts.selectors import contacts_by_keys
+from contacts.suppression import address_suppress, contacts_unsubscribed
 
 logger = logging.getLogger(__name__)
 
@@ -121,14 +119,8 @@ def _unsubscribe_everywhere(
         ip=ip,
         user_agent=user_agent,
     )
-    contact_changed = Contact.objects.filter(pk__in=contacts, status=ContactStatus.ACTIVE).update(
-        status=ContactStatus.UNSUBSCRIBED
-    )
-    _, suppressed = Suppression.objects.get_or_create(
-        value=email.lower(),
-        scope=SuppressionScope.ADDRESS,
-        defaults={"reason": SuppressionReason.UNSUBSCRIBE, "source": source[:200]},
-    )
+    contact_changed = contacts_unsubscribed(contact_ids=contacts)
+    suppressed = address_suppress(email=email, reason=SuppressionReason.UNSUBSCRIBE, source=source)
     return changed, bool(changed or contact_changed or suppressed)
 
 

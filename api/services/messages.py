@@ -46,6 +46,7 @@ from contacts.models import (
     SuppressionScope,
 )
 from delivery import tokens
+from delivery.intake.policy import synchronous_bounces_apply
 from delivery.services import message_send_now
 from delivery.tokens import make_token
 from mailkit.compose import Attachment, Composer, MessageSpec, make_message_id
@@ -520,13 +521,14 @@ def _record(message: TransactionalMessage, outcome: Outcome) -> None:
             detail=outcome.reply,
         )
         if outcome.suppress:
-            Suppression.objects.get_or_create(
-                value=message.to_email.lower(),
-                scope=SuppressionScope.ADDRESS,
-                defaults={"reason": SuppressionReason.HARD_BOUNCE, "source": "smtp (api)"},
-            )
-            contacts_by_address(message.to_email).filter(status=ContactStatus.ACTIVE).update(
-                status=ContactStatus.BOUNCED
+            # The same policy table as campaigns' and reports' (this message is not a
+            # delivery: it counts as one more hard bounce).
+            contact_id = contacts_by_address(message.to_email).values_list("pk", flat=True).first()
+            synchronous_bounces_apply(
+                recipients=[(message.to_email, contact_id)],
+                source="smtp (api)",
+                now=now,
+                not_recorded=1,
             )
 
 

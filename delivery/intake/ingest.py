@@ -25,15 +25,6 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 
-from contacts.models import (
-    Contact,
-    ContactStatus,
-    Subscription,
-    SubscriptionStatus,
-    Suppression,
-    SuppressionReason,
-    SuppressionScope,
-)
 from delivery import tokens
 from delivery.intake.mailto import MailtoRequest, mailto_apply, mailto_find
 from delivery.intake.models import (
@@ -42,11 +33,10 @@ from delivery.intake.models import (
     BounceMessage,
     BounceMessageStatus,
     BounceOutcome,
-    BouncePolicy,
     OutcomeKind,
     PolicyAction,
-    PolicyKind,
 )
+from delivery.intake.policy import bounce_policy_for, policy_act
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
 from mailkit.bounces import BounceKind, BounceReason, BounceRecipient, BounceReport, parse_bounce
 from mailkit.compose import message_id_delivery
@@ -635,24 +625,6 @@ def _apply_outcome(*, outcome: BounceOutcome, match: _Match, now: datetime) -> s
     return BounceAction.RECORDED
 
 
-# The defaults of data migration 0004, used for a kind that has no row (a table emptied by
-# hand or by a test flush must not silently stop suppressing dead addresses). To turn a rule
-# off, set its action to "none" in the admin.
-DEFAULT_POLICIES = {
-    PolicyKind.HARD: {"count": 1, "window_days": 0, "action": PolicyAction.SUPPRESS},
-    PolicyKind.COMPLAINT: {"count": 1, "window_days": 0, "action": PolicyAction.SUPPRESS},
-    PolicyKind.SOFT: {"count": 5, "window_days": 30, "action": PolicyAction.SUPPRESS},
-}
-
-
-def bounce_policy_for(*, kind: str) -> BouncePolicy | None:
-    """The policy in force for a kind: its row, else the default (unsaved)."""
-    policy = BouncePolicy.objects.filter(kind=kind).first()
-    if policy is None and kind in DEFAULT_POLICIES:
-        policy = BouncePolicy(kind=kind, **DEFAULT_POLICIES[PolicyKind(kind)])
-    return policy
-
-
 def _apply_policy(*, outcome: BounceOutcome, match: _Match, now: datetime) -> str:
     """The policy table: count this person's reports of the kind, act at the threshold.
 
@@ -675,42 +647,15 @@ def _apply_policy(*, outcome: BounceOutcome, match: _Match, now: datetime) -> st
     reports = counted.values("delivery_id", "message_ref").distinct().count()
     if reports < policy.count:
         return BounceAction.COUNTED
-    if policy.action == PolicyAction.UNSUBSCRIBE:
-        changed = 0
-        if match.contact_id is not None:
-            changed = (
-                Subscription.objects.filter(contact_id=match.contact_id)
-                .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
-                .update(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now)
-            )
-        if changed:
-            _record_event(
-                match, kind=EventKind.UNSUBSCRIBE, detail=f"bounce policy: {policy}", now=now
-            )
-        return BounceAction.UNSUBSCRIBED
-    complaint = outcome.kind == OutcomeKind.COMPLAINT
-    Suppression.objects.get_or_create(
-        value=match.email.lower(),
-        scope=SuppressionScope.ADDRESS,
-        defaults={
-            # SuppressionReason has no "soft bounce": repeated soft bounces are suppressed as
-            # a bounce, and the source says which policy did it.
-            "reason": SuppressionReason.COMPLAINT if complaint else SuppressionReason.HARD_BOUNCE,
-            "source": f"bounce policy ({outcome.kind}, report #{outcome.message_id})"[:200],
-        },
+    action, ended = policy_act(
+        policy=policy,
+        recipients=[(match.email, match.contact_id)],
+        source=f"bounce policy ({outcome.kind}, report #{outcome.message_id})",
+        now=now,
     )
-    if match.contact_id is None:
-        return BounceAction.SUPPRESSED
-    if complaint:
-        Contact.objects.filter(
-            pk=match.contact_id,
-            status__in=[ContactStatus.ACTIVE, ContactStatus.UNSUBSCRIBED, ContactStatus.BOUNCED],
-        ).update(status=ContactStatus.COMPLAINED, updated_at=now)
-    else:
-        Contact.objects.filter(pk=match.contact_id, status=ContactStatus.ACTIVE).update(
-            status=ContactStatus.BOUNCED, updated_at=now
-        )
-    return BounceAction.SUPPRESSED
+    if ended:
+        _record_event(match, kind=EventKind.UNSUBSCRIBE, detail=f"bounce policy: {policy}", now=now)
+    return action
 
 
 def _record_event(match: _Match, *, kind: str, detail: str, now: datetime) -> None:

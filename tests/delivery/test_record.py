@@ -76,3 +76,46 @@ def test_outcomes_write_their_rows_and_events():
         bounced.id: ("bounced", now, 550, "5.1.1", "550 5.1.1 No such user",
                      {"reason": "unknown_user"}),
     }  # fmt: skip
+
+
+def _hard_bounce(delivery, now) -> Outcome:
+    return Outcome(
+        delivery.id,
+        DeliveryStatus.BOUNCED,
+        "unknown_user",
+        550,
+        "5.1.1",
+        "550 5.1.1 No such user",
+        now,
+        suppress=True,
+    )
+
+
+@pytest.mark.django_db
+def test_a_synchronous_hard_bounce_follows_the_bounce_policy_table():
+    """One policy table for every road (issue "One house"): a 5xx in the SMTP conversation
+    obeys the admin's hard-bounce rule as a bounce report does."""
+    from contacts.models import Contact, ContactStatus, Suppression
+    from delivery.intake.models import BouncePolicy
+
+    contact_list = audience(1)
+    first, second, third = (CampaignFactory(lists=[contact_list]) for _ in range(3))
+    for campaign in (first, second, third):
+        deliveries_materialize(campaign_id=campaign.pk, list_ids=[contact_list.pk])
+    now = timezone.now()
+    contact = contact_list.contacts.get()
+
+    # The rule turned off: recorded, nobody suppressed.
+    BouncePolicy.objects.update_or_create(kind="hard", defaults={"action": "none", "count": 1})
+    deliveries_record([_hard_bounce(first.deliveries.get(), now)])
+    assert not Suppression.objects.exists()
+    assert Contact.objects.get(pk=contact.pk).status == ContactStatus.ACTIVE
+
+    # Three hard bounces within 30 days suppress: the one above counts, the second does not
+    # reach the threshold, the third does.
+    BouncePolicy.objects.filter(kind="hard").update(action="suppress", count=3, window_days=30)
+    deliveries_record([_hard_bounce(second.deliveries.get(), now)])
+    assert not Suppression.objects.exists()
+    deliveries_record([_hard_bounce(third.deliveries.get(), now)])
+    assert Suppression.objects.get().value == contact.email.lower()
+    assert Contact.objects.get(pk=contact.pk).status == ContactStatus.BOUNCED
