@@ -124,6 +124,12 @@ class Error(Schema):
     detail: str
 
 
+class Unprocessable(Schema):
+    """A 422: our own refusals say why in a sentence; request validation lists each field."""
+
+    detail: str | list[dict[str, Any]]
+
+
 class In(Schema):
     """A request body. No string in it, keys included, may hold NUL or a lone surrogate:
     PostgreSQL refuses both (text and jsonb), so they are refused here with a 422."""
@@ -230,7 +236,14 @@ messages = Router(tags=["messages"])
 
 @messages.post(
     "",
-    response={202: MessageAccepted, 401: Error, 403: Error, 409: Error, 422: Error, 429: Error},
+    response={
+        202: MessageAccepted,
+        401: Error,
+        403: Error,
+        409: Error,
+        422: Unprocessable,
+        429: Error,
+    },
     summary="Send a transactional message (scope messages:send)",
 )
 def send_message(request: HttpRequest, payload: MessageIn):
@@ -347,7 +360,7 @@ contacts = Router(tags=["contacts"])
 
 @contacts.post(
     "",
-    response={200: ContactOut, 201: ContactOut, 401: Error, 403: Error, 422: Error},
+    response={200: ContactOut, 201: ContactOut, 401: Error, 403: Error, 422: Unprocessable},
     summary="Create or update a contact by address, subscribe it to lists (contacts:write)",
 )
 def upsert_contact(request: HttpRequest, payload: ContactIn):
@@ -360,7 +373,7 @@ def upsert_contact(request: HttpRequest, payload: ContactIn):
 
 @contacts.post(
     "/unsubscribe",
-    response={200: dict, 401: Error, 403: Error, 422: Error},
+    response={200: dict, 401: Error, 403: Error, 422: Unprocessable},
     summary="Unsubscribe a contact from lists, or from everything (contacts:write)",
 )
 def unsubscribe_contact(request: HttpRequest, payload: UnsubscribeIn):
@@ -401,7 +414,7 @@ def _campaign_errors(exc: Exception) -> HttpError:
 
 @campaigns.post(
     "",
-    response={201: dict, 401: Error, 403: Error, 422: Error},
+    response={201: dict, 401: Error, 403: Error, 422: Unprocessable},
     summary="Create a draft campaign (campaigns:write)",
 )
 def create_campaign(request: HttpRequest, payload: CampaignIn):
@@ -428,7 +441,7 @@ def create_campaign(request: HttpRequest, payload: CampaignIn):
 
 @campaigns.post(
     "/{campaign_id}/schedule",
-    response={200: dict, 401: Error, 403: Error, 404: Error, 409: Error, 422: Error},
+    response={200: dict, 401: Error, 403: Error, 404: Error, 409: Error, 422: Unprocessable},
     summary="Schedule a draft campaign (campaigns:write)",
 )
 def schedule_campaign(request: HttpRequest, campaign_id: int, payload: ScheduleIn):

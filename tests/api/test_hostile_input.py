@@ -297,3 +297,16 @@ def test_a_relayed_subject_the_database_would_refuse_is_stored_cleaned(api_key, 
     stored = TransactionalMessage.objects.get(pk=messages[0].pk)
     assert "\x00" not in stored.subject
     stored.subject.encode("utf-8")  # no lone surrogate
+
+
+def test_the_openapi_schema_describes_the_422s_the_api_answers(client, api_key):
+    """Schemathesis found the schema promising a string `detail` where request validation
+    answers a list: a generated client would fail to read it."""
+    _, secret = api_key
+    answered = call(client, "post", "/api/v1/messages", {"to": 42}, secret)
+    assert answered.status_code == 422 and isinstance(answered.json()["detail"], list)
+    spec = client.get("/api/v1/openapi.json").json()
+    schema = spec["paths"]["/api/v1/messages"]["post"]["responses"]["422"]["content"]
+    ref = schema["application/json"]["schema"]["$ref"].rpartition("/")[2]
+    detail = spec["components"]["schemas"][ref]["properties"]["detail"]
+    assert {option.get("type") for option in detail["anyOf"]} >= {"string", "array"}
