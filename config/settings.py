@@ -292,6 +292,10 @@ EDM_IMPORT_WRITERS = env_int("EDM_IMPORT_WRITERS", 2)
 # XLSX workbooks beyond these are refused before they cost memory or time (docs/contacts.md,
 # "Workbook limits"): uncompressed size of all parts (MB), compression ratio of a part, shared
 # strings (count, and MB they take in memory), rows, and columns read per row.
+# Any file: at most this many rows, and it stops once more than EDM_IMPORT_MAX_REJECTED_ROWS
+# rows, and more than half of those read, were refused (a malformed or hostile file).
+EDM_IMPORT_MAX_ROWS = env_int("EDM_IMPORT_MAX_ROWS", 10_000_000)
+EDM_IMPORT_MAX_REJECTED_ROWS = env_int("EDM_IMPORT_MAX_REJECTED_ROWS", 100_000)
 EDM_IMPORT_XLSX_MAX_MB = env_int("EDM_IMPORT_XLSX_MAX_MB", 256)
 EDM_IMPORT_XLSX_MAX_RATIO = env_int("EDM_IMPORT_XLSX_MAX_RATIO", 100)
 EDM_IMPORT_XLSX_MAX_SHARED_STRINGS = env_int("EDM_IMPORT_XLSX_MAX_SHARED_STRINGS", 1_500_000)

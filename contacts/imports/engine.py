@@ -15,8 +15,9 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
+from django.utils.translation import gettext as _
 
-from contacts.errors import ImportConfigError
+from contacts.errors import ImportConfigError, ImportFileError
 from contacts.imports.csvparse import (
     ContactFileReader,
     ContactRow,
@@ -214,11 +215,30 @@ def _chunks(
     """
     batch: list[ContactRow] = []
     rejects: list[Record] = []
+    seen = rejected = 0
+    max_rows, max_rejected = settings.EDM_IMPORT_MAX_ROWS, settings.EDM_IMPORT_MAX_REJECTED_ROWS
     for item in items:
+        seen += 1
         if isinstance(item, Record):
             rejects.append(item)
+            rejected += 1
+            # A file that is mostly refused rows is not a contact list (an unclosed quote
+            # before 100 M short lines cost minutes): stop, rather than reject row by row.
+            if rejected > max_rejected and rejected * 2 > seen:
+                raise ImportFileError(
+                    _(
+                        "More than %(limit)s rows of this file were refused: it does not look "
+                        "like a contact list. Check the file's format."
+                    )
+                    % {"limit": max_rejected}
+                )
         else:
             batch.append(item)
+        if seen > max_rows:
+            raise ImportFileError(
+                _("The file has more than %(limit)s rows; split it into several imports.")
+                % {"limit": max_rows}
+            )
         if len(batch) + len(rejects) >= batch_size:
             yield (encode(batch) if encode else batch), rejects
             batch, rejects = [], []
@@ -331,7 +351,7 @@ class _WriterPool:
         return future
 
     def close(self) -> None:
-        for _ in self._threads:
+        for _thread in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
             thread.join()
