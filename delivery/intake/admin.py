@@ -10,6 +10,8 @@ from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
@@ -87,18 +89,18 @@ class BounceMessageAdmin(ModelAdmin):
         "raw_text",
     )
 
-    @display(description="Status", label=_STATUS_LABELS)
+    @display(description=_("Status"), label=_STATUS_LABELS)
     def status_badge(self, obj: BounceMessage) -> str:
         return obj.status
 
-    @display(description="Delivery")
+    @display(description=_("Delivery"))
     def delivery_link(self, obj: BounceMessage) -> str:
         if not obj.delivery_id:
             return "-"
         url = reverse("admin:delivery_delivery_change", args=[obj.delivery_id])
         return format_html('<a href="{}">#{}</a>', url, obj.delivery_id)
 
-    @display(description="Raw message")
+    @display(description=_("Raw message"))
     def raw_text(self, obj: BounceMessage) -> str:
         raw = bytes(obj.raw or b"")
         note = f"\n\n[... first {len(raw)} of {obj.size} bytes kept]" if obj.truncated else ""
@@ -199,11 +201,11 @@ class MailboxAdmin(ModelAdmin):
     readonly_fields = ("last_polled_at", "last_error", "uidvalidity", "last_uid")
     actions = ("poll_now",)
 
-    @display(description="Last error")
+    @display(description=_("Last error"))
     def error_short(self, obj: Mailbox) -> str:
         return (obj.last_error or "")[:80] or "-"
 
-    @admin.action(description="Poll now")
+    @admin.action(description=_("Poll now"))
     def poll_now(self, request: HttpRequest, queryset: QuerySet[Mailbox]) -> None:
         from delivery.intake.tasks import poll_mailbox
 
@@ -212,7 +214,12 @@ class MailboxAdmin(ModelAdmin):
             poll_mailbox.delay_on_commit(mailbox_id)
         self.message_user(
             request,
-            f"Polling {len(ids)} mailbox(es) in the background; refresh to see the result.",
+            ngettext(
+                "Polling %(count)d mailbox in the background; refresh to see the result.",
+                "Polling %(count)d mailboxes in the background; refresh to see the result.",
+                len(ids),
+            )
+            % {"count": len(ids)},
             messages.SUCCESS,
         )
 
@@ -272,11 +279,11 @@ def bounce_rates_view(request: HttpRequest) -> HttpResponse:
     """Bounce and complaint rates per campaign and per recipient domain (last 30 days)."""
     context = {
         **admin.site.each_context(request),
-        "title": "Bounce and complaint rates",
+        "title": _("Bounce and complaint rates"),
         "tables": [
-            ("Per campaign (latest 50)", _view_rows(bounce_rates_by_campaign())),
+            (_("Per campaign (latest 50)"), _view_rows(bounce_rates_by_campaign())),
             (
-                "Per recipient domain (last 30 days, busiest 50)",
+                _("Per recipient domain (last 30 days, busiest 50)"),
                 _view_rows(bounce_rates_by_domain()),
             ),
         ],

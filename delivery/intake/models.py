@@ -28,44 +28,44 @@ RAW_KEEP_BYTES = 256 * 1024
 
 
 class BounceSource(models.TextChoices):
-    SMTP = "smtp", "Bounce server (SMTP)"
-    IMAP = "imap", "Mailbox (IMAP)"
-    POP3 = "pop3", "Mailbox (POP3)"
-    PIPE = "pipe", "MTA pipe"
-    WEBHOOK_SES = "webhook:ses", "Webhook: Amazon SES"
-    WEBHOOK_SENDGRID = "webhook:sendgrid", "Webhook: SendGrid"
-    WEBHOOK_MAILGUN = "webhook:mailgun", "Webhook: Mailgun"
-    WEBHOOK_POSTMARK = "webhook:postmark", "Webhook: Postmark"
+    SMTP = "smtp", _("Bounce server (SMTP)")
+    IMAP = "imap", _("Mailbox (IMAP)")
+    POP3 = "pop3", _("Mailbox (POP3)")
+    PIPE = "pipe", _("MTA pipe")
+    WEBHOOK_SES = "webhook:ses", _("Webhook: Amazon SES")
+    WEBHOOK_SENDGRID = "webhook:sendgrid", _("Webhook: SendGrid")
+    WEBHOOK_MAILGUN = "webhook:mailgun", _("Webhook: Mailgun")
+    WEBHOOK_POSTMARK = "webhook:postmark", _("Webhook: Postmark")
 
 
 class BounceMessageStatus(models.TextChoices):
-    APPLIED = "applied", "Applied"
-    UNMATCHED = "unmatched", "No matching delivery"
-    IGNORED = "ignored", "Ignored (not a bounce)"
+    APPLIED = "applied", _("Applied")
+    UNMATCHED = "unmatched", _("No matching delivery")
+    IGNORED = "ignored", _("Ignored (not a bounce)")
     UNTRUSTED = "untrusted", _("Untrusted reference (no action)")
-    ERROR = "error", "Error"
+    ERROR = "error", _("Error")
 
 
 class OutcomeKind(models.TextChoices):
     """The classifier's kinds (mailkit.bounces.BounceKind), as stored values."""
 
-    HARD = "hard", "Hard bounce"
-    SOFT = "soft", "Soft bounce"
-    COMPLAINT = "complaint", "Complaint"
-    AUTO_REPLY = "auto-reply", "Auto-reply"
-    NOT_BOUNCE = "not-a-bounce", "Not a bounce"
+    HARD = "hard", _("Hard bounce")
+    SOFT = "soft", _("Soft bounce")
+    COMPLAINT = "complaint", _("Complaint")
+    AUTO_REPLY = "auto-reply", _("Auto-reply")
+    NOT_BOUNCE = "not-a-bounce", _("Not a bounce")
     UNSUBSCRIBE = "unsubscribe", _("Unsubscribe request (List-Unsubscribe mailto)")
 
 
 class BounceAction(models.TextChoices):
     """What applying one outcome did."""
 
-    NONE = "none", "Nothing"
-    RECORDED = "recorded", "Recorded on the delivery"
-    COUNTED = "counted", "Counted, below the policy threshold"
-    SUPPRESSED = "suppressed", "Address suppressed"
-    UNSUBSCRIBED = "unsubscribed", "Contact unsubscribed"
-    UNMATCHED = "unmatched", "No matching delivery"
+    NONE = "none", _("Nothing")
+    RECORDED = "recorded", _("Recorded on the delivery")
+    COUNTED = "counted", _("Counted, below the policy threshold")
+    SUPPRESSED = "suppressed", _("Address suppressed")
+    UNSUBSCRIBED = "unsubscribed", _("Contact unsubscribed")
+    UNMATCHED = "unmatched", _("No matching delivery")
 
 
 class BounceMessage(models.Model):
@@ -75,8 +75,8 @@ class BounceMessage(models.Model):
     source = models.CharField(max_length=20, choices=BounceSource.choices)
     # SHA-256 of every byte received: the same report ingested twice is stored (and counted) once.
     sha256 = models.CharField(max_length=64, unique=True)
-    raw = models.BinaryField(help_text="The first 256 KB of the report as received.")
-    size = models.PositiveIntegerField(help_text="Size in bytes of the whole report.")
+    raw = models.BinaryField(help_text=_("The first 256 KB of the report as received."))
+    size = models.PositiveIntegerField(help_text=_("Size in bytes of the whole report."))
     # The SMTP envelope when the bounce server received it (RCPT may be the VERP address).
     envelope_from = models.CharField(max_length=320, blank=True)
     envelope_to = models.CharField(max_length=320, blank=True)
@@ -161,15 +161,15 @@ class BounceOutcome(models.Model):
 
 
 class PolicyKind(models.TextChoices):
-    HARD = "hard", "Hard bounce"
-    SOFT = "soft", "Soft bounce"
-    COMPLAINT = "complaint", "Complaint"
+    HARD = "hard", _("Hard bounce")
+    SOFT = "soft", _("Soft bounce")
+    COMPLAINT = "complaint", _("Complaint")
 
 
 class PolicyAction(models.TextChoices):
-    NONE = "none", "Do nothing (record only)"
-    UNSUBSCRIBE = "unsubscribe", "Unsubscribe the contact"
-    SUPPRESS = "suppress", "Suppress the address"
+    NONE = "none", _("Do nothing (record only)")
+    UNSUBSCRIBE = "unsubscribe", _("Unsubscribe the contact")
+    SUPPRESS = "suppress", _("Suppress the address")
 
 
 class BouncePolicy(models.Model):
@@ -177,16 +177,17 @@ class BouncePolicy(models.Model):
 
     kind = models.CharField(max_length=10, choices=PolicyKind.choices, unique=True)
     count = models.PositiveSmallIntegerField(
-        default=1, help_text="Act when the contact reaches this many reports (distinct messages)."
+        default=1,
+        help_text=_("Act when the contact reaches this many reports (distinct messages)."),
     )
     window_days = models.PositiveSmallIntegerField(
-        default=0, help_text="Count reports of the last N days; 0 = ever."
+        default=0, help_text=_("Count reports of the last N days; 0 = ever.")
     )
     action = models.CharField(max_length=12, choices=PolicyAction.choices)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        verbose_name_plural = "bounce policies"
+        verbose_name_plural = _("bounce policies")
         ordering = ["kind"]
 
     def __str__(self) -> str:
@@ -195,14 +196,14 @@ class BouncePolicy(models.Model):
 
 
 class MailboxProtocol(models.TextChoices):
-    IMAP = "imap", "IMAP"
-    POP3 = "pop3", "POP3"
+    IMAP = "imap", _("IMAP")
+    POP3 = "pop3", _("POP3")
 
 
 class MailboxSecurity(models.TextChoices):
-    TLS = "tls", "Implicit TLS"
-    STARTTLS = "starttls", "STARTTLS"
-    NONE = "none", "None (loopback only)"
+    TLS = "tls", _("Implicit TLS")
+    STARTTLS = "starttls", _("STARTTLS")
+    NONE = "none", _("None (loopback only)")
 
 
 class Mailbox(models.Model):
@@ -219,7 +220,7 @@ class Mailbox(models.Model):
     )
     username = models.CharField(max_length=255)
     password_encrypted = models.TextField(blank=True, editable=False)
-    folder = models.CharField(max_length=255, default="INBOX", help_text="IMAP only.")
+    folder = models.CharField(max_length=255, default="INBOX", help_text=_("IMAP only."))
     delete_after_processing = models.BooleanField(default=False)
     enabled = models.BooleanField(default=True)
     # IMAP: UIDs are only meaningful with their UIDVALIDITY (RFC 3501 section 2.3.1.1).
@@ -232,7 +233,7 @@ class Mailbox(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        verbose_name_plural = "mailboxes"
+        verbose_name_plural = _("mailboxes")
         ordering = ["name"]
 
     def __str__(self) -> str:

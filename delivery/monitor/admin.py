@@ -10,6 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 from unfold.admin import ModelAdmin
 
 from delivery.monitor import services as monitor_services
@@ -70,7 +71,7 @@ class SmtpCheckAdmin(ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
-    @admin.display(description="Health")
+    @admin.display(description=_("Health"))
     def health_badge(self, obj: SmtpCheck) -> str:
         colour = {"ok": "#16a34a", "degraded": "#d97706", "down": "#dc2626"}[obj.health]
         return format_html('<b style="color:{}">{}</b>', colour, obj.health)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 __all__ = ["Health", "SmtpCheck", "SmtpAlert"]
 
 
 class Health(models.TextChoices):
-    OK = "ok", "OK"
-    DEGRADED = "degraded", "Degraded"
-    DOWN = "down", "Down"
+    OK = "ok", _("OK")
+    DEGRADED = "degraded", _("Degraded")
+    DOWN = "down", _("Down")
 
 
 class SmtpCheck(models.Model):
@@ -23,7 +24,7 @@ class SmtpCheck(models.Model):
         on_delete=models.CASCADE,
         related_name="checks",
     )
-    target = models.CharField(max_length=300, help_text="host:port (security)")
+    target = models.CharField(max_length=300, help_text=_("host:port (security)"))
     checked_at = models.DateTimeField(db_index=True)
     health = models.CharField(max_length=10, choices=Health.choices)
     up = models.BooleanField()
@@ -36,10 +37,10 @@ class SmtpCheck(models.Model):
     cert_days_left = models.FloatField(null=True, blank=True)
     auth_ok = models.BooleanField(null=True, blank=True)
     findings = models.JSONField(default=list, blank=True)
-    result = models.JSONField(default=dict, blank=True, help_text="Everything the check saw.")
+    result = models.JSONField(default=dict, blank=True, help_text=_("Everything the check saw."))
 
     class Meta:
-        verbose_name = "SMTP check"
+        verbose_name = _("SMTP check")
         ordering = ["-checked_at"]
         indexes = [models.Index(fields=["target", "checked_at"], name="smtpcheck_target_time")]
 
@@ -55,10 +56,10 @@ class SmtpAlert(models.Model):
     message = models.TextField()
     created_at = models.DateTimeField()
     resolved_at = models.DateTimeField(null=True, blank=True)
-    delivered = models.JSONField(default=dict, blank=True, help_text="email / webhook results")
+    delivered = models.JSONField(default=dict, blank=True, help_text=_("email / webhook results"))
 
     class Meta:
-        verbose_name = "SMTP alert"
+        verbose_name = _("SMTP alert")
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
