@@ -88,7 +88,7 @@ def _write(outcomes: list[Outcome]) -> None:
             _update_from_values(outcomes)
             _insert_events(outcomes)
         if suppress:
-            _suppress_deliveries(suppress)
+            _hard_bounces_apply(suppress)
 
 
 def _write_alone(outcome: Outcome, refused: Exception) -> None:
@@ -272,7 +272,7 @@ def _update_from_values(
             cursor.execute(sql, params)
 
 
-def _suppress_deliveries(delivery_ids: list[int]) -> None:
+def _hard_bounces_apply(delivery_ids: list[int]) -> None:
     """Synchronous hard bounces: the bounce policy decides, as for a report (one table)."""
     pairs = Delivery.objects.filter(id__in=delivery_ids).values_list("email", "contact_id")
     synchronous_bounces_apply(recipients=list(pairs), source="smtp", now=timezone.now())

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from django.db.models import Q
 from django.db.models.functions import Lower
 
 from contacts.models import SuppressionReason
@@ -106,7 +105,7 @@ def _hard_bounces(recipient: Recipient, policy: BouncePolicy, now: datetime) -> 
     )
     if contact_id is not None:
         deliveries = deliveries.filter(contact_id=contact_id)
-        reports = reports.filter(Q(contact_id=contact_id))
+        reports = reports.filter(contact_id=contact_id)
     else:
         deliveries = deliveries.annotate(email_lower=Lower("email")).filter(
             email_lower=email.lower()

@@ -524,22 +524,17 @@ def test_a_large_import_refreshes_the_planner_statistics(write_file, monkeypatch
     assert tuples == {Contact._meta.db_table: 12, Subscription._meta.db_table: 12}
 
 
-def test_a_file_of_refused_rows_stops_in_seconds_not_minutes(tmp_path, settings):
+def test_a_file_of_refused_rows_stops_instead_of_rejecting_row_by_row(tmp_path, settings):
     """Reviewer's attack: an unclosed quote before 100 M short lines made 100 M refused rows
     (288 s of CPU). Past the limit of refused rows, and with most rows refused, the import
-    stops with a clear error."""
-    import time
-
+    stops with a clear error (without the limit it reads the whole file and succeeds)."""
     from contacts.errors import ImportFileError
 
     settings.EDM_IMPORT_MAX_REJECTED_ROWS = 20_000
     path = tmp_path / "quote.csv"
-    path.write_bytes(b'email,name\n"' + b"a\n" * 2_000_000)
-    contact_list = ContactListFactory()
-    started = time.process_time()
+    path.write_bytes(b'email,name\n"' + b"a\n" * 200_000)
     with pytest.raises(ImportFileError, match="does not look like a contact list"):
-        run(path, contact_list, ImportMode.ADD_NEW)
-    assert time.process_time() - started < 10  # the whole file would take about 6 s more
+        run(path, ContactListFactory(), ImportMode.ADD_NEW)
 
 
 def test_a_file_over_the_row_limit_is_refused_with_a_clear_error(tmp_path, settings):
