@@ -74,7 +74,13 @@ OPEN_STATUSES = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.
 
 
 class Delivery(models.Model):
-    """One recipient of one campaign: the source of truth for what happened to them."""
+    """One message to one recipient: the source of truth for what happened to them.
+
+    A campaign's recipient has its campaign and contact; a transactional message (the API's,
+    the relay's) has neither: its request (key, idempotency, tags, the composed message) is
+    the API's record pointing here. Both go through the same statuses, events, recorder and
+    bounce correlation.
+    """
 
     # No index of its own: the unique (campaign, contact) constraint leads with it. Every
     # index here is rewritten on each status change, twice per message.
@@ -83,9 +89,15 @@ class Delivery(models.Model):
         on_delete=models.CASCADE,
         related_name="deliveries",
         db_index=False,
+        null=True,
+        blank=True,
     )
     contact = models.ForeignKey(
-        "contacts.Contact", on_delete=models.CASCADE, related_name="deliveries"
+        "contacts.Contact",
+        on_delete=models.CASCADE,
+        related_name="deliveries",
+        null=True,
+        blank=True,
     )
     email = models.CharField(max_length=320)
     status = models.CharField(
@@ -129,6 +141,23 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"Delivery #{self.pk} ({self.status})"
+
+
+class DeliveryAlias(models.Model):
+    """A key that named a message before it was a delivery, kept so its reports still match.
+
+    Transactional messages accepted before they became deliveries (migration api 0005) went
+    out with keys of their own: the return path `bounces+<message id>-<tag>` made with the
+    transactional VERP secret, and `tx-<public id>.<tag>` as ENVID and X-Skylark-Delivery.
+    Their bounces may arrive for days; the intake checks the tag, then looks the key up here
+    ("txpk-<message id>", "tx-<public id>"). New messages carry delivery keys only.
+    """
+
+    key = models.CharField(max_length=80, unique=True)
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="+")
+
+    def __str__(self) -> str:
+        return f"{self.key} -> delivery #{self.delivery_id}"
 
 
 class DeliveryLease(models.Model):
