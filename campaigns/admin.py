@@ -15,6 +15,7 @@ from django.utils.html import format_html
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
 
+from campaigns.content.widgets import HtmlEditorWidget
 from campaigns.errors import CampaignError
 from campaigns.models import Campaign, CampaignAttachment, CampaignStatus, Template
 from campaigns.preflight import (
@@ -58,6 +59,7 @@ class TemplateForm(TemplateCheckMixin, forms.ModelForm):
     class Meta:
         model = Template
         fields = ("name", "subject", "html", "text")
+        widgets = {"html": HtmlEditorWidget}
 
 
 class CampaignForm(TemplateCheckMixin, forms.ModelForm):
@@ -77,6 +79,7 @@ class CampaignForm(TemplateCheckMixin, forms.ModelForm):
             "html",
             "text",
         )
+        widgets = {"html": HtmlEditorWidget}
 
 
 @admin.register(Template)

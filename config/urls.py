@@ -13,6 +13,7 @@ urlpatterns = [
         admin.site.admin_view(mailbox_message_view),
         name="mailbox_message",
     ),
+    path("admin/content/", include("campaigns.content.urls")),
     path("admin/", admin.site.urls),
     path("u/<str:token>/", unsubscribe_view, name="unsubscribe"),
     path("o/<str:token>.gif", open_pixel_view, name="track_open"),

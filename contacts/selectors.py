@@ -88,3 +88,23 @@ def contacts_export_rows(*, contact_list: ContactList, chunk_size: int = 2000) -
             "attributes": contact.attributes or {},
             "created_at": contact.created_at,
         }
+
+
+def contact_attribute_keys(*, list_ids: Iterable[int], sample: int = 500) -> list[str]:
+    """The attribute names the subscribed contacts of these lists have (no list: any contact),
+    read from the newest few hundred, most common first: what a template can personalize with."""
+    ids = [int(i) for i in list_ids][:100]
+    contacts = Contact.objects.all()
+    if ids:
+        contacts = contacts.filter(
+            subscriptions__contact_list_id__in=ids,
+            subscriptions__status=SubscriptionStatus.SUBSCRIBED,
+        )
+    attributes = contacts.order_by("-id").values_list("attributes", flat=True)[:sample]
+    counts: dict[str, int] = {}
+    for value in attributes:
+        if isinstance(value, dict):
+            for key in value:
+                if isinstance(key, str) and key.isidentifier() and len(key) <= 64:
+                    counts[key] = counts.get(key, 0) + 1
+    return sorted(counts, key=lambda key: (-counts[key], key))[:200]

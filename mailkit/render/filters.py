@@ -32,6 +32,7 @@ __all__ = [
     "computed_width_refused",
     "filter_date",
     "filter_datetime",
+    "filter_default",
     "filter_number",
     "install",
     "joined_items",
@@ -352,6 +353,22 @@ def _sum(environment: Any, iterable: Any, attribute: Any = None, start: Any = 0)
     return total
 
 
+def filter_default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
+    """``{{ name | default("friend") }}``: the fallback for a missing, None or blank value.
+
+    Jinja's own default() only replaces an undefined value, but an imported contact's empty
+    name is defined and empty, and "Hello ," is what the recipient then reads. ``boolean``
+    keeps Jinja's meaning: any false value (0, an empty list) takes the fallback too.
+    """
+    if isinstance(value, jinja2.Undefined) or value is None:
+        return default_value
+    if isinstance(value, str) and not value.strip():
+        return default_value
+    if boolean and not value:
+        return default_value
+    return value
+
+
 def _guard_iter(value: Any) -> Any:
     """Wrapped around every {% for %} iterable at compile time (see SkylarkEnvironment)."""
     if isinstance(value, jinja2.Undefined):
@@ -378,6 +395,7 @@ def install(env: jinja2.Environment) -> None:
     filters["date"] = filter_date
     filters["datetime"] = filter_datetime
     filters["number"] = filter_number
+    filters["default"] = filters["d"] = filter_default
     filters["_skylark_guard_iter"] = _guard_iter
     for name, original in list(filters.items()):
         filters[name] = _guard(name, original)

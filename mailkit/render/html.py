@@ -11,7 +11,7 @@ from inscriptis.model.config import ParserConfig
 
 from mailkit.errors import TemplateError
 
-__all__ = ["STYLE_BLOCK", "html_to_text", "inline_css", "text_template_from_html"]
+__all__ = ["STYLE_BLOCK", "html_to_text", "inline_css", "text_template_from_html", "tidy_text"]
 
 
 _JINJA_SPAN = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
@@ -145,19 +145,69 @@ def inline_css(source: str, *, extra_css: str = "", fragment: bool = False) -> s
         attrs = _STYLE_ATTR.sub("", match.group(2) or "")
         return f"<{match.group(1)}{attrs} style={style}{match.group(3)}>"
 
+    kept = responsive_rules("\n".join(STYLE_BLOCK.findall(protected.text)))
     without_style_blocks = _STYLE_BLOCK_ELEMENT.sub("", protected.text)
     result = _START_TAG.sub(put_style, without_style_blocks)
     if unmatched:
         raise TemplateError("CSS inlining could not match the template's tags", field="html")
+    if kept and not fragment:
+        result = _put_style_block(result, kept)
     return _restore(result, protected.spans)
+
+
+_HEAD_END = re.compile(r"</head\s*>", re.IGNORECASE)
+_AT_MEDIA = re.compile(r"@media\b", re.IGNORECASE)
+
+
+def responsive_rules(css: str) -> str:
+    """The @media rules of a style sheet (a mobile breakpoint, dark mode), one per line.
+
+    They cannot be inlined, so they are the one style block a message keeps; everything else
+    is inlined and dropped.
+    """
+    rules: list[str] = []
+    position = 0
+    while (match := _AT_MEDIA.search(css, position)) is not None:
+        opening = css.find("{", match.end())
+        if opening < 0:
+            break
+        depth, index = 0, opening
+        for index in range(opening, len(css)):
+            depth += {"{": 1, "}": -1}.get(css[index], 0)
+            if depth == 0:
+                break
+        if depth != 0:
+            break  # unclosed: a browser drops it too
+        rules.append(" ".join(css[match.start() : index + 1].split()))
+        position = index + 1
+    return "\n".join(rules)
+
+
+def _put_style_block(html: str, css: str) -> str:
+    block = f'<style type="text/css">\n{css}\n</style>'
+    head_end = _HEAD_END.search(html)
+    if head_end is None:
+        return block + html
+    return html[: head_end.start()] + block + html[head_end.start() :]
 
 
 _TEXT_CONFIG = ParserConfig(display_links=True)
 
 
+_TRAILING_SPACE = re.compile(r"[ \t\u00a0\u3000]+$", re.MULTILINE)
+_BLANK_RUN = re.compile(r"\n{3,}")
+
+
+def tidy_text(text: str) -> str:
+    """No spaces at the ends of lines, at most one blank line in a row, one final newline."""
+    # The converter pads table cells to their column's width: for a table-based email that was
+    # three quarters of the text part, all of it spaces at the ends of lines.
+    return _BLANK_RUN.sub("\n\n", _TRAILING_SPACE.sub("", text)).strip() + "\n"
+
+
 def html_to_text(html: str) -> str:
     """Plain-text alternative of an HTML body; links stay visible as [label](url)."""
-    return str(get_text(html, _TEXT_CONFIG)).strip() + "\n"
+    return tidy_text(str(get_text(html, _TEXT_CONFIG)))
 
 
 def text_template_from_html(source: str) -> str | None:

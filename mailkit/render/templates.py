@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -14,7 +13,13 @@ from jinja2.exceptions import SecurityError, TemplateSyntaxError
 
 from mailkit.errors import TemplateError
 from mailkit.i18n import gettext as _
-from mailkit.render.html import STYLE_BLOCK, html_to_text, inline_css, text_template_from_html
+from mailkit.render.html import (
+    STYLE_BLOCK,
+    html_to_text,
+    inline_css,
+    text_template_from_html,
+    tidy_text,
+)
 from mailkit.render.limits import DEFAULT_LIMITS, RenderLimits, budget_scope
 from mailkit.render.sandbox import SkylarkEnvironment, make_environment
 
@@ -226,7 +231,7 @@ def render_content(compiled: CompiledTemplates, context: Mapping[str, Any]) -> R
     if compiled.text is not None:
         text = _render_part(compiled.text, context, limits, "text")
         if compiled.text_from_html:
-            text = _tidy_text(text)
+            text = tidy_text(text)
     else:
         if len(html) > limits.max_html_to_text_chars:
             raise TemplateError(
@@ -239,13 +244,6 @@ def render_content(compiled: CompiledTemplates, context: Mapping[str, Any]) -> R
             )
         text = html_to_text(html)
     return RenderedContent(subject=subject, html=html, text=text)
-
-
-_BLANK_RUN = re.compile(r"\n[ \t]*(?:\n[ \t]*){2,}")
-
-
-def _tidy_text(text: str) -> str:
-    return _BLANK_RUN.sub("\n\n", text).strip() + "\n"
 
 
 def contact_context(

@@ -160,3 +160,43 @@ def test_template_variables_lists_undeclared_names():
 
 def test_subject_is_one_line():
     assert _render(subject="a\n{{ v }}\r\nb", v="x\u2028y").subject == "a x y b"
+
+
+@pytest.mark.parametrize("name", ["", "   ", None, "\u3000"])
+def test_default_takes_the_fallback_for_an_empty_or_blank_value(name):
+    # An imported contact's empty name used to leave "Hello ," (66 of 200 messages).
+    result = _render(html="<p>Hello {{ name | default('friend') }},</p>", name=name)
+    assert result.html == "<p>Hello friend,</p>"
+    assert _render(html="{{ x | d('y') }}", x="").html == "y"
+
+
+def test_default_keeps_a_real_value_and_jinjas_boolean_meaning():
+    assert _render(html="{{ name | default('friend') }}", name="Ann").html == "Ann"
+    assert _render(html="{{ n | default(5) }}", n=0).html == "0"
+    assert _render(html="{{ n | default(5, true) }}", n=0).html == "5"
+
+
+def test_generated_text_part_has_no_trailing_spaces_or_blank_runs():
+    html = (
+        "<table><tr><td>Short</td><td>A much longer cell of text</td></tr>"
+        "<tr><td>A very very long first cell here</td><td>x</td></tr></table>"
+        "<p>a</p><p></p><p></p><p>b</p>"
+    )
+    for text in (_render(html=html).text, _render(html=html + "{{ name }}", name="Z").text):
+        assert text.endswith("\n") and not text.endswith("\n\n")
+        assert all(line == line.rstrip() for line in text.split("\n"))
+        assert "\n\n\n" not in text
+        assert "Short" in text and "b" in text
+
+
+def test_inlining_keeps_the_media_rules_in_one_style_block():
+    html = (
+        "<html><head><style>p { color: red } @media (max-width: 480px) { p { color: blue } }"
+        "</style><style>@media (prefers-color-scheme: dark) { p { color: #fff } }</style>"
+        "</head><body><p>{{ name }}</p></body></html>"
+    )
+    rendered = _render(html=html, name="Ann").html
+    assert rendered.count("<style") == 1
+    assert '<p style="color: red;">Ann</p>' in rendered
+    assert "@media (max-width: 480px) { p { color: blue } }" in rendered
+    assert "prefers-color-scheme: dark" in rendered

@@ -1,0 +1,1 @@
+"""Content a marketer builds without writing HTML: variables, block designs, starters, media."""
