@@ -13,13 +13,19 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from mailkit.bounces.evaluate import evaluate, find_corpus  # noqa: E402
+from mailkit.bounces.evaluate import (  # noqa: E402
+    evaluate,
+    find_corpus,
+    leave_one_source_out,
+    load_corpus,
+)
 from mailkit.bounces.kinds import BounceKind  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--misses", action="store_true", help="list every label not matched")
+    parser.add_argument("--worst", type=int, default=8, help="worst families to list")
     parser.add_argument("--repeat", type=int, default=3, help="timing runs (best one is kept)")
     args = parser.parse_args()
 
@@ -27,11 +33,13 @@ def main() -> int:
     if corpus is None:
         print("bounce corpus not found (set EDM_BOUNCE_CORPUS)", file=sys.stderr)
         return 2
-    figures = evaluate(corpus)
+    samples = load_corpus(corpus)
+    figures = evaluate(samples)
     best = figures.seconds
     for _ in range(max(0, args.repeat - 1)):
-        best = min(best, evaluate(corpus).seconds)
+        best = min(best, evaluate(samples).seconds)
     figures.seconds = best
+    loso = leave_one_source_out(samples)
 
     print(f"corpus: {corpus}")
     print(f"messages: {figures.messages}   labelled recipients: {figures.labels}")
@@ -49,6 +57,20 @@ def main() -> int:
     )
     print(f"auto-replies counted as bounces: {figures.auto_replies_as_bounces}   must be 0")
     print(f"speed: {figures.messages_per_second:,.0f} messages/second (one core, best of runs)")
+    print(
+        f"\nleave-one-source-out ({len(loso.families)} families; each judged with the phrases "
+        "found only in its own files left out)"
+    )
+    print(f"  kind agreement:    {loso.kind_rate:.1%}   target >= 95%, no family under 85%")
+    print(f"  recipients found:  {loso.recipient_rate:.1%}   target >= 97%")
+    print(f"  auto-replies counted as bounces: {loso.auto_replies_as_bounces}")
+    print("  worst families:")
+    for family in loso.worst(args.worst):
+        f = family.figures
+        print(
+            f"    {family.family:<18} kind {f.kind_rate:6.1%} ({f.kind_agreed}/{f.labels})"
+            f"   recipients {f.recipient_rate:6.1%}   phrases left out: {len(family.left_out)}"
+        )
     kinds = [k.value for k in BounceKind]
     print("\nconfusion (rows: expected, columns: found)")
     print(" " * 14 + "".join(f"{k:>14}" for k in kinds))
@@ -56,6 +78,14 @@ def main() -> int:
         row = "".join(f"{figures.confusion.get((want, got), 0):>14}" for got in kinds)
         print(f"{want:>14}{row}")
     if args.misses:
+        print("\nleave-one-source-out kind misses")
+        for family in loso.families:
+            for miss in family.figures.misses:
+                if miss.found_kind != miss.expected_kind:
+                    print(
+                        f"{family.family}: {miss.file}: want {miss.expected_kind}/"
+                        f"{miss.expected_reason}, got {miss.found_kind}/{miss.found_reason}"
+                    )
         print("\nmisses")
         for miss in figures.misses:
             flag = "" if miss.recipient_ok else " RECIPIENT"

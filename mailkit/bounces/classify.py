@@ -5,167 +5,9 @@ from __future__ import annotations
 import re
 
 from .kinds import DEAD_ADDRESS_REASONS, BounceKind, BounceReason
+from .rules import active_rulebook
 
 R = BounceReason
-
-# Server texts, tried in order: the first match wins. The order matters where words overlap:
-# "mailbox full" and "size limit" come before "user unknown"; specific blocks (spam, DMARC)
-# before the address checks; the vague words ("rejected", "denied") last.
-_TEXT_RULES: tuple[tuple[BounceReason, re.Pattern[str]], ...] = tuple(
-    (reason, re.compile(pattern))
-    for reason, pattern in (
-        (
-            R.MAILBOX_FULL,
-            r"mailbox (?:is )?full|mailbox (?:is )?over ?quota|over ?quota|quota (?:exceeded|exceed)"
-            r"|exceeded (?:the |his |her |its )?(?:storage|quota|mailbox)|mail ?box size limit"
-            r"|mailfolder is full|full mailbox|mailbox (?:has )?exceeded|exceeds? (?:the )?quota"
-            r"|disk quota|insufficient (?:mailbox )?(?:space|storage)|not enough (?:storage|space)"
-            r"|mailbox is (?:currently )?(?:too )?full|recipient'?s? (?:mailbox|inbox) is full"
-            r"|user has exceeded|mailbox for user is full|no space left|is full and cannot"
-            r"|storage (?:limit|quota)|inbox is full|account is full|over the allowed quota"
-            r"|quota_exceeded|mbox full|maildir over quota|user over quota",
-        ),
-        (
-            R.MESSAGE_TOO_LARGE,
-            r"message (?:is )?too (?:large|big)|too (?:large|big) (?:message|for)"
-            r"|message size (?:exceeds|limit)|size (?:exceeds|limit exceeded)|exceeds? (?:the )?"
-            r"(?:maximum|max|fixed maximum|size limit|message size)|message file too big"
-            r"|message length exceeds|maximum (?:message )?size|larger than (?:the )?(?:maximum|"
-            r"allowed)|mail size limit",
-        ),
-        (
-            R.AUTH_FAILURE,
-            r"\bdmarc\b|\bspf\b|\bdkim\b|sender policy framework|unauthenticated (?:e?mail|sender)"
-            r"|authentication (?:check )?fail|not authenticate|sender (?:domain )?authentication"
-            r"|failed (?:the )?sender id",
-        ),
-        (
-            R.SPAM_BLOCK,
-            r"spam|blacklist|black list|blocklist|block list|denylist|\bdnsbl\b|\brbl\b|\brbls\b"
-            r"|spamhaus|spamcop|barracuda|sorbs|reputation|junk mail|bulk mail|unsolicited"
-            r"|reverse dns|reverse lookup|\bptr\b|rdns|no dns entry|dns (?:record|name) for"
-            r"|not have a (?:valid )?(?:reverse|ptr)|cannot find your hostname|dynamic ip"
-            r"|dial-?up|residential ip|(?<!not )listed (?:at|in|on|by)|is listed|client host .{0,80} blocked"
-            r"|ip (?:address )?(?:has been |is )?blocked|blocked using|\bphish",
-        ),
-        (
-            R.RATE_LIMITED,
-            r"too many (?:connections|messages|recipients|mails|emails|concurrent|sessions|errors)"
-            r"|rate limit|ratelimit|rate of|throttl|sending (?:rate|limit)|exceeded (?:the )?(?:rate|"
-            r"sending|message) limit|too fast|too frequently|try (?:again )?later|connection limit"
-            r"|temporarily deferred|frequency limit|speed limit|exceeded .{0,40}limit"
-            r"|receiving mail at a rate",
-        ),
-        (
-            R.RELAY_DENIED,
-            r"relay(?:ing)? (?:access )?(?:denied|not permitted|not allowed|prohibited)"
-            r"|not (?:permitted|allowed) to relay|unable to relay|we do not relay|no relaying"
-            r"|relay not permitted|cannot relay|isn't allowed to relay|is not a gateway",
-        ),
-        (
-            # The complaint is about our sender address, not the recipient (RFC 3463 X.1.7/X.1.8).
-            R.POLICY_BLOCK,
-            r"sender (?:address|domain)|domain of sender|unroutable sender|sender .{0,30}(?:rejected|"
-            r"denied|unknown|invalid|refused|blocked|not (?:exist|allowed|permitted))|recipient "
-            r"preferences|rejected by (?:the )?recipient|recipient (?:has )?(?:rejected|blocked|filter)",
-        ),
-        (
-            R.MAILBOX_SUSPENDED,
-            r"suspended|temporar(?:il)?y? (?:disabled|inactive|unavailable|locked|blocked)"
-            r"|mailbox is inactive|account is inactive|inactive (?:account|user|mailbox)|is frozen"
-            r"|(?:account|mailbox|user|address|compte)(?: has been| is| was)?(?: temporar(?:il)?y)?"
-            r" (?:disabled|deactivated|discontinued|locked|blocked|bloque)"
-            r"|disabled (?:recipient|account|mailbox|user)|is disabled|been disabled|recipient suspend",
-        ),
-        (
-            R.MAILBOX_DISABLED,
-            r"(?:account|mailbox|user|address)(?: has been| is| was)? (?:closed|terminated|deleted|"
-            r"removed|cancell?ed|expired)|no longer (?:active|in use|valid|available|exists?)",
-        ),
-        (
-            R.MAILBOX_MOVED,
-            r"has moved|user has moved|address has changed|no longer at this address"
-            r"|mailbox has been moved|new address",
-        ),
-        (
-            R.DOMAIN_NOT_ACCEPTING,
-            r"not accepting network messages",  # RFC 3463 X.3.2 text
-        ),
-        (
-            R.NETWORK_ERROR,
-            r"host not found, try again|temporary failure in name resolution|try again later.{0,20}dns",
-        ),
-        (
-            R.UNKNOWN_HOST,
-            r"bad destination system address|host (?:or domain name )?not found|unknown host|host unknown|domain not found"
-            r"|no such domain|unknown domain|domain (?:does not|doesn't) exist|name or service not known"
-            r"|unrouteable (?:mail )?(?:address|domain)|unroutable|non-existent host"
-            r"|domain name not found|name service error|no (?:mx|a|dns) (?:record|host)"
-            r"|mx (?:lookup|record) (?:failed|not found)|could not resolve|cannot resolve"
-            r"|unknown mail domain|invalid domain|domain (?:is )?invalid|bad domain"
-            r"|host not reachable|nxdomain|domain (?:name )?(?:does )?not exist|unresolvable"
-            r"|recipient domain .{0,40} (?:not|invalid)|hostname .{0,40} not found",
-        ),
-        (
-            R.UNKNOWN_USER,
-            r"user unknown|unknown user|no such (?:user|mailbox|recipient|account|person|address|"
-            r"local user)|recipient (?:address )?unknown|unknown (?:recipient|local[- ]part|address|"
-            r"mailbox|alias|or illegal alias)|(?:mailbox|user|recipient|account|address|addressee)"
-            r"(?: name)? (?:not found|unknown|does ?n[o']t exist|not exist|is not (?:valid|known|"
-            r"a valid)|not valid|not listed|is unknown|invalid)|does not exist|doesn'?t exist"
-            r"|not exist|nonexist|non-exist|invalid (?:recipient|mailbox|user|address|account)"
-            r"|not a valid (?:recipient|mailbox|user|address)|no mailbox|mailbox unavailable"
-            r"|mailbox not available|recipnotfound|recipient not found|address not found"
-            r"|user not found|bad destination mailbox|not a known user|no valid recipients"
-            r"|undeliverable address|doesn'?t have an? .{0,40} account|not our customer"
-            r"|no account by that name|unknown or invalid|addressee unknown|rejected: user"
-            r"|unknown in (?:local|virtual|relay) recipient table|not listed in|no such"
-            r"|not a recipient|invalid address|destination address rejected|not our user"
-            r"|recipient address rejected: access denied|directory lookup|no such"
-            r"|check if (?:the )?address is correct"  # Trend Micro InterScan
-            # Japanese: "(user|address) ... not found / does not exist".
-            r"|(?:ユーザー?|宛先|アドレス|受信者).{0,80}(?:見つかりません|存在しません)",
-        ),
-        (
-            R.DOMAIN_NOT_ACCEPTING,
-            r"does not accept (?:e-?)?mail|not accept(?:ing)? (?:any )?(?:e-?)?mail|null mx"
-            # Exim's words for an RFC 7505 null MX.
-            r"|(?:mx|srv) record indicated no smtp service"
-            r"|accepts no mail|no mail (?:service|accepted)",
-        ),
-        (
-            R.EXPIRED,
-            r"expired|retry time|retry timeout|timed? ?out|too long|giving up|gave up"
-            r"|could not be delivered for|was not delivered within|delivery time|undeliverable for"
-            r"|unable to deliver .{0,40} (?:days|hours)|queue(?:d)? too long|lifetime",
-        ),
-        (
-            R.NETWORK_ERROR,
-            r"connection (?:refused|reset|timed out|lost|closed|dropped)|network|unreachable"
-            r"|could not connect|can'?t connect|unable to connect|no route to host"
-            r"|routing loop|mail loop|loop(?:s)? back|too many hops|hop count|dns (?:error|failure)"
-            r"|temporary (?:lookup|dns) failure|lost connection|broken pipe",
-        ),
-        (
-            R.CONTENT_REJECTED,
-            r"virus|malware|infected|content (?:rejected|filter|policy)|message content rejected"
-            r"|attachment|not rfc ?\d* ?compliant|rfc ?\d* ?compliant|malformed"
-            r"|header (?:error|syntax|too long)|invalid (?:header|message|mime)|8-?bit|encoding"
-            r"|syntax error|bad command|line too long|forbidden content|prohibited",
-        ),
-        (
-            R.SYSTEM_ERROR,
-            r"system (?:error|failure|full)|insufficient system storage|disk full"
-            r"|local (?:error|configuration)|internal (?:server )?error|server error"
-            r"|mailer error|configuration error|out of memory|resources",
-        ),
-        (
-            R.POLICY_BLOCK,
-            r"policy|not (?:permitted|allowed|authorized|authorised)|denied|refused|rejected|block"
-            r"|prohibit|forbidden|filter|restricted|not welcome|banned|access|reject",
-        ),
-    )
-)
 
 # RFC 3463 subject/detail codes, tried when the text matched nothing. Keys are "class-less"
 # ("1.1" for X.1.1); the class (2/4/5) decides the kind afterwards.
@@ -266,10 +108,11 @@ def _match_text(text: str) -> tuple[BounceReason | None, bool]:
     if not text:
         return None, False
     text = _SPACE_RE.sub(" ", text.lower())
-    last = len(_TEXT_RULES) - 1
-    for index, (reason, pattern) in enumerate(_TEXT_RULES):
+    rulebook = active_rulebook()
+    rulebook.record(text)
+    for reason, pattern, vague in rulebook.text_rules:
         if pattern.search(text):
-            return reason, index == last
+            return reason, vague
     return None, False
 
 
@@ -304,15 +147,6 @@ _COMMAND_RE = re.compile(
     re.I,
 )
 
-# Phrases that name the refused command without quoting it (RFC 5321 phases).
-_COMMAND_PHRASES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    # qmail-remote: "... does not like recipient." is its RCPT TO refusal.
-    ("RCPT", re.compile(r"does not like recipient", re.I)),
-    ("MAIL", re.compile(r"does not like sender|but sender was rejected", re.I)),
-    ("HELO", re.compile(r"but my name was rejected", re.I)),
-    ("DATA", re.compile(r"failed after i sent the message", re.I)),
-)
-
 
 def find_smtp_command(text: str) -> str:
     """The SMTP command a failure answered ("DATA", "MAIL", "RCPT", ...), or "" (last one wins)."""
@@ -321,7 +155,9 @@ def find_smtp_command(text: str) -> str:
         word = next(group for group in match.groups() if group)
         command = word.replace("_", " ").split()[0].upper()
     if not command and text:
-        for name, pattern in _COMMAND_PHRASES:
+        rulebook = active_rulebook()
+        rulebook.record(text)
+        for name, pattern in rulebook.command_phrases:
             if pattern.search(text):
                 return name
     return command
@@ -408,15 +244,6 @@ def classify_texts(
     )
 
 
-# Definite directory answers: a mailbox server's own lookup, not a gateway's words.
-_DIRECTORY_MISS_RE = re.compile(
-    r"\(000c05a6\)"  # Exchange 2000/2003 MSEXCH:IMS "Unknown Recipient" error code
-    r"|name (?:&|and) address book|not listed in (?:the )?(?:public )?(?:directory|address)"
-    r"|check if (?:the )?address is correct|ディレクトリ",
-    re.I,
-)
-
-
 def _user_unknown_is_filter(status: str, text: str, command: str, *, words_alone: bool) -> bool:
     """Whether a "user unknown" answer is a recipient-side filter rather than a dead address.
 
@@ -440,7 +267,10 @@ def _user_unknown_is_filter(status: str, text: str, command: str, *, words_alone
         detail = find_status(text).partition(".")[2]
     if detail in ("2.0", "2.1") or detail.startswith("7."):
         return True
-    return words_alone and not detail and not command and not _DIRECTORY_MISS_RE.search(text)
+    if not words_alone or detail or command:
+        return False
+    directory_miss = active_rulebook().directory_miss
+    return directory_miss is None or not directory_miss.search(text)
 
 
 def classify_smtp_reply(
