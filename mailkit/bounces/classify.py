@@ -269,8 +269,20 @@ def _user_unknown_is_filter(status: str, text: str, command: str, *, words_alone
         return True
     if not words_alone or detail or command:
         return False
+    if not _RELAYED_RE.search(text):
+        # No remote server's reply in the words: the reporting system looked the address up
+        # itself (Notes, Exchange, IMail say so in their own words), a directory's verdict.
+        return False
     directory_miss = active_rulebook().directory_miss
     return directory_miss is None or not directory_miss.search(text)
+
+
+# A relayed SMTP reply in a text report: a reply code standing alone, or words that quote one.
+_RELAYED_RE = re.compile(
+    r"(?<![\w.,:/-])[45][0-5]\d(?![\w.,:/-])|remote (?:host|server|mail server|mta)|\bsaid:"
+    r"|error_code",
+    re.I,
+)
 
 
 def classify_smtp_reply(

@@ -80,6 +80,12 @@ def dsn_recipient(
     kind, reason = classify_texts(
         status=status, reply_code=reply_code, texts=texts, command=command
     )
+    if field_value(block.get("final-recipient", "")).startswith(("|", "/")) and (
+        kind == BounceKind.HARD or reason == BounceReason.OTHER
+    ):
+        # Delivery to a pipe or a file (Exim, Postfix and Sendmail write "|command"): the
+        # local program failed, which says nothing about the address.
+        kind, reason = BounceKind.SOFT, BounceReason.SYSTEM_ERROR
     return BounceRecipient(
         recipient=address or None,
         kind=kind,

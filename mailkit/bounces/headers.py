@@ -112,6 +112,9 @@ def original_message_id(originals: list[Message]) -> str:
     return ""
 
 
+_RECIPIENT_FIELDS = frozenset({"final-recipient", "original-recipient"})
+
+
 def field_blocks(text: str) -> list[dict[str, str]]:
     """Split "Name: value" text into blank-line separated blocks (RFC 3464 section 2)."""
     blocks: list[dict[str, str]] = []
@@ -129,6 +132,11 @@ def field_blocks(text: str) -> list[dict[str, str]]:
         name, sep, value = line.partition(":")
         name = name.strip().lower()
         if sep and name and " " not in name and len(name) < 40:
+            if name in current and name in _RECIPIENT_FIELDS:
+                # RFC 3464 blocks run together without their blank line (AOL writes them so):
+                # a second recipient field starts the next recipient's block.
+                blocks.append(current)
+                current = {}
             if name not in current:
                 current[name] = value.strip()
             last = name

@@ -76,6 +76,12 @@ def _parse(raw: bytes) -> BounceReport:
         # Some MTAs paste delivery-status fields into the text part (or break the MIME).
         dsn_message2, dsn_recipients = dsn_blocks([readable])
         dsn_message = dsn_message or dsn_message2
+    if not dsn_recipients and (start := raw.lower().find(b"\nfinal-recipient:")) >= 0:
+        # A delivery-status part the MIME walk could not reach (a part nested under a broken
+        # boundary): its fields are still RFC 3464 fields, read from the raw text.
+        window = raw[max(0, start - 4000) : start + 20000].decode("utf-8", "replace")
+        dsn_message2, dsn_recipients = dsn_blocks([window.replace("\r\n", "\n")])
+        dsn_message = dsn_message or dsn_message2
 
     own = own_addresses(msg)
     report_fields = {

@@ -67,8 +67,14 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         # The complaint is about our sender address, not the recipient (RFC 3463 X.1.7/X.1.8).
         R.POLICY_BLOCK,
         r"sender (?:address|domain)|domain of sender|unroutable sender|sender .{0,30}(?:rejected|"
-        r"denied|unknown|invalid|refused|blocked|not (?:exist|allowed|permitted))|recipient "
-        r"preferences|rejected by (?:the )?recipient|recipient (?:has )?(?:rejected|blocked|filter)",
+        r"denied|unknown|invalid|refused|blocked|not (?:exist|allowed|permitted))",
+    ),
+    (
+        # Evidence of a filter the recipient set (the address is alive and chose to refuse).
+        R.FILTERED,
+        r"recipient'?s? (?:preferences|filters?|rules)|(?:rejected|refused|blocked) by (?:the )?"
+        r"recipient|recipient (?:has )?(?:rejected|blocked|refused)"
+        r"|only accepts? (?:e-?mail|mail|messages) from",
     ),
     (
         R.MAILBOX_SUSPENDED,
@@ -114,15 +120,15 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"mailbox|alias|or illegal alias)|(?:mailbox|user|recipient|account|address|addressee)"
         r"(?: name)? (?:not found|unknown|does ?n[o']t exist|not exist|is not (?:valid|known|"
         r"a valid)|not valid|not listed|is unknown|invalid)|does not exist|doesn'?t exist"
-        r"|not exist|nonexist|non-exist|invalid (?:recipient|mailbox|user|address|account)"
+        r"|(?<!may )(?<!might )not exist|nonexist|non-exist|invalid (?:recipient|mailbox|user|address|account)"
         r"|not a valid (?:recipient|mailbox|user|address)|no mailbox|mailbox unavailable"
         r"|mailbox not available|recipnotfound|recipient not found|address not found"
         r"|user not found|bad destination mailbox|not a known user|no valid recipients"
         r"|undeliverable address|doesn'?t have an? .{0,40} account|not our customer"
         r"|no account by that name|unknown or invalid|addressee unknown|rejected: user"
-        r"|unknown in (?:local|virtual|relay) recipient table|not listed in|no such"
+        r"|unknown in (?:local|virtual|relay) recipient table|not listed in|no such(?! file)"
         r"|not a recipient|invalid address|destination address rejected|not our user"
-        r"|recipient address rejected: access denied|directory lookup|no such"
+        r"|recipient address rejected: access denied|directory lookup"
         r"|check if (?:the )?address is correct"  # Trend Micro InterScan
         # Japanese: "(user|address) ... not found / does not exist".
         r"|(?:ユーザー?|宛先|アドレス|受信者).{0,80}(?:見つかりません|存在しません)",
@@ -244,6 +250,13 @@ class Rulebook:
     def without(self, excluded: frozenset[PhraseKey]) -> Rulebook:
         """This rulebook with more phrases left out."""
         return Rulebook(excluded=self.excluded | excluded)
+
+    def text_phrases(self) -> Iterator[PhraseKey]:
+        """The keys of the text rules' phrases this rulebook keeps."""
+        for index, (_, source) in enumerate(TEXT_RULES):
+            for phrase in split_alternatives(source):
+                if (f"text:{index}", phrase) not in self.excluded:
+                    yield (f"text:{index}", phrase)
 
     def record(self, text: str) -> None:
         if self.seen is not None:
