@@ -14,6 +14,17 @@ from datetime import datetime, timedelta
 from mailkit.bounces import BounceKind, classify_smtp_reply
 from mailkit.smtp import SendResult, SendStatus
 
+# The SMTP command each stage of mailkit.smtp ends with: the classifier tells a refused
+# address (RCPT) from a refused message (DATA) or a refused sender (MAIL, the greeting).
+_STAGE_COMMANDS = {
+    "connect": "CONNECT",
+    "tls": "EHLO",
+    "auth": "EHLO",
+    "mail": "MAIL",
+    "rcpt": "RCPT",
+    "data": "DATA",
+}
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -67,7 +78,10 @@ def outcome_for_result(
     if result.status == SendStatus.SENT:
         return base
     kind, reason = classify_smtp_reply(
-        code=result.code, enhanced=result.enhanced or "", text=result.text or ""
+        code=result.code,
+        enhanced=result.enhanced or "",
+        text=result.text or "",
+        command=_STAGE_COMMANDS.get(result.stage, ""),
     )
     if result.status == SendStatus.TEMPORARY:
         started = first_attempt_at or now

@@ -286,9 +286,14 @@ _RELAYED_RE = re.compile(
 
 
 def classify_smtp_reply(
-    *, code: int | None, enhanced: str = "", text: str = ""
+    *, code: int | None, enhanced: str = "", text: str = "", command: str = ""
 ) -> tuple[BounceKind, BounceReason]:
-    """Classify a synchronous SMTP reply: 2xx delivered, 4xx soft, 5xx hard only for dead addresses."""
+    """Classify a synchronous SMTP reply: 2xx delivered, 4xx soft, 5xx hard only for dead addresses.
+
+    The same rules as a report's diagnostic (`classify_failure`, which a DSN's reader calls
+    too): `command` is the SMTP command the reply answered ("RCPT", "DATA", ...), which the
+    sender knows and a DSN says in its words ("in reply to RCPT TO command").
+    """
     enhanced = normalize_status(enhanced) or find_status(text[:200])
     if code is None:
         code = find_reply_code(text[:10])
@@ -300,4 +305,10 @@ def classify_smtp_reply(
         temporary = False
     else:
         temporary = None
-    return classify_failure(status=enhanced, reply_code=code, text=text, temporary=temporary)
+    return classify_failure(
+        status=enhanced,
+        reply_code=code,
+        text=text,
+        temporary=temporary,
+        command=command.upper() or find_smtp_command(text),
+    )
