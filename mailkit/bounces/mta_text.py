@@ -54,7 +54,8 @@ _BOUNCE_SUBJECT_RE = re.compile(
     r"bounce|rejected|unzustellbar|nicht zustellbar|non remis|no entregado|不達|退信|"
     r"未能送达|投递失败|failed delivery|warning: could not send|delayed mail|"
     r"message (?:status|delivery)|mail could not|delivery final|error sending|"
-    r"エラー通知|配信エラー|送信エラー",
+    r"エラー通知|配信エラー|送信エラー|送信失敗|配信不能|未配信|届きませんでした|"
+    r"发送失败|系统退信|无法投递|邮件被退回",
     re.I,
 )
 

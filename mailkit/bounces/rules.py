@@ -24,7 +24,11 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"|mailbox is (?:currently )?(?:too )?full|recipient'?s? (?:mailbox|inbox) is full"
         r"|user has exceeded|mailbox for user is full|no space left|is full and cannot"
         r"|storage (?:limit|quota)|inbox is full|account is full|over the allowed quota"
-        r"|quota_exceeded|mbox full|maildir over quota|user over quota",
+        r"|quota_exceeded|mbox full|maildir over quota|user over quota"
+        r"|too much mail data"  # NTT docomo's 552
+        # Chinese and Japanese: "mailbox full", "space/capacity exceeded".
+        r"|邮箱(?:已满|空间不足|容量不足)|(?:空间|容量)(?:已满|不足|超限)|超出(?:邮箱)?(?:容量|配额)"
+        r"|容量(?:超過|オーバー|が(?:いっぱい|一杯|不足))|容量を超え|メールボックスが(?:いっぱい|一杯|満杯)",
     ),
     (
         R.MESSAGE_TOO_LARGE,
@@ -32,7 +36,7 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"|message size (?:exceeds|limit)|size (?:exceeds|limit exceeded)|exceeds? (?:the )?"
         r"(?:maximum|max|fixed maximum|size limit|message size)|message file too big"
         r"|message length exceeds|maximum (?:message )?size|larger than (?:the )?(?:maximum|"
-        r"allowed)|mail size limit",
+        r"allowed)|mail ?size limit|邮件(?:过大|太大|大小超)|サイズ(?:が大きすぎ|超過|制限)",
     ),
     (
         R.AUTH_FAILURE,
@@ -47,7 +51,9 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"|reverse dns|reverse lookup|\bptr\b|rdns|no dns entry|dns (?:record|name) for"
         r"|not have a (?:valid )?(?:reverse|ptr)|cannot find your hostname|dynamic ip"
         r"|dial-?up|residential ip|(?<!not )listed (?:at|in|on|by)|is listed|client host .{0,80} blocked"
-        r"|ip (?:address )?(?:has been |is )?blocked|blocked using|\bphish",
+        r"|ip (?:address )?(?:has been |is )?blocked|blocked using|\bphish"
+        r"|\bdt:spm\b"  # NetEase (163/126/yeah): "554 DT:SPM ...", content judged spam
+        r"|垃圾邮件|反垃圾|迷惑メール",
     ),
     (
         R.RATE_LIMITED,
@@ -55,7 +61,7 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"|rate limit|ratelimit|rate of|throttl|sending (?:rate|limit)|exceeded (?:the )?(?:rate|"
         r"sending|message) limit|too fast|too frequently|try (?:again )?later|connection limit"
         r"|temporarily deferred|frequency limit|speed limit|exceeded .{0,40}limit"
-        r"|receiving mail at a rate",
+        r"|receiving mail at a rate|频率|过于频繁|发送(?:过多|超限)|頻度",
     ),
     (
         R.RELAY_DENIED,
@@ -82,7 +88,8 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"|mailbox is inactive|account is inactive|inactive (?:account|user|mailbox)|is frozen"
         r"|(?:account|mailbox|user|address|compte)(?: has been| is| was)?(?: temporar(?:il)?y)?"
         r" (?:disabled|deactivated|discontinued|locked|blocked|bloque)"
-        r"|disabled (?:recipient|account|mailbox|user)|is disabled|been disabled|recipient suspend",
+        r"|disabled (?:recipient|account|mailbox|user)|is disabled|been disabled|recipient suspend"
+        r"|(?:被|已被|已)(?:冻结|禁用|停用|锁定)|(?:帐号|账号|账户|邮箱)(?:冻结|停用|禁用)|利用停止",
     ),
     (
         R.MAILBOX_DISABLED,
@@ -111,7 +118,8 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"|mx (?:lookup|record) (?:failed|not found)|could not resolve|cannot resolve"
         r"|unknown mail domain|invalid domain|domain (?:is )?invalid|bad domain"
         r"|host not reachable|nxdomain|domain (?:name )?(?:does )?not exist|unresolvable"
-        r"|recipient domain .{0,40} (?:not|invalid)|hostname .{0,40} not found",
+        r"|recipient domain .{0,40} (?:not|invalid)|hostname .{0,40} not found"
+        r"|域名(?:不存在|无效|错误)|找不到(?:域名|主机)|ドメイン.{0,20}(?:存在しません|見つかりません)",
     ),
     (
         R.UNKNOWN_USER,
@@ -131,7 +139,10 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"|recipient address rejected: access denied|directory lookup"
         r"|check if (?:the )?address is correct"  # Trend Micro InterScan
         # Japanese: "(user|address) ... not found / does not exist".
-        r"|(?:ユーザー?|宛先|アドレス|受信者).{0,80}(?:見つかりません|存在しません)",
+        r"|(?:ユーザー?|宛先|アドレス|受信者).{0,80}(?:見つかりません|存在しません)|宛先不明"
+        # Chinese: "(user|recipient|account|mailbox|address) does not exist / not found".
+        r"|(?:用户|收件人|收信人|帐号|账号|账户|帐户|邮箱|地址)(?:名)?(?:不存在|无效|未找到|找不到)"
+        r"|查无此(?:人|用户)",
     ),
     (
         R.DOMAIN_NOT_ACCEPTING,
@@ -158,7 +169,8 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"virus|malware|infected|content (?:rejected|filter|policy)|message content rejected"
         r"|attachment|not rfc ?\d* ?compliant|rfc ?\d* ?compliant|malformed"
         r"|header (?:error|syntax|too long)|invalid (?:header|message|mime)|8-?bit|encoding"
-        r"|syntax error|bad command|line too long|forbidden content|prohibited",
+        r"|syntax error|bad command|line too long|forbidden content|prohibited"
+        r"|inappropriate (?:words|content)|内容(?:违规|不合法|被拒)",
     ),
     (
         R.SYSTEM_ERROR,
@@ -169,7 +181,7 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
     (
         R.POLICY_BLOCK,
         r"policy|not (?:permitted|allowed|authorized|authorised)|denied|refused|rejected|block"
-        r"|prohibit|forbidden|filter|restricted|not welcome|banned|access|reject",
+        r"|prohibit|forbidden|filter|restricted|not welcome|banned|access|reject|拒收|拒绝|拒否",
     ),
 )
 
