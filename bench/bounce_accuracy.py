@@ -77,6 +77,22 @@ def main() -> int:
     for want in kinds:
         row = "".join(f"{figures.confusion.get((want, got), 0):>14}" for got in kinds)
         print(f"{want:>14}{row}")
+    own = REPO_ROOT / "tests" / "corpus" / "bounces"
+    if (own / "expectations.json").is_file():
+        own_samples = load_corpus(own)
+        own_figures = evaluate(own_samples)
+        own_loso = leave_one_source_out(own_samples)
+        print(
+            f"\nown corpus ({own.relative_to(REPO_ROOT)}: {own_figures.messages} messages, "
+            "formats with their sources; written with these rules in view)"
+        )
+        print(
+            f"  kind agreement {own_figures.kind_rate:.1%}   recipients "
+            f"{own_figures.recipient_rate:.1%}   leave-one-source-out kinds {own_loso.kind_rate:.1%}"
+        )
+        for family in own_loso.worst(3):
+            f = family.figures
+            print(f"    {family.family:<18} kind {f.kind_rate:6.1%} ({f.kind_agreed}/{f.labels})")
     if args.misses:
         print("\nleave-one-source-out kind misses")
         for family in loso.families:

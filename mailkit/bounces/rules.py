@@ -88,7 +88,7 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"|mailbox is inactive|account is inactive|inactive (?:account|user|mailbox)|is frozen"
         r"|(?:account|mailbox|user|address|compte)(?: has been| is| was)?(?: temporar(?:il)?y)?"
         r" (?:disabled|deactivated|discontinued|locked|blocked|bloque)"
-        r"|disabled (?:recipient|account|mailbox|user)|is disabled|been disabled|recipient suspend"
+        r"|disabled (?:recipient|account|mailbox|user)|is (?:now )?disabled|been disabled|recipient suspend"
         r"|(?:被|已被|已)(?:冻结|禁用|停用|锁定)|(?:帐号|账号|账户|邮箱)(?:冻结|停用|禁用)|利用停止",
     ),
     (
@@ -130,7 +130,7 @@ TEXT_RULES: tuple[tuple[BounceReason, str], ...] = (
         r"a valid)|not valid|not listed|is unknown|invalid)|does not exist|doesn'?t exist"
         r"|(?<!may )(?<!might )not exist|nonexist|non-exist|invalid (?:recipient|mailbox|user|address|account)"
         r"|not a valid (?:recipient|mailbox|user|address)|no mailbox|mailbox unavailable"
-        r"|mailbox not available|recipnotfound|recipient not found|address not found"
+        r"|mailbox not available|recipnotfound|recipient ?not ?found|address not found"
         r"|user not found|bad destination mailbox|not a known user|no valid recipients"
         r"|undeliverable address|doesn'?t have an? .{0,40} account|not our customer"
         r"|no account by that name|unknown or invalid|addressee unknown|rejected: user"
