@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 from django.db import connection
@@ -54,6 +55,8 @@ from django.db.models.lookups import (
 )
 from django.utils import timezone
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.utils.translation import ngettext
 
 from contacts.errors import ContactsError
 from mailkit.text import refused_path
@@ -64,6 +67,7 @@ MAX_RULES = 50
 MAX_WITHIN_DAYS = 36600
 
 TEXT_OPS = ("eq", "neq", "contains", "not_contains", "starts_with", "ends_with")
+_NON_EMPTY_TEXT_OPS = ("contains", "not_contains", "starts_with", "ends_with")
 SET_OPS = ("is_set", "is_not_set")
 NUMBER_OPS = ("gt", "gte", "lt", "lte")
 DATE_OPS = ("before", "after", "within_days")
@@ -80,23 +84,23 @@ FIELD_OPS: dict[str, tuple[str, ...]] = {
 }
 ATTRIBUTE_OPS = (*TEXT_OPS, *SET_OPS, *NUMBER_OPS, *DATE_OPS)
 OP_LABELS = {
-    "eq": "equals",
-    "neq": "does not equal",
-    "contains": "contains",
-    "not_contains": "does not contain",
-    "starts_with": "starts with",
-    "ends_with": "ends with",
-    "is_set": "is set",
-    "is_not_set": "is not set",
+    "eq": gettext_lazy("equals"),
+    "neq": gettext_lazy("does not equal"),
+    "contains": gettext_lazy("contains"),
+    "not_contains": gettext_lazy("does not contain"),
+    "starts_with": gettext_lazy("starts with"),
+    "ends_with": gettext_lazy("ends with"),
+    "is_set": gettext_lazy("is set"),
+    "is_not_set": gettext_lazy("is not set"),
     "gt": ">",
     "gte": ">=",
     "lt": "<",
     "lte": "<=",
-    "before": "before",
-    "after": "after",
-    "within_days": "within the last N days",
-    "in": "is in list",
-    "not_in": "is not in list",
+    "before": gettext_lazy("before"),
+    "after": gettext_lazy("after"),
+    "within_days": gettext_lazy("within the last N days"),
+    "in": gettext_lazy("is in list"),
+    "not_in": gettext_lazy("is not in list"),
 }
 SUBSCRIPTION_STATUSES = ("subscribed", "unconfirmed", "unsubscribed", "any")
 CONTACT_STATUSES = ("active", "unsubscribed", "bounced", "complained")
@@ -146,94 +150,211 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def _validate_rule(index: int, raw: Any, *, list_ids: set[int] | None) -> tuple[Rule | None, list]:
-    where = f"Rule {index + 1}"
-    if not isinstance(raw, Mapping):
-        return None, [f"{where}: must be an object with field, op and value."]
-    field = str(raw.get("field") or "").strip()
-    op = str(raw.get("op") or "").strip()
-    value = raw.get("value")
-    if field.startswith("attributes."):
-        key = field.partition(".")[2]
-        if not _ATTRIBUTE_KEY.fullmatch(key):
-            return None, [
-                f"{where}: attribute name {key!r} must be 1-100 letters, digits, _, - or spaces."
-            ]
-        allowed = ATTRIBUTE_OPS
-    elif field in FIELD_OPS:
-        allowed = FIELD_OPS[field]
-    else:
-        return None, [
-            f"{where}: unknown field {field!r}; use one of "
-            f"{', '.join(FIELD_OPS)} or attributes.<name>."
-        ]
-    if op not in allowed:
-        return None, [f"{where}: {field} cannot use {op!r}; use one of {', '.join(allowed)}."]
-    errors: list[str] = []
-    status = str(raw.get("status") or "subscribed")
-    list_id = raw.get("list")
-    if op in SET_OPS:
-        value = None
-    elif op in NUMBER_OPS:
-        try:
-            value = _number(value)
-        except (TypeError, ValueError):
-            errors.append(f"{where}: {op} needs a number, not {value!r}.")
-    elif op == "within_days":
-        try:
-            value = int(value)
-            if not 0 <= value <= MAX_WITHIN_DAYS:
-                raise ValueError
-        except (TypeError, ValueError):
-            errors.append(
-                f"{where}: within_days needs a whole number of days (0-{MAX_WITHIN_DAYS})."
-            )
-    elif op in ("before", "after"):
-        try:
-            value = _parse_date(value).isoformat()
-        except (TypeError, ValueError):
-            errors.append(f"{where}: {op} needs a date as YYYY-MM-DD, not {value!r}.")
-    elif op in LIST_OPS:
-        value = _list_id(value, where, list_ids, errors, "choose a list (a list id)")
-    elif field == "status":
-        if value not in CONTACT_STATUSES:
-            errors.append(f"{where}: status must be one of {', '.join(CONTACT_STATUSES)}.")
-    else:  # text operators
-        if value is None or isinstance(value, (dict, list)):
-            errors.append(f"{where}: {op} needs a text value.")
-        elif isinstance(value, bool):
-            value = "true" if value else "false"
+@dataclass
+class _Draft:
+    """One raw rule while the checks read it: they normalize ``value`` and ``list_id``."""
+
+    number: int  # the rule's place in the list, from 1, as every message names it
+    field: str
+    op: str
+    value: Any
+    status: str
+    list_id: Any
+    list_ids: set[int] | None  # the existing lists; None: not checked
+    allowed: tuple[str, ...] = ()
+    errors: list[str] = dc_field(default_factory=list)
+
+    def fail(self, problem: str) -> None:
+        self.errors.append(
+            _("Rule %(number)d: %(problem)s") % {"number": self.number, "problem": problem}
+        )
+
+
+RuleCheck = Callable[[_Draft], None]
+
+
+def _check_field(draft: _Draft) -> None:
+    """The field exists; sets the operators it takes."""
+    if draft.field.startswith("attributes."):
+        key = draft.field.partition(".")[2]
+        if _ATTRIBUTE_KEY.fullmatch(key):
+            draft.allowed = ATTRIBUTE_OPS
         else:
-            value = (
-                str(value)
-                if not isinstance(value, float) or not value.is_integer()
-                else (str(int(value)))
+            draft.fail(
+                _("attribute name %(key)s must be 1-100 letters, digits, _, - or spaces.")
+                % {"key": repr(key)}
             )
-            if op in ("contains", "not_contains", "starts_with", "ends_with") and not value:
-                errors.append(f"{where}: {op} needs a non-empty value.")
-    if field in ("list", "subscribed_at"):
-        if status not in SUBSCRIPTION_STATUSES:
-            errors.append(
-                f"{where}: subscription status must be one of {', '.join(SUBSCRIPTION_STATUSES)}."
-            )
-    if field == "subscribed_at" and list_id not in (None, ""):
-        list_id = _list_id(list_id, where, list_ids, errors, "list must be a list id")
+    elif draft.field in FIELD_OPS:
+        draft.allowed = FIELD_OPS[draft.field]
     else:
-        list_id = None
-    if errors:
-        return None, errors
-    return Rule(field=field, op=op, value=value, status=status, list_id=list_id), []
+        draft.fail(
+            _("unknown field %(field)s; use one of %(fields)s or attributes.<name>.")
+            % {"field": repr(draft.field), "fields": ", ".join(FIELD_OPS)}
+        )
 
 
-def _list_id(value: Any, where: str, list_ids: set[int] | None, errors: list[str], need: str):
-    """``value`` as a list id, or the value unchanged with an error appended."""
+def _check_operator(draft: _Draft) -> None:
+    """The field takes the operator."""
+    if draft.op not in draft.allowed:
+        draft.fail(
+            _("%(field)s cannot use %(op)s; use one of %(ops)s.")
+            % {"field": draft.field, "op": repr(draft.op), "ops": ", ".join(draft.allowed)}
+        )
+
+
+def _value_none(draft: _Draft) -> None:
+    """is_set / is_not_set take no value: whatever came is dropped."""
+    draft.value = None
+
+
+def _value_number(draft: _Draft) -> None:
+    try:
+        draft.value = _number(draft.value)
+    except (TypeError, ValueError):
+        draft.fail(
+            _("%(op)s needs a number, not %(value)s.")
+            % {"op": draft.op, "value": repr(draft.value)}
+        )
+
+
+def _value_days(draft: _Draft) -> None:
+    try:
+        days = int(draft.value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity in the JSON
+        days = -1
+    if 0 <= days <= MAX_WITHIN_DAYS:
+        draft.value = days
+    else:
+        draft.fail(
+            _("within_days needs a whole number of days (0-%(max)d).") % {"max": MAX_WITHIN_DAYS}
+        )
+
+
+def _value_date(draft: _Draft) -> None:
+    try:
+        draft.value = _parse_date(draft.value).isoformat()
+    except (TypeError, ValueError):
+        draft.fail(
+            _("%(op)s needs a date as YYYY-MM-DD, not %(value)s.")
+            % {"op": draft.op, "value": repr(draft.value)}
+        )
+
+
+def _value_list(draft: _Draft) -> None:
+    draft.value = _list_id(draft, draft.value, _("choose a list (a list id), not %(value)s."))
+
+
+def _value_contact_status(draft: _Draft) -> None:
+    if draft.value not in CONTACT_STATUSES:
+        draft.fail(
+            _("status must be one of %(statuses)s.") % {"statuses": ", ".join(CONTACT_STATUSES)}
+        )
+
+
+def _value_text(draft: _Draft) -> None:
+    value = draft.value
+    if value is None or isinstance(value, (dict, list)):
+        draft.fail(_("%(op)s needs a text value.") % {"op": draft.op})
+        return
+    if isinstance(value, bool):
+        draft.value = "true" if value else "false"
+        return
+    # 3.0 from a JSON number reads as "3", as the attribute's text form does.
+    draft.value = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    if draft.op in _NON_EMPTY_TEXT_OPS and not draft.value:
+        draft.fail(_("%(op)s needs a non-empty value.") % {"op": draft.op})
+
+
+# How each operator's value is checked and normalized; a field may have its own instead.
+VALUE_CHECKS: dict[str, RuleCheck] = {
+    **dict.fromkeys(TEXT_OPS, _value_text),
+    **dict.fromkeys(SET_OPS, _value_none),
+    **dict.fromkeys(NUMBER_OPS, _value_number),
+    "before": _value_date,
+    "after": _value_date,
+    "within_days": _value_days,
+    **dict.fromkeys(LIST_OPS, _value_list),
+}
+FIELD_VALUE_CHECKS: dict[str, RuleCheck] = {"status": _value_contact_status}
+
+
+def _check_value(draft: _Draft) -> None:
+    """The value suits the operator (or the field, for the contact status)."""
+    FIELD_VALUE_CHECKS.get(draft.field, VALUE_CHECKS[draft.op])(draft)
+
+
+def _check_subscription_status(draft: _Draft) -> None:
+    """Membership and subscription-date rules name a subscription status."""
+    if draft.field in ("list", "subscribed_at") and draft.status not in SUBSCRIPTION_STATUSES:
+        draft.fail(
+            _("subscription status must be one of %(statuses)s.")
+            % {"statuses": ", ".join(SUBSCRIPTION_STATUSES)}
+        )
+
+
+def _check_subscribed_list(draft: _Draft) -> None:
+    """A subscription-date rule may name one list; every other rule names none."""
+    if draft.field == "subscribed_at" and draft.list_id not in (None, ""):
+        draft.list_id = _list_id(draft, draft.list_id, _("list must be a list id, not %(value)s."))
+    else:
+        draft.list_id = None
+
+
+# The checks of one rule, in order. A gate's failure ends the rule's checks: the later ones
+# need a known field and an operator it takes.
+RULE_CHECKS: tuple[tuple[str, RuleCheck], ...] = (
+    ("field", _check_field),
+    ("operator", _check_operator),
+    ("value", _check_value),
+    ("subscription status", _check_subscription_status),
+    ("subscribed list", _check_subscribed_list),
+)
+_GATES = frozenset({"field", "operator"})
+
+
+def _validate_rule(
+    index: int, raw: Any, *, list_ids: set[int] | None
+) -> tuple[Rule | None, list[str]]:
+    """One raw rule checked by RULE_CHECKS: the rule, or None and its problems."""
+    if not isinstance(raw, Mapping):
+        problem = _("must be an object with field, op and value.")
+        return None, [_("Rule %(number)d: %(problem)s") % {"number": index + 1, "problem": problem}]
+    draft = _Draft(
+        number=index + 1,
+        field=str(raw.get("field") or "").strip(),
+        op=str(raw.get("op") or "").strip(),
+        value=raw.get("value"),
+        status=str(raw.get("status") or "subscribed"),
+        list_id=raw.get("list"),
+        list_ids=list_ids,
+    )
+    for name, check in RULE_CHECKS:
+        check(draft)
+        if draft.errors and name in _GATES:
+            break
+    if draft.errors:
+        return None, draft.errors
+    return (
+        Rule(
+            field=draft.field,
+            op=draft.op,
+            value=draft.value,
+            status=draft.status,
+            list_id=draft.list_id,
+        ),
+        [],
+    )
+
+
+def _list_id(draft: _Draft, value: Any, need: str) -> Any:
+    """``value`` as a list id, or the value unchanged with ``need`` (a message) failed."""
     try:
         list_id = int(value)
     except (TypeError, ValueError):
-        errors.append(f"{where}: {need}, not {value!r}.")
+        draft.fail(need % {"value": repr(value)})
         return value
-    if list_ids is not None and list_id not in list_ids:
-        errors.append(f"{where}: no contact list with id {list_id}.")
+    if draft.list_ids is not None and list_id not in draft.list_ids:
+        draft.fail(_("no contact list with id %(id)d.") % {"id": list_id})
     return list_id
 
 
@@ -242,13 +363,23 @@ def rules_validate(
 ) -> tuple[Rule, ...]:
     """The rules, checked and normalized; SegmentRuleError lists every problem at once."""
     if match not in (MATCH_ALL, MATCH_ANY):
-        raise SegmentRuleError([f"match must be {MATCH_ALL!r} or {MATCH_ANY!r}."])
+        raise SegmentRuleError(
+            [
+                _("match must be %(all)s or %(any)s.")
+                % {"all": repr(MATCH_ALL), "any": repr(MATCH_ANY)}
+            ]
+        )
     if not isinstance(rules, list):
-        raise SegmentRuleError(["Rules must be a JSON list of rule objects."])
+        raise SegmentRuleError([_("Rules must be a JSON list of rule objects.")])
     if not rules:
-        raise SegmentRuleError(["Add at least one rule."])
+        raise SegmentRuleError([_("Add at least one rule.")])
     if len(rules) > MAX_RULES:
-        raise SegmentRuleError([f"At most {MAX_RULES} rules."])
+        raise SegmentRuleError(
+            [
+                ngettext("At most %(max)d rule.", "At most %(max)d rules.", MAX_RULES)
+                % {"max": MAX_RULES}
+            ]
+        )
     unstorable = refused_path(rules)
     if unstorable is not None:
         # PostgreSQL refuses NUL in a query's text as in a stored row.
@@ -412,29 +543,55 @@ def _subscriptions(rule: Rule):
     return subscriptions
 
 
+def _email_q(rule: Rule) -> Q:
+    return _column_text_q("email", rule.op, rule.value, case_insensitive_eq=True)
+
+
+def _name_q(rule: Rule) -> Q:
+    if rule.op in SET_OPS:
+        present = ~Q(name="")
+        return present if rule.op == "is_set" else ~present
+    return _column_text_q("name", rule.op, rule.value, case_insensitive_eq=False)
+
+
+def _status_q(rule: Rule) -> Q:
+    return Q(status=rule.value) if rule.op == "eq" else ~Q(status=rule.value)
+
+
+def _created_at_q(rule: Rule) -> Q:
+    return _datetime_q("created_at", rule.op, rule.value)
+
+
+def _list_q(rule: Rule) -> Q:
+    member = Exists(_subscriptions(rule).filter(contact_list_id=rule.value))
+    return Q(member) if rule.op == "in" else ~Q(member)
+
+
+def _subscribed_at_q(rule: Rule) -> Q:
+    subscriptions = _subscriptions(rule).filter(_datetime_q("created_at", rule.op, rule.value))
+    if rule.list_id is not None:
+        subscriptions = subscriptions.filter(contact_list_id=rule.list_id)
+    return Q(Exists(subscriptions))
+
+
+# How a validated rule of each field (FIELD_OPS) becomes a Q; attributes: _attribute_q.
+FIELD_QUERIES: dict[str, Callable[[Rule], Q]] = {
+    "email": _email_q,
+    "name": _name_q,
+    "status": _status_q,
+    "created_at": _created_at_q,
+    "list": _list_q,
+    "subscribed_at": _subscribed_at_q,
+}
+
+
 def _rule_q(rule: Rule) -> Q:
     if rule.attribute is not None:
         return _attribute_q(rule)
-    if rule.field == "email":
-        return _column_text_q("email", rule.op, rule.value, case_insensitive_eq=True)
-    if rule.field == "name":
-        if rule.op in SET_OPS:
-            present = ~Q(name="")
-            return present if rule.op == "is_set" else ~present
-        return _column_text_q("name", rule.op, rule.value, case_insensitive_eq=False)
-    if rule.field == "status":
-        return Q(status=rule.value) if rule.op == "eq" else ~Q(status=rule.value)
-    if rule.field == "created_at":
-        return _datetime_q("created_at", rule.op, rule.value)
-    if rule.field == "list":
-        member = Exists(_subscriptions(rule).filter(contact_list_id=rule.value))
-        return Q(member) if rule.op == "in" else ~Q(member)
-    if rule.field == "subscribed_at":
-        subscriptions = _subscriptions(rule).filter(_datetime_q("created_at", rule.op, rule.value))
-        if rule.list_id is not None:
-            subscriptions = subscriptions.filter(contact_list_id=rule.list_id)
-        return Q(Exists(subscriptions))
-    raise SegmentRuleError([f"unknown field {rule.field!r}"])  # validated before: unreachable
+    query = FIELD_QUERIES.get(rule.field)
+    if query is None:  # validated before: unreachable
+        raise SegmentRuleError([f"unknown field {rule.field!r}"])
+    return query(rule)
 
 
 def rules_to_q(rules: Sequence[Rule], *, match: str = MATCH_ALL) -> Q:
@@ -472,13 +629,18 @@ def rules_describe(rules: Sequence[Rule], *, match: str = MATCH_ALL) -> str:
         if rule.op in SET_OPS:
             parts.append(f"{subject} {OP_LABELS[rule.op]}")
         elif rule.op == "within_days":
-            parts.append(f"{subject} within the last {rule.value} days")
+            parts.append(
+                _("%(subject)s within the last %(days)s days")
+                % {"subject": subject, "days": rule.value}
+            )
         elif rule.field == "list":
-            list_name = names.get(rule.value, f"#{rule.value} (deleted)")
+            deleted = _("#%(id)s (deleted)") % {"id": rule.value}
+            list_name = names.get(rule.value, deleted)
             parts.append(f"{OP_LABELS[rule.op]} {list_name}")
         else:
             parts.append(f"{subject} {OP_LABELS.get(rule.op, rule.op)} {rule.value}")
-    return f" {'and' if match == MATCH_ALL else 'or'} ".join(parts)
+    joiner = _("and") if match == MATCH_ALL else _("or")
+    return f" {joiner} ".join(parts)
 
 
 def segment_preview(*, rules: Any, match: str = MATCH_ALL, sample_size: int = 10) -> dict:

@@ -263,3 +263,31 @@ def test_description_names_lists_and_reads_as_a_sentence(db):
         "is in list Newsletter and subscribed_at within the last 30 days"
         " and city equals Paris and name is set"
     )
+
+
+def test_validation_errors_are_in_the_active_language(db):
+    from django.utils import translation
+
+    rules = [
+        {"field": "shoe_size", "op": "eq", "value": 1},
+        {"field": "attributes.x", "op": "within_days", "value": float("inf")},
+    ]
+    with translation.override("zh-hans"), pytest.raises(SegmentRuleError) as caught:
+        rules_validate(rules)
+    assert caught.value.errors[0].startswith("规则 1：未知字段 'shoe_size'")
+    assert caught.value.errors[1] == "规则 2：within_days 需要一个整数天数（0-36600）。"
+
+
+def test_description_is_in_the_active_language(db):
+    from django.utils import translation
+
+    from contacts.segments import rules_describe
+
+    rules = rules_validate(
+        [
+            {"field": "email", "op": "ends_with", "value": "@qq.com"},
+            {"field": "name", "op": "is_set"},
+        ]
+    )
+    with translation.override("zh-hans"):
+        assert rules_describe(rules) == "email 结尾是 @qq.com 且 name 已设置"
