@@ -334,16 +334,7 @@ def _validate_rule(
             break
     if draft.errors:
         return None, draft.errors
-    return (
-        Rule(
-            field=draft.field,
-            op=draft.op,
-            value=draft.value,
-            status=draft.status,
-            list_id=draft.list_id,
-        ),
-        [],
-    )
+    return Rule(draft.field, draft.op, draft.value, draft.status, draft.list_id), []
 
 
 def _list_id(draft: _Draft, value: Any, need: str) -> Any:
