@@ -18,14 +18,8 @@ from unfold.decorators import action, display
 from campaigns.content.widgets import HtmlEditorWidget
 from campaigns.errors import CampaignError
 from campaigns.models import Campaign, CampaignAttachment, CampaignStatus, Template
-from campaigns.preflight import (
-    Level,
-    PreflightReport,
-    campaign_preflight,
-    campaign_preview,
-    find_contact,
-    template_preview,
-)
+from campaigns.preflight import Level, PreflightReport, campaign_preflight
+from campaigns.preview import campaign_preview, find_contact, template_preview
 from campaigns.selectors import campaign_report
 from campaigns.services import (
     campaign_cancel,

@@ -1,4 +1,4 @@
-"""Pre-flight check: render a random sample of recipients and report what would go wrong."""
+"""Pre-flight check: a table of checks that render a sample of recipients and report what would go wrong."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ import logging
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from email.parser import BytesHeaderParser
-from email.policy import default as default_policy
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
-from django.conf import settings
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext, pgettext
 
-from campaigns.models import Campaign, Template
+from campaigns.models import Campaign
 from contacts.models import Contact, ContactStatus, Subscription, SubscriptionStatus
-from contacts.selectors import contacts_by_keys
 from delivery import selectors as delivery_selectors
-from delivery import tokens
-from mailkit.compose import Composer, MessageSpec, make_message_id, validate_address
-from mailkit.dkim import DkimSigner
+from mailkit.compose import Composer, MessageSpec, validate_address
 from mailkit.errors import DeliveryError, DkimError, InvalidAddressError, TemplateError
 from mailkit.render import (
     CompiledTemplates,
@@ -40,13 +37,10 @@ __all__ = [
     "Finding",
     "Level",
     "PreflightReport",
+    "PREFLIGHT_CHECKS",
     "SampleContact",
-    "MessagePreview",
     "campaign_preflight",
-    "campaign_preview",
-    "find_contact",
-    "message_preview",
-    "template_preview",
+    "link_problem",
     "preview_context",
     "sample_contacts",
 ]
@@ -209,18 +203,6 @@ def _recipient_count(campaign: Campaign) -> int:
     return _recipients(campaign).count()
 
 
-def _segment_problems(campaign: Campaign) -> list[str]:
-    from contacts.segments import SegmentRuleError, rules_validate
-
-    problems = []
-    for segment in campaign.segments.all() if campaign.pk else ():
-        try:
-            rules_validate(segment.rules, match=segment.match)
-        except SegmentRuleError as exc:
-            problems.append(f"Segment {segment.name!r} has invalid rules: {exc}")
-    return problems
-
-
 def preview_context(campaign_name: str, contact: SampleContact, *, unsubscribe_url: str) -> dict:
     """The template context of one recipient, as PreparedCampaign.envelope builds it."""
     return contact_context(
@@ -247,17 +229,17 @@ def link_problem(href: str) -> str:
     """Why a rendered href would not work in a mail client, or "" when it is fine."""
     href = html_lib.unescape(href).strip()
     if "{{" in href or "}}" in href or "{%" in href:
-        return "contains an unrendered template tag"
+        return _("contains an unrendered template tag")
     if not href:
-        return "is empty"
+        return _("is empty")
     if any(c.isspace() for c in href):
-        return "contains spaces"
+        return _("contains spaces")
     if href.startswith("#"):
         return ""  # an anchor within the message
     if not href.lower().startswith(_LINK_SCHEMES):
-        return "is not an http(s), mailto or tel link"
+        return _("is not an http(s), mailto or tel link")
     if href.lower() in _LINK_SCHEMES:
-        return "has nothing after the scheme"
+        return _("has nothing after the scheme")
     return ""
 
 
@@ -265,32 +247,354 @@ def link_problem(href: str) -> str:
 ATTACHMENTS_WARN_BYTES = 10 * 1024 * 1024
 
 
-def _check_attachments(campaign: Campaign, html: str, add) -> None:
+@dataclass
+class _Run:
+    """One pre-flight: the campaign, its content, and what the checks so far have found.
+
+    The checks of PREFLIGHT_CHECKS run in order and read what earlier ones left here (the
+    From domain, the recipients, the compiled templates, the sample).
+    """
+
+    campaign: Campaign
+    sample_size: int
+    at_send: bool
+    subject: str
+    html: str
+    text: str
+    findings: list[Finding] = field(default_factory=list)
+    from_domain: str = ""
+    segments_valid: bool = True
+    recipients: int = 0
+    window: list[SampleContact] = field(default_factory=list)
+    compiled: CompiledTemplates | None = None
+    variables: set[str] = field(default_factory=set)
+    composer: Composer | None = None
+    samples: list[SampleContact] = field(default_factory=list)
+    max_html: int = 0
+    # Set by a check after which nothing more can be known (no content, a template that does
+    # not compile): the report then holds the findings so far and the recipients.
+    stopped: bool = False
+
+    def add(self, level: Level, code: str, message: str) -> None:
+        self.findings.append(Finding(level, code, message))
+
+
+PreflightCheck = Callable[[_Run], None]
+
+
+def _check_attachments(run: _Run) -> None:
     """Inline images the HTML points at but nobody attached, and heavy attachments."""
-    if not campaign.pk:
+    if not run.campaign.pk:
         return
-    attachments = list(campaign.attachments.all())
+    attachments = list(run.campaign.attachments.all())
     content_ids = {a.content_id for a in attachments if a.content_id}
-    for cid in sorted(set(re.findall(r"""cid:([^"'\s>)]+)""", html)) - content_ids):
-        add(
+    for cid in sorted(set(re.findall(r"""cid:([^"'\s>)]+)""", run.html)) - content_ids):
+        run.add(
             Level.ERROR,
             "cid_missing",
-            f'The HTML shows the image "cid:{cid}", but no attachment has that Content-ID.',
+            _('The HTML shows the image "cid:%(cid)s", but no attachment has that Content-ID.')
+            % {"cid": cid},
         )
     total = 0
     for attachment in attachments:
         try:
             total += attachment.file.size
         except OSError:
-            add(Level.ERROR, "attachment_missing", f"The attachment {attachment} cannot be read.")
+            run.add(
+                Level.ERROR,
+                "attachment_missing",
+                _("The attachment %(name)s cannot be read.") % {"name": attachment},
+            )
     if total > ATTACHMENTS_WARN_BYTES:
-        add(
+        run.add(
             Level.WARNING,
             "attachments_large",
-            f"The attachments weigh {total / 1024 / 1024:.1f} MB in every message: many "
-            "providers refuse messages over 25 MB, and large mailings look like spam. Link to "
-            "the files instead.",
+            _(
+                "The attachments weigh %(size)s MB in every message: many providers refuse "
+                "messages over 25 MB, and large mailings look like spam. Link to the files "
+                "instead."
+            )
+            % {"size": f"{total / 1024 / 1024:.1f}"},
         )
+
+
+def _validated(address: str) -> tuple[str, str]:
+    """The address as validate_address returns it and "", or "" and why it is invalid."""
+    try:
+        return validate_address(address), ""
+    except InvalidAddressError as exc:
+        return "", str(exc)
+
+
+def _check_from(run: _Run) -> None:
+    """A valid From address; its domain is what DKIM and the List-Id use."""
+    address, error = _validated(run.campaign.from_email)
+    run.from_domain = address.rpartition("@")[2].lower()
+    if error:
+        message = _("The From address is missing or invalid (%(error)s).") % {"error": error}
+        run.add(Level.ERROR, "from_invalid", message)
+
+
+def _check_reply_to(run: _Run) -> None:
+    error = _validated(run.campaign.reply_to)[1] if run.campaign.reply_to else ""
+    if error:
+        message = _("The Reply-To address is invalid (%(error)s).") % {"error": error}
+        run.add(Level.ERROR, "reply_to_invalid", message)
+
+
+def _check_segments(run: _Run) -> None:
+    """Every target segment's rules compile (the audience cannot be read otherwise)."""
+    from contacts.segments import SegmentRuleError, rules_validate
+
+    for segment in run.campaign.segments.all() if run.campaign.pk else ():
+        try:
+            rules_validate(segment.rules, match=segment.match)
+        except SegmentRuleError as exc:
+            run.segments_valid = False
+            run.add(
+                Level.ERROR,
+                "segment_invalid",
+                _("Segment %(name)s has invalid rules: %(error)s")
+                % {"name": repr(segment.name), "error": exc},
+            )
+
+
+def _check_recipients(run: _Run) -> None:
+    """Someone is targeted: counted, or at Send, answered by the window rendered later."""
+    campaign = run.campaign
+    if not campaign.pk or not (campaign.lists.exists() or campaign.segments.exists()):
+        run.add(Level.ERROR, "no_lists", _("The campaign targets no list and no segment."))
+        return
+    if not run.segments_valid:
+        return
+    if run.at_send:
+        run.window = _sample_window(campaign, size=max(1, run.sample_size))
+        run.recipients = int(bool(run.window))
+    else:
+        run.recipients = _recipient_count(campaign)
+    if not run.recipients:
+        run.add(
+            Level.ERROR,
+            "no_recipients",
+            _(
+                "The target lists and segments have no active, subscribed contact: nobody "
+                "would receive it."
+            ),
+        )
+
+
+def _check_dkim(run: _Run) -> None:
+    """The From domain has a DKIM key that signs (unsigned mail is a warning, not an error)."""
+    if not run.from_domain:
+        return
+    try:
+        signer = delivery_selectors.dkim_signer_for(run.from_domain)
+    except DkimError as exc:
+        run.add(
+            Level.ERROR,
+            "dkim_key_unusable",
+            _("The DKIM key of %(domain)s fails: %(error)s")
+            % {"domain": run.from_domain, "error": exc},
+        )
+        return
+    if signer is None:
+        run.add(
+            Level.WARNING,
+            "no_dkim_key",
+            _(
+                "%(domain)s has no enabled DKIM key, so messages go out unsigned and Gmail, "
+                "Yahoo and Outlook are likely to file them as spam. Create one under Delivery > "
+                "DKIM keys or with `python manage.py dkim_keygen %(domain)s`, then publish the "
+                "TXT record it shows."
+            )
+            % {"domain": run.from_domain},
+        )
+
+
+def _check_subject(run: _Run) -> None:
+    if not run.subject.strip():
+        run.add(Level.ERROR, "subject_empty", _("The subject is empty."))
+
+
+def _check_content(run: _Run) -> None:
+    """HTML or text to send; without either nothing further can be checked."""
+    if not run.html.strip() and not run.text.strip():
+        run.add(Level.ERROR, "content_empty", _("The message has neither HTML nor text."))
+        run.stopped = True
+
+
+def _check_templates(run: _Run) -> None:
+    """The templates compile; the variables they use are kept for the sample's checks."""
+    source = TemplateSource(subject=run.subject, html=run.html, text=run.text)
+    try:
+        variables = template_variables(source)
+        run.compiled = compile_templates(source)
+    except TemplateError as exc:
+        run.add(Level.ERROR, "template_error", _("Template error in %(error)s") % {"error": exc})
+        run.stopped = True
+        return
+    run.variables = variables
+
+
+def _check_unsubscribe_link(run: _Run) -> None:
+    """The body (the HTML, or the text when there is no HTML) links to the unsubscribe page."""
+    html = run.html.strip()
+    if html:
+        body = TemplateSource(subject="", html=run.html)
+    else:
+        body = TemplateSource(subject="", html="", text=run.text)
+    if "unsubscribe_url" in template_variables(body):
+        return
+    run.add(
+        Level.ERROR,
+        "no_unsubscribe_link",
+        _(
+            'The %(part)s has no unsubscribe link: add <a href="{{ unsubscribe_url }}">'
+            "Unsubscribe</a>. The List-Unsubscribe header alone is not shown by every client, "
+            "and the law (CAN-SPAM, GDPR) and Gmail's and Yahoo's sender rules ask for a "
+            "visible one."
+        )
+        % {"part": pgettext("message part", "HTML") if html else pgettext("message part", "text")},
+    )
+
+
+def _check_headers(run: _Run) -> None:
+    """The headers campaign_prepare writes can be written, so a bad List-Id shows up here."""
+    if not run.from_domain:
+        return
+    from campaigns.sending.prepare import campaign_list_id
+
+    campaign = run.campaign
+    try:
+        list_id = campaign_list_id(campaign, run.from_domain)
+        run.composer = Composer(
+            MessageSpec(
+                from_email=campaign.from_email,
+                from_name=campaign.from_name,
+                reply_to=campaign.reply_to,
+                list_id=list_id if run.recipients else "",
+                campaign_id=campaign.pk,
+            )
+        )
+    except DeliveryError as exc:
+        run.add(
+            Level.ERROR,
+            "headers_invalid",
+            _("The message headers cannot be written: %(error)s") % {"error": exc},
+        )
+
+
+def _check_sample(run: _Run) -> None:
+    """Render (and compose) every sampled recipient: the window at Send, else a random few."""
+    if not run.recipients:
+        run.samples = []
+    elif run.at_send:
+        run.samples = run.window[: run.sample_size]
+    else:
+        run.samples = sample_contacts(run.campaign, size=run.sample_size)
+    assert run.compiled is not None  # _check_templates stops the run otherwise
+    run.max_html = _render_sample(run, run.compiled)
+
+
+def _check_variables(run: _Run) -> None:
+    """Variables that no sampled contact has (a typo?) or that some lack (empty for them)."""
+    samples = run.samples
+    total = len(samples)
+    for variable in sorted(run.variables - BUILTIN_VARIABLES):
+        lacking = sum(1 for s in samples if variable not in s.attributes)
+        values = {"variable": variable, "lacking": lacking, "total": total}
+        if not samples or lacking == total:
+            run.add(Level.WARNING, "unknown_variable", _unknown_variable_message(values))
+        elif lacking:
+            run.add(
+                Level.INFO,
+                "variable_missing",
+                _(
+                    "%(lacking)d of %(total)d sampled contacts lack {{ %(variable)s }}: it "
+                    "renders empty for them unless the template gives a default."
+                )
+                % values,
+            )
+
+
+def _unknown_variable_message(values: dict) -> str:
+    if not values["total"]:
+        message = _(
+            "{{ %(variable)s }} is neither a contact field nor an attribute of the sampled "
+            "contacts (%(lacking)d of %(total)d lack it): it renders empty. Check the "
+            "spelling, or give a fallback: {{ %(variable)s | default('...') }}."
+        )
+    else:
+        message = ngettext(
+            "{{ %(variable)s }} is neither a contact field nor an attribute of any sampled "
+            "contact (%(lacking)d of %(total)d lack it): it renders empty. Check the "
+            "spelling, or give a fallback: {{ %(variable)s | default('...') }}.",
+            "{{ %(variable)s }} is neither a contact field nor an attribute of any sampled "
+            "contacts (%(lacking)d of %(total)d lack it): it renders empty. Check the "
+            "spelling, or give a fallback: {{ %(variable)s | default('...') }}.",
+            values["total"],
+        )
+    return message % values
+
+
+def _check_html_size(run: _Run) -> None:
+    """Gmail clips a large HTML, and with it, often, the unsubscribe link."""
+    if run.max_html > GMAIL_CLIP_BYTES:
+        run.add(
+            Level.WARNING,
+            "html_clipped",
+            _(
+                "The HTML is up to %(size)s KB: Gmail clips messages over 102 KB and hides the "
+                "rest (often the unsubscribe link) behind 'View entire message'. Shorten it or "
+                "move images and styles out."
+            )
+            % {"size": f"{run.max_html / 1024:.0f}"},
+        )
+
+
+def _note_sampled(run: _Run) -> None:
+    """What was rendered, so that a clean report says how much it looked at."""
+    count = len(run.samples)
+    if not count:
+        return
+    values = {"count": count, "total": run.recipients, "size": f"{run.max_html / 1024:.1f}"}
+    if run.at_send:
+        message = ngettext(
+            "Rendered %(count)d recipient from a random point of the audience; largest HTML "
+            "%(size)s KB.",
+            "Rendered %(count)d recipients from a random point of the audience; largest HTML "
+            "%(size)s KB.",
+            count,
+        )
+    else:
+        message = ngettext(
+            "Rendered %(count)d random recipient of %(total)d; largest HTML %(size)s KB.",
+            "Rendered %(count)d random recipients of %(total)d; largest HTML %(size)s KB.",
+            count,
+        )
+    run.add(Level.INFO, "sampled", message % values)
+
+
+# The pre-flight, in the order its findings are reported. Each check reads the run and adds
+# its findings; a check that leaves the run stopped ends it (PreflightReport then holds the
+# findings so far).
+PREFLIGHT_CHECKS: tuple[tuple[str, PreflightCheck], ...] = (
+    ("attachments", _check_attachments),
+    ("from", _check_from),
+    ("reply_to", _check_reply_to),
+    ("segments", _check_segments),
+    ("recipients", _check_recipients),
+    ("dkim", _check_dkim),
+    ("subject", _check_subject),
+    ("content", _check_content),
+    ("templates", _check_templates),
+    ("unsubscribe_link", _check_unsubscribe_link),
+    ("headers", _check_headers),
+    ("sample", _check_sample),
+    ("variables", _check_variables),
+    ("html_size", _check_html_size),
+    ("sampled", _note_sampled),
+)
 
 
 def campaign_preflight(
@@ -304,173 +608,60 @@ def campaign_preflight(
     the whole audience uniformly. The same checks; the recipients rendered are consecutive
     ones rather than spread over the audience.
     """
-    findings: list[Finding] = []
-
-    def add(level: Level, code: str, message: str) -> None:
-        findings.append(Finding(level, code, message))
-
     subject, html, text = campaign.content()
-    _check_attachments(campaign, html, add)
-    # From
-    from_domain = ""
-    try:
-        from_domain = validate_address(campaign.from_email).rpartition("@")[2].lower()
-    except InvalidAddressError as exc:
-        add(Level.ERROR, "from_invalid", f"The From address is missing or invalid ({exc}).")
-    if campaign.reply_to:
-        try:
-            validate_address(campaign.reply_to)
-        except InvalidAddressError as exc:
-            add(Level.ERROR, "reply_to_invalid", f"The Reply-To address is invalid ({exc}).")
-    # Recipients
-    recipients = 0
-    segment_problems = _segment_problems(campaign)
-    for problem in segment_problems:
-        add(Level.ERROR, "segment_invalid", problem)
-    if not campaign.pk or not (campaign.lists.exists() or campaign.segments.exists()):
-        add(Level.ERROR, "no_lists", "The campaign targets no list and no segment.")
-    elif not segment_problems:
-        if at_send:
-            # Anyone targeted: the window of recipients rendered below answers it too.
-            window = _sample_window(campaign, size=max(1, sample_size))
-            recipients = int(bool(window))
-        else:
-            recipients = _recipient_count(campaign)
-        if not recipients:
-            add(
-                Level.ERROR,
-                "no_recipients",
-                "The target lists and segments have no active, subscribed contact: nobody "
-                "would receive it.",
-            )
-    # DKIM
-    if from_domain:
-        try:
-            signer = delivery_selectors.dkim_signer_for(from_domain)
-        except DkimError as exc:
-            add(Level.ERROR, "dkim_key_unusable", f"The DKIM key of {from_domain} fails: {exc}")
-        else:
-            if signer is None:
-                add(
-                    Level.WARNING,
-                    "no_dkim_key",
-                    f"{from_domain} has no enabled DKIM key, so messages go out unsigned and "
-                    "Gmail, Yahoo and Outlook are likely to file them as spam. Create one under "
-                    f"Delivery > DKIM keys or with `python manage.py dkim_keygen {from_domain}`, "
-                    "then publish the TXT record it shows.",
-                )
-    # Content
-    if not subject.strip():
-        add(Level.ERROR, "subject_empty", "The subject is empty.")
-    if not html.strip() and not text.strip():
-        add(Level.ERROR, "content_empty", "The message has neither HTML nor text.")
-        return PreflightReport(tuple(findings), recipients=recipients)
-    source = TemplateSource(subject=subject, html=html, text=text)
-    try:
-        variables = template_variables(source)
-        compiled = compile_templates(source)
-    except TemplateError as exc:
-        add(Level.ERROR, "template_error", f"Template error in {exc}")
-        return PreflightReport(tuple(findings), recipients=recipients)
-    body_variables = (
-        template_variables(TemplateSource(subject="", html=html))
-        if html.strip()
-        else template_variables(TemplateSource(subject="", html="", text=text))
-    )
-    if "unsubscribe_url" not in body_variables:
-        where = "HTML" if html.strip() else "text"
-        add(
-            Level.ERROR,
-            "no_unsubscribe_link",
-            f"The {where} has no unsubscribe link: add "
-            '<a href="{{ unsubscribe_url }}">Unsubscribe</a>. The List-Unsubscribe header '
-            "alone is not shown by every client, and the law (CAN-SPAM, GDPR) and Gmail's and "
-            "Yahoo's sender rules ask for a visible one.",
-        )
-    composer = None
-    if from_domain:
-        try:
-            # The same headers campaign_prepare writes, so a bad List-Id shows up here too.
-            from campaigns.sending.prepare import campaign_list_id
-
-            list_id = campaign_list_id(campaign, from_domain)
-            composer = Composer(
-                MessageSpec(
-                    from_email=campaign.from_email,
-                    from_name=campaign.from_name,
-                    reply_to=campaign.reply_to,
-                    list_id=list_id if recipients else "",
-                    campaign_id=campaign.pk,
-                )
-            )
-        except DeliveryError as exc:
-            add(Level.ERROR, "headers_invalid", f"The message headers cannot be written: {exc}")
-    # Sample
-    if not recipients:
-        samples = []
-    elif at_send:
-        samples = window[:sample_size]
-    else:
-        samples = sample_contacts(campaign, size=sample_size)
-    max_html = _render_sample(campaign, compiled, composer, samples, add)
-    _check_variables(variables, samples, add)
-    if max_html > GMAIL_CLIP_BYTES:
-        add(
-            Level.WARNING,
-            "html_clipped",
-            f"The HTML is up to {max_html / 1024:.0f} KB: Gmail clips messages over 102 KB "
-            "and hides the rest (often the unsubscribe link) behind 'View entire message'. "
-            "Shorten it or move images and styles out.",
-        )
-    if samples:
-        add(
-            Level.INFO,
-            "sampled",
-            (
-                f"Rendered {len(samples)} recipients from a random point of the audience; "
-                if at_send
-                else f"Rendered {len(samples)} random recipients of {recipients}; "
-            )
-            + f"largest HTML {max_html / 1024:.1f} KB.",
-        )
+    run = _Run(campaign, sample_size, at_send, subject, html, text)
+    for _name, check in PREFLIGHT_CHECKS:
+        check(run)
+        if run.stopped:
+            return PreflightReport(tuple(run.findings), recipients=run.recipients)
     return PreflightReport(
-        tuple(findings),
-        recipients=recipients,
-        sampled=len(samples),
-        max_html_bytes=max_html,
-        variables=tuple(sorted(variables)),
+        tuple(run.findings),
+        recipients=run.recipients,
+        sampled=len(run.samples),
+        max_html_bytes=run.max_html,
+        variables=tuple(sorted(run.variables)),
     )
 
 
-def _render_sample(campaign, compiled: CompiledTemplates, composer, samples, add) -> int:
+@dataclass
+class _SampleProblems:
+    """What rendering the sample found, reported once it is done."""
+
+    failures: Counter[str] = field(default_factory=Counter)
+    first_failure: dict[str, int] = field(default_factory=dict)
+    bad_links: Counter[tuple[str, str]] = field(default_factory=Counter)
+    unrendered: int = 0
+
+    def fail(self, problem: str, contact_id: int) -> None:
+        self.failures[problem] += 1
+        self.first_failure.setdefault(problem, contact_id)
+
+
+def _render_sample(run: _Run, compiled: CompiledTemplates) -> int:
     """Render (and compose) every sampled contact; returns the largest HTML in bytes."""
     max_html = 0
-    failures: Counter[str] = Counter()
-    first_failure: dict[str, int] = {}
-    bad_links: dict[tuple[str, str], int] = {}
-    unrendered = 0
-    for contact in samples:
+    problems = _SampleProblems()
+    for contact in run.samples:
         context = preview_context(
-            campaign.name, contact, unsubscribe_url="https://preflight.invalid/u/token/"
+            run.campaign.name, contact, unsubscribe_url="https://preflight.invalid/u/token/"
         )
         try:
             content = render_content(compiled, context)
         except TemplateError as exc:
-            failures[str(exc)] += 1
-            first_failure.setdefault(str(exc), contact.contact_id)
+            problems.fail(str(exc), contact.contact_id)
             continue
         max_html = max(max_html, len(content.html.encode("utf-8")))
         if "{{" in content.html or "{%" in content.html:
-            unrendered += 1
+            problems.unrendered += 1
         parser = _Links()
         parser.feed(content.html)
         for href in dict.fromkeys(parser.hrefs):
             problem = link_problem(href)
             if problem:
-                bad_links[(href, problem)] = bad_links.get((href, problem), 0) + 1
-        if composer is not None:
+                problems.bad_links[(href, problem)] += 1
+        if run.composer is not None:
             try:
-                composer.compose(
+                run.composer.compose(
                     to_email=contact.email,
                     to_name=contact.name,
                     content=content,
@@ -479,179 +670,56 @@ def _render_sample(campaign, compiled: CompiledTemplates, composer, samples, add
             except InvalidAddressError:
                 pass  # one bad address fails that delivery only; the import should have caught it
             except DeliveryError as exc:
-                failures[f"composing: {exc}"] += 1
-                first_failure.setdefault(f"composing: {exc}", contact.contact_id)
-    for problem, count in failures.items():
-        add(
-            Level.ERROR,
-            "render_error",
-            f"Rendering fails for {count} of {len(samples)} sampled contacts "
-            f"(first: contact #{first_failure[problem]}): {problem}",
-        )
-    for (href, problem), count in list(bad_links.items())[:_MAX_EXAMPLES]:
-        shown = href if len(href) <= 120 else href[:117] + "..."
-        add(
-            Level.WARNING,
-            "malformed_link",
-            f"The link {shown!r} {problem} (in {count} of {len(samples)} sampled messages).",
-        )
-    if len(bad_links) > _MAX_EXAMPLES:
-        add(
-            Level.WARNING,
-            "malformed_link",
-            f"... and {len(bad_links) - _MAX_EXAMPLES} more malformed links.",
-        )
-    if unrendered:
-        add(
-            Level.WARNING,
-            "unrendered_tag",
-            f"'{{{{' or '{{%' is left in the rendered HTML of {unrendered} of {len(samples)} "
-            "sampled messages: a tag is escaped, in a {% raw %} block or comes from a contact "
-            "value.",
-        )
+                problems.fail(_("composing: %(error)s") % {"error": exc}, contact.contact_id)
+    _report_sample(run, problems)
     return max_html
 
 
-def _check_variables(variables: set[str], samples: list[SampleContact], add) -> None:
-    for variable in sorted(variables - BUILTIN_VARIABLES):
-        lacking = sum(1 for s in samples if variable not in s.attributes)
-        if not samples or lacking == len(samples):
-            add(
-                Level.WARNING,
-                "unknown_variable",
-                f"{{{{ {variable} }}}} is neither a contact field nor an attribute of "
-                f"{'any' if samples else 'the'} sampled contact"
-                f"{'s' if len(samples) != 1 else ''} ({lacking} of {len(samples)} lack it): "
-                f"it renders empty. Check the spelling, or give a fallback: "
-                f"{{{{ {variable} | default('...') }}}}.",
+def _report_sample(run: _Run, problems: _SampleProblems) -> None:
+    total = len(run.samples)
+    for problem, count in problems.failures.items():
+        run.add(
+            Level.ERROR,
+            "render_error",
+            _(
+                "Rendering fails for %(count)d of %(total)d sampled contacts (first: contact "
+                "#%(contact)d): %(problem)s"
             )
-        elif lacking:
-            add(
-                Level.INFO,
-                "variable_missing",
-                f"{lacking} of {len(samples)} sampled contacts lack {{{{ {variable} }}}}: it "
-                f"renders empty for them unless the template gives a default.",
+            % {
+                "count": count,
+                "total": total,
+                "contact": problems.first_failure[problem],
+                "problem": problem,
+            },
+        )
+    for (href, problem), count in list(problems.bad_links.items())[:_MAX_EXAMPLES]:
+        shown = href if len(href) <= 120 else href[:117] + "..."
+        run.add(
+            Level.WARNING,
+            "malformed_link",
+            _("The link %(link)s %(problem)s (in %(count)d of %(total)d sampled messages).")
+            % {"link": repr(shown), "problem": problem, "count": count, "total": total},
+        )
+    more = len(problems.bad_links) - _MAX_EXAMPLES
+    if more > 0:
+        run.add(
+            Level.WARNING,
+            "malformed_link",
+            ngettext(
+                "... and %(count)d more malformed link.",
+                "... and %(count)d more malformed links.",
+                more,
             )
-
-
-# --------------------------------------------------------------------------------------------
-# Preview: one recipient's message exactly as the workers would build it
-
-
-@dataclass(frozen=True)
-class MessagePreview:
-    contact: SampleContact
-    subject: str
-    html: str
-    text: str
-    headers: tuple[tuple[str, str], ...]
-    size: int  # bytes on the wire, DKIM signature included
-    html_bytes: int
-    raw: bytes
-
-
-PLACEHOLDER_CONTACT = SampleContact(0, "preview@example.com", "Preview Contact", {})
-
-
-def find_contact(query: str) -> SampleContact | None:
-    """A contact by id ("42", "#42") or by email (any case)."""
-    query = query.strip().lstrip("#")
-    if not query:
-        return None
-    rows = Contact.objects.filter(id=int(query)) if query.isdigit() else None
-    if rows is None:
-        rows = contacts_by_keys([query.lower()])
-    row = rows.values_list("id", "email", "name", "attributes").first()
-    return SampleContact(row[0], row[1], row[2] or "", row[3] or {}) if row else None
-
-
-def random_contact() -> SampleContact | None:
-    """Any active contact, for previewing a template that has no campaign yet."""
-    row = (
-        Contact.objects.filter(status=ContactStatus.ACTIVE)
-        .order_by("?")
-        .values_list("id", "email", "name", "attributes")
-        .first()
-    )
-    return SampleContact(row[0], row[1], row[2] or "", row[3] or {}) if row else None
-
-
-def message_preview(
-    *,
-    compiled: CompiledTemplates,
-    composer: Composer,
-    signer: DkimSigner | None,
-    campaign_name: str,
-    contact: SampleContact,
-    to_email: str = "",
-    subject_prefix: str = "",
-) -> MessagePreview:
-    """Render, compose and sign one message; raises TemplateError or DeliveryError."""
-    # A test or preview has no delivery: id 0, whose unsubscribe token matches nothing.
-    unsubscribe = tokens.unsubscribe_url(0)
-    content = render_content(
-        compiled, preview_context(campaign_name, contact, unsubscribe_url=unsubscribe)
-    )
-    if subject_prefix:
-        content = replace(content, subject=subject_prefix + content.subject)
-    raw = composer.compose(
-        to_email=to_email or contact.email,
-        to_name=contact.name,
-        content=content,
-        message_id=make_message_id(domain=composer.domain),
-        unsubscribe_url=unsubscribe,
-    )
-    if signer is not None:
-        raw = signer.sign(raw)
-    parsed = BytesHeaderParser(policy=default_policy).parsebytes(raw)
-    return MessagePreview(
-        contact=contact,
-        subject=content.subject,
-        html=content.html,
-        text=content.text,
-        headers=tuple((name, str(value)) for name, value in parsed.items()),
-        size=len(raw),
-        html_bytes=len(content.html.encode("utf-8")),
-        raw=raw,
-    )
-
-
-def campaign_preview(
-    campaign: Campaign,
-    *,
-    contact: SampleContact | None = None,
-    to_email: str = "",
-    subject_prefix: str = "",
-) -> MessagePreview:
-    """The campaign's message for one contact (a random recipient when none is given)."""
-    from campaigns.sending.prepare import campaign_prepare
-
-    if contact is None:
-        sample = sample_contacts(campaign, size=1)
-        contact = sample[0] if sample else PLACEHOLDER_CONTACT
-    prepared = campaign_prepare(campaign)
-    return message_preview(
-        compiled=prepared.compiled,
-        composer=prepared.composer,
-        signer=prepared.signer,
-        campaign_name=campaign.name,
-        contact=contact,
-        to_email=to_email,
-        subject_prefix=subject_prefix,
-    )
-
-
-def template_preview(template: Template, *, contact: SampleContact | None = None) -> MessagePreview:
-    """A template rendered for one contact (any active contact when none is given)."""
-    contact = contact or random_contact() or PLACEHOLDER_CONTACT
-    compiled = compile_templates(
-        TemplateSource(subject=template.subject, html=template.html, text=template.text)
-    )
-    composer = Composer(MessageSpec(from_email=settings.EDM_DEFAULT_FROM_EMAIL))
-    return message_preview(
-        compiled=compiled,
-        composer=composer,
-        signer=None,
-        campaign_name=template.name,
-        contact=contact,
-    )
+            % {"count": more},
+        )
+    if problems.unrendered:
+        run.add(
+            Level.WARNING,
+            "unrendered_tag",
+            _(
+                "'{{' or '{%%' is left in the rendered HTML of %(count)d of %(total)d sampled "
+                "messages: a tag is escaped, in a {%% raw %%} block or comes from a contact "
+                "value."
+            )
+            % {"count": problems.unrendered, "total": total},
+        )

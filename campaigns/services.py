@@ -106,7 +106,7 @@ def campaign_send_test(
     Rendered for one contact (contact_id, else a random recipient); the subject starts with
     "[Test] ". One result per address, in order; an invalid address gets a result, not an error.
     """
-    from campaigns.preflight import campaign_preview, find_contact
+    from campaigns.preview import campaign_preview, find_contact
     from mailkit.errors import InvalidAddressError
 
     campaign = Campaign.objects.get(pk=campaign_id)

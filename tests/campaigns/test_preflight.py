@@ -8,10 +8,10 @@ from campaigns.preflight import (
     GMAIL_CLIP_BYTES,
     Level,
     campaign_preflight,
-    campaign_preview,
     link_problem,
     sample_contacts,
 )
+from campaigns.preview import campaign_preview
 from campaigns.services import campaign_send, campaign_validate
 from contacts.models import ContactStatus, SubscriptionStatus
 from delivery.models import DkimKey
@@ -279,3 +279,28 @@ def test_the_window_at_send_reads_growing_id_ranges_of_a_sparse_audience(monkeyp
         assert None not in ranges  # never the whole audience at once
         for leg in ([r for r in ranges if r[0] >= start], [r for r in ranges if r[0] < start]):
             assert all(b - a + 1 <= 2**i for i, (a, b) in enumerate(leg))  # 1, 2, 4, ...
+
+
+def test_findings_are_written_in_the_active_language():
+    from django.utils import translation
+
+    campaign = _campaign(html="<p>{{ citty }}</p>", subject=" ")
+    with translation.override("zh-hans"):
+        report = campaign_preflight(campaign)
+    messages = {f.code: f.message for f in report.findings}
+    assert messages["subject_empty"] == "邮件主题为空。"
+    assert messages["no_unsubscribe_link"].startswith("HTML 内容中没有退订链接")
+    assert messages["unknown_variable"].startswith("{{ citty }} 既不是联系人字段")
+    assert "（3 位中有 3 位没有）" in messages["unknown_variable"]
+    assert messages["sampled"].startswith("已从 3 位收件人中随机渲染 3 位")
+
+
+def test_the_checks_are_a_table_run_in_order():
+    from campaigns.preflight import PREFLIGHT_CHECKS
+
+    names = [name for name, _check in PREFLIGHT_CHECKS]
+    assert len(names) == len(set(names))
+    # A stopped run keeps the findings so far: no subject and no content are both reported.
+    report = campaign_preflight(_campaign(html="", subject=""))
+    assert report.codes()[-2:] == ["subject_empty", "content_empty"]
+    assert report.sampled == 0 and report.variables == ()
