@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from campaigns.models import Campaign
 from campaigns.tracking_models import (
+    ENGAGEMENT_HIT_FIELDS,
     CampaignDomainStats,
     CampaignLink,
     CampaignMinute,
@@ -200,12 +201,7 @@ CSV_HEADER = [
     "reason",
     "smtp_code",
     "sent_at",
-    "opens",
-    "machine_opens",
-    "first_opened_at",
-    "clicks",
-    "machine_clicks",
-    "first_clicked_at",
+    *ENGAGEMENT_HIT_FIELDS,
     "unsubscribed_at",
     "complained",
 ]

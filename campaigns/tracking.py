@@ -21,9 +21,10 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import redis
 from django.conf import settings
@@ -31,6 +32,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from campaigns.tracking_models import (
+    ENGAGEMENT_HIT_FIELDS,
     CampaignDomainStats,
     CampaignLink,
     CampaignMinute,
@@ -153,6 +155,14 @@ def _domain(email: str) -> str:
     return email.rpartition("@")[2].lower()
 
 
+class _Slots(NamedTuple):
+    """The counters one hit or event increments (a campaign's, a minute's, a domain's)."""
+
+    stats: dict[str, int]
+    minute: dict[str, int]
+    domain: dict[str, int]
+
+
 class _Counters:
     """Increments gathered in memory, written as one upsert per table."""
 
@@ -161,6 +171,14 @@ class _Counters:
         self.minutes: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.domains: dict[tuple, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.links: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def slots(self, campaign_id: int, at: datetime, email: str) -> _Slots:
+        """The campaign's, its minute's and the recipient domain's counters, to increment."""
+        return _Slots(
+            self.stats[(campaign_id,)],
+            self.minutes[(campaign_id, _minute(at))],
+            self.domains[(campaign_id, _domain(email))],
+        )
 
     def write(self) -> None:
         _upsert_increment(CampaignStats, ("campaign_id",), self.stats)
@@ -210,26 +228,108 @@ def _upsert_increment(
         cursor.executemany(sql, params)
 
 
+@dataclass
+class _HitRow:
+    """One hit being recorded, with the counters and the engagement row it increments."""
+
+    hit: Hit
+    at: datetime
+    machine: bool
+    engagement: Engagement
+    slots: _Slots
+    data: dict
+    counters: _Counters
+    clicked_links: set[tuple[int, int]]  # (delivery, link) pairs clicked by a person before
+    links: dict[int, TrackedLink | None]
+
+
+def _count(row: _HitRow, *, plural: str, first_at: str) -> None:
+    """The counters of an open or a click: machine hits apart, a person's first one unique."""
+    engagement, (stats, minute, domain) = row.engagement, row.slots
+    if row.machine:
+        machine = f"machine_{plural}"
+        if getattr(engagement, machine) == 0:
+            stats[f"unique_{machine}"] += 1
+        setattr(engagement, machine, getattr(engagement, machine) + 1)
+        stats[machine] += 1
+        minute[machine] += 1
+        return
+    if getattr(engagement, first_at) is None:
+        setattr(engagement, first_at, row.at)
+        stats[f"unique_{plural}"] += 1
+        domain[f"unique_{plural}"] += 1
+    setattr(engagement, plural, getattr(engagement, plural) + 1)
+    stats[plural] += 1
+    minute[plural] += 1
+
+
+def _record_open(row: _HitRow) -> str:
+    _count(row, plural="opens", first_at="first_opened_at")
+    return EventKind.OPEN
+
+
+def _record_click(row: _HitRow) -> str:
+    """A click also counts on its link (unique per person and link) and names the URL."""
+    hit = row.hit
+    link = row.links.get(hit.link_id)
+    row.data.update(link_id=hit.link_id, url=link.url if link else "")
+    _count(row, plural="clicks", first_at="first_clicked_at")
+    link_counts = row.counters.links[hit.link_id]
+    if row.machine:
+        link_counts["machine_clicks"] += 1
+        return EventKind.CLICK
+    if (hit.delivery_id, hit.link_id) not in row.clicked_links:
+        row.clicked_links.add((hit.delivery_id, hit.link_id))
+        link_counts["unique_clicks"] += 1
+    link_counts["clicks"] += 1
+    return EventKind.CLICK
+
+
+# How each kind of hit (Hit.kind) is counted; each returns the kind of its DeliveryEvent.
+HIT_RECORDERS: dict[str, Callable[[_HitRow], str]] = {
+    "open": _record_open,
+    "click": _record_click,
+}
+
+
+def _hit_deliveries(hits: Sequence[Hit]) -> dict[int, tuple[int, str, datetime | None]]:
+    """delivery id -> (campaign id, email, sent at) of the hits' deliveries that exist."""
+    rows = Delivery.objects.filter(pk__in={h.delivery_id for h in hits}).values_list(
+        "pk", "campaign_id", "email", "sent_at"
+    )
+    return {pk: (campaign_id, email, sent_at) for pk, campaign_id, email, sent_at in rows}
+
+
+def _clicked_links(hits: Sequence[Hit]) -> set[tuple[int, int]]:
+    """The (delivery, link) pairs a person clicked in earlier flushes: a link's unique clicks."""
+    click_ids = {h.delivery_id for h in hits if h.kind == "click"}
+    clicked: set[tuple[int, int]] = set()
+    if not click_ids:
+        return clicked
+    for delivery_id, data in DeliveryEvent.objects.filter(
+        delivery_id__in=click_ids, kind=EventKind.CLICK
+    ).values_list("delivery_id", "data"):
+        if isinstance(data, dict) and not data.get("machine") and data.get("link_id"):
+            clicked.add((delivery_id, data["link_id"]))
+    return clicked
+
+
 def tracking_record_hits(hits: Sequence[Hit]) -> int:
     """Write open/click hits in bulk: events, engagement, counters. Returns the hits kept.
 
     Hits of unknown deliveries, and clicks whose link belongs to another campaign, are
-    dropped. Machine hits are kept, flagged, and counted apart.
+    dropped. Machine hits are kept, flagged, and counted apart. Each kind is counted by its
+    entry of HIT_RECORDERS.
     """
     if not hits:
         return 0
     hits = sorted(hits, key=lambda h: h.at)
-    ids = {h.delivery_id for h in hits}
-    deliveries = {
-        pk: (campaign_id, email, sent_at)
-        for pk, campaign_id, email, sent_at in Delivery.objects.filter(pk__in=ids).values_list(
-            "pk", "campaign_id", "email", "sent_at"
-        )
-    }
+    deliveries = _hit_deliveries(hits)
     hits = [
         h
         for h in hits
         if h.delivery_id in deliveries
+        and h.kind in HIT_RECORDERS
         and (h.kind == "open" or h.campaign_id == deliveries[h.delivery_id][0])
     ]
     if not hits:
@@ -239,73 +339,33 @@ def tracking_record_hits(hits: Sequence[Hit]) -> int:
     engaged = {
         e.pk: e for e in Engagement.objects.filter(delivery_id__in={h.delivery_id for h in hits})
     }
-    clicked_links: set[tuple[int, int]] = set()
-    click_ids = {h.delivery_id for h in hits if h.kind == "click"}
-    if click_ids:
-        for delivery_id, data in DeliveryEvent.objects.filter(
-            delivery_id__in=click_ids, kind=EventKind.CLICK
-        ).values_list("delivery_id", "data"):
-            if isinstance(data, dict) and not data.get("machine") and data.get("link_id"):
-                clicked_links.add((delivery_id, data["link_id"]))
-
+    clicked_links = _clicked_links(hits)
     links = {h.link_id: tracked_link(h.link_id) for h in hits if h.link_id}
     counters = _Counters()
     events: list[DeliveryEvent] = []
     touched: dict[int, Engagement] = {}
     for hit, reason in zip(hits, reasons, strict=True):
-        campaign_id, email, _ = deliveries[hit.delivery_id]
+        campaign_id, email, _sent = deliveries[hit.delivery_id]
         at = datetime.fromtimestamp(hit.at, tz=UTC)
-        machine = bool(reason)
         engagement = engaged.get(hit.delivery_id) or touched.get(hit.delivery_id)
         if engagement is None:
             engagement = Engagement(delivery_id=hit.delivery_id, campaign_id=campaign_id)
         touched[hit.delivery_id] = engagement
-        stats = counters.stats[(campaign_id,)]
-        minute = counters.minutes[(campaign_id, _minute(at))]
-        domain = counters.domains[(campaign_id, _domain(email))]
-        data: dict = {"machine": machine, "user_agent": hit.user_agent[:300], "ip": hit.ip}
+        data: dict = {"machine": bool(reason), "user_agent": hit.user_agent[:300], "ip": hit.ip}
         if hit.method != "GET":
             data["method"] = hit.method
-        if hit.kind == "open":
-            kind = EventKind.OPEN
-            if machine:
-                if engagement.machine_opens == 0:
-                    stats["unique_machine_opens"] += 1
-                engagement.machine_opens += 1
-                stats["machine_opens"] += 1
-                minute["machine_opens"] += 1
-            else:
-                if engagement.first_opened_at is None:
-                    engagement.first_opened_at = at
-                    stats["unique_opens"] += 1
-                    domain["unique_opens"] += 1
-                engagement.opens += 1
-                stats["opens"] += 1
-                minute["opens"] += 1
-        else:
-            kind = EventKind.CLICK
-            link = links.get(hit.link_id)
-            data.update(link_id=hit.link_id, url=link.url if link else "")
-            link_counts = counters.links[hit.link_id]
-            if machine:
-                if engagement.machine_clicks == 0:
-                    stats["unique_machine_clicks"] += 1
-                engagement.machine_clicks += 1
-                stats["machine_clicks"] += 1
-                minute["machine_clicks"] += 1
-                link_counts["machine_clicks"] += 1
-            else:
-                if engagement.first_clicked_at is None:
-                    engagement.first_clicked_at = at
-                    stats["unique_clicks"] += 1
-                    domain["unique_clicks"] += 1
-                if (hit.delivery_id, hit.link_id) not in clicked_links:
-                    clicked_links.add((hit.delivery_id, hit.link_id))
-                    link_counts["unique_clicks"] += 1
-                engagement.clicks += 1
-                stats["clicks"] += 1
-                minute["clicks"] += 1
-                link_counts["clicks"] += 1
+        row = _HitRow(
+            hit=hit,
+            at=at,
+            machine=bool(reason),
+            engagement=engagement,
+            slots=counters.slots(campaign_id, at, email),
+            data=data,
+            counters=counters,
+            clicked_links=clicked_links,
+            links=links,
+        )
+        kind = HIT_RECORDERS[hit.kind](row)
         events.append(
             DeliveryEvent(
                 delivery_id=hit.delivery_id, kind=kind, created_at=at, detail=reason, data=data
@@ -317,14 +377,7 @@ def tracking_record_hits(hits: Sequence[Hit]) -> int:
             list(touched.values()),
             update_conflicts=True,
             unique_fields=["delivery"],
-            update_fields=[
-                "opens",
-                "machine_opens",
-                "first_opened_at",
-                "clicks",
-                "machine_clicks",
-                "first_clicked_at",
-            ],
+            update_fields=list(ENGAGEMENT_HIT_FIELDS),
             batch_size=1000,
         )
         counters.write()
@@ -356,6 +409,88 @@ def _async_report(data: object) -> bool:
     return isinstance(data, dict) and data.get("source") == "bounce report"
 
 
+def _count_sent(slots: _Slots, data: object) -> None:
+    slots.minute["sent"] += 1
+    slots.domain["sent"] += 1
+
+
+def _count_bounced(slots: _Slots, data: object) -> None:
+    if _async_report(data):
+        # A report after a 250: the message was counted sent, now it is not delivered.
+        slots.stats["async_bounces"] += 1
+    slots.minute["bounced"] += 1
+    slots.domain["bounced"] += 1
+
+
+def _count_failed(slots: _Slots, data: object) -> None:
+    """A failure counts as a bounce only when a report came after the 250 (a policy block)."""
+    if _async_report(data):
+        _count_bounced(slots, data)
+
+
+def _count_complaint(slots: _Slots, data: object) -> None:
+    slots.stats["complaints"] += 1
+    slots.domain["complaints"] += 1
+
+
+# What the tail counts for each kind of event the send path and the intake write (opens,
+# clicks and unsubscribes are counted where they happen and only go on to the webhooks).
+TAIL_COUNTERS: dict[str, Callable[[_Slots, object], None]] = {
+    EventKind.SENT: _count_sent,
+    EventKind.BOUNCED: _count_bounced,
+    EventKind.FAILED: _count_failed,
+    EventKind.COMPLAINT: _count_complaint,
+}
+
+
+def _tail_read(cursor: TrackingCursor, cutoff: datetime) -> tuple[int, _Counters, list, int]:
+    """One batch of events after the cursor, older than the cutoff: the last id read, the
+    counters and webhook events they make, and how many rows were read."""
+    rows = list(
+        DeliveryEvent.objects.filter(id__gt=cursor.last_id)
+        .order_by("id")
+        .values_list(
+            "id",
+            "kind",
+            "created_at",
+            "delivery_id",
+            "delivery__campaign_id",
+            "delivery__email",
+            "data",
+            "detail",
+        )[:TAIL_BATCH]
+    )
+    last_id = cursor.last_id
+    counters = _Counters()
+    webhook_events = []
+    for event_id, kind, created_at, delivery_id, campaign_id, email, data, detail in rows:
+        if created_at > cutoff:
+            break
+        last_id = event_id
+        if kind not in _TAILED_KINDS:
+            continue
+        # Every tailed kind touches its campaign's, minute's and domain's rows (as it always
+        # has: an open's minute gets its row even though the hit counted the open).
+        slots = counters.slots(campaign_id, created_at, email)
+        count = TAIL_COUNTERS.get(kind)
+        if count is not None:
+            count(slots, data)
+        if kind in WEBHOOK_EVENT_FOR_KIND:
+            webhook_events.append(
+                {
+                    "event": WEBHOOK_EVENT_FOR_KIND[kind],
+                    "event_id": event_id,
+                    "occurred_at": created_at.isoformat(),
+                    "campaign_id": campaign_id,
+                    "delivery_id": delivery_id,
+                    "email": email,
+                    "detail": detail,
+                    "data": data if isinstance(data, dict) else {},
+                }
+            )
+    return last_id, counters, webhook_events, len(rows)
+
+
 def tracking_tail(*, budget_seconds: float = 10.0, now: datetime | None = None) -> int:
     """Count new sent/bounce/complaint events and queue webhooks for every tracked kind."""
     from campaigns.webhooks import webhooks_enqueue
@@ -365,59 +500,7 @@ def tracking_tail(*, budget_seconds: float = 10.0, now: datetime | None = None) 
     handled = 0
     while time.monotonic() < deadline:
         cursor, _ = TrackingCursor.objects.get_or_create(name="events")
-        rows = list(
-            DeliveryEvent.objects.filter(id__gt=cursor.last_id)
-            .order_by("id")
-            .values_list(
-                "id",
-                "kind",
-                "created_at",
-                "delivery_id",
-                "delivery__campaign_id",
-                "delivery__email",
-                "data",
-                "detail",
-            )[:TAIL_BATCH]
-        )
-        last_id = cursor.last_id
-        counters = _Counters()
-        webhook_events = []
-        for event_id, kind, created_at, delivery_id, campaign_id, email, data, detail in rows:
-            if created_at > cutoff:
-                break
-            last_id = event_id
-            if kind not in _TAILED_KINDS:
-                continue
-            stats = counters.stats[(campaign_id,)]
-            minute = counters.minutes[(campaign_id, _minute(created_at))]
-            domain = counters.domains[(campaign_id, _domain(email))]
-            if kind == EventKind.SENT:
-                minute["sent"] += 1
-                domain["sent"] += 1
-            elif kind in (EventKind.BOUNCED, EventKind.FAILED) and _async_report(data):
-                # A report after a 250: the message was counted sent, now it is not delivered.
-                stats["async_bounces"] += 1
-                minute["bounced"] += 1
-                domain["bounced"] += 1
-            elif kind == EventKind.BOUNCED:
-                minute["bounced"] += 1
-                domain["bounced"] += 1
-            elif kind == EventKind.COMPLAINT:
-                stats["complaints"] += 1
-                domain["complaints"] += 1
-            if kind in WEBHOOK_EVENT_FOR_KIND:
-                webhook_events.append(
-                    {
-                        "event": WEBHOOK_EVENT_FOR_KIND[kind],
-                        "event_id": event_id,
-                        "occurred_at": created_at.isoformat(),
-                        "campaign_id": campaign_id,
-                        "delivery_id": delivery_id,
-                        "email": email,
-                        "detail": detail,
-                        "data": data if isinstance(data, dict) else {},
-                    }
-                )
+        last_id, counters, webhook_events, read = _tail_read(cursor, cutoff)
         if last_id == cursor.last_id:
             break
         with transaction.atomic():
@@ -427,7 +510,7 @@ def tracking_tail(*, budget_seconds: float = 10.0, now: datetime | None = None) 
                 last_id=last_id
             )
         handled += len(webhook_events)
-        if len(rows) < TAIL_BATCH:
+        if read < TAIL_BATCH:
             break
     return handled
 

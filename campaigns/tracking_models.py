@@ -132,6 +132,17 @@ class Engagement(models.Model):
         return f"Engagement of delivery {self.delivery_id}"
 
 
+# What the open and click hits write on an Engagement (the report's export shows them too).
+ENGAGEMENT_HIT_FIELDS = (
+    "opens",
+    "machine_opens",
+    "first_opened_at",
+    "clicks",
+    "machine_clicks",
+    "first_clicked_at",
+)
+
+
 class TrackingCursor(models.Model):
     """How far the event tail has read DeliveryEvent (by id)."""
 
