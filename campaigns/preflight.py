@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext, pgettext
+from django.utils.translation import ngettext
 
 from campaigns.models import Campaign
 from contacts.models import Contact, ContactStatus, Subscription, SubscriptionStatus
@@ -449,12 +449,12 @@ def _check_unsubscribe_link(run: _Run) -> None:
         Level.ERROR,
         "no_unsubscribe_link",
         _(
-            'The %(part)s has no unsubscribe link: add <a href="{{ unsubscribe_url }}">'
+            '%(part)s has no unsubscribe link: add <a href="{{ unsubscribe_url }}">'
             "Unsubscribe</a>. The List-Unsubscribe header alone is not shown by every client, "
             "and the law (CAN-SPAM, GDPR) and Gmail's and Yahoo's sender rules ask for a "
             "visible one."
         )
-        % {"part": pgettext("message part", "HTML") if html else pgettext("message part", "text")},
+        % {"part": _("The HTML") if html else _("The text")},
     )
 
 
