@@ -231,24 +231,19 @@ class ImportJobAdmin(ModelAdmin):
         job = get_object_or_404(ImportJob, pk=job_id)
         if job.status != ImportStatus.PENDING or job.started_at:
             return redirect(reverse("admin:contacts_importjob_progress", args=[job.pk]))
-        encoding = (
-            request.POST.get("encoding", job.encoding) if request.method == "POST" else job.encoding
-        )
-        preview = error = None
-        try:
-            with job.file.open("rb") as handle:
-                preview = preview_file(handle, encoding=encoding or "auto")
-        except (ContactsError, LookupError) as exc:
-            error = str(exc)
+        posted = request.method == "POST"
+        encoding = request.POST.get("encoding", job.encoding) if posted else job.encoding
+        preview, error = _read_preview(job, encoding)
         headers = preview.info.headers if preview else ()
-        examples = _column_examples(preview.rows if preview else [], len(headers))
+        rows = preview.rows if preview else []
+        examples = _column_examples(rows, len(headers))
         mapping = job.mapping or _with_email_guess(
             preview.mapping if preview else {}, headers, examples
         )
-        if request.method == "POST" and "reload" in request.POST:
+        if posted and "reload" in request.POST:
             # Re-read with another encoding: keep what the columns were set to.
             mapping = {**mapping, **ImportMappingForm.posted_kinds(request.POST, headers)}
-        starting = request.method == "POST" and "start" in request.POST
+        starting = posted and "start" in request.POST
         form = ImportMappingForm(
             request.POST if starting else None,
             headers=headers,
@@ -257,17 +252,7 @@ class ImportJobAdmin(ModelAdmin):
             initial={"encoding": encoding or "auto"},
         )
         if preview and starting and form.is_valid():
-            job.mapping = form.mapping()
-            job.encoding = form.cleaned_data["encoding"]
-            update_fields = ["mapping", "encoding"]
-            if preview.info.kind == "xlsx":
-                # The reader reports no byte progress for workbooks, so the job page needs
-                # the number of rows up front to show a percentage and the time left.
-                with job.file.open("rb") as handle:
-                    job.options = {**(job.options or {}), "expected_rows": _workbook_rows(handle)}
-                update_fields.append("options")
-            job.save(update_fields=update_fields)
-            import_job_start(job=job)
+            _import_start(job, form, workbook=preview.info.kind == "xlsx")
             return redirect(reverse("admin:contacts_importjob_progress", args=[job.pk]))
         context = self._context(
             request,
@@ -278,7 +263,7 @@ class ImportJobAdmin(ModelAdmin):
             delimiter=_delimiter_label(preview.info.delimiter) if preview else "",
             error=error,
             form=form,
-            rows=_preview_rows(preview.rows if preview else [], headers, mapping, job.options),
+            rows=_preview_rows(rows, headers, mapping, job.options),
         )
         return TemplateResponse(request, "admin/contacts/import_preview.html", context)
 
@@ -435,6 +420,30 @@ def _workbook_rows(handle) -> int | None:
         return None
     handle.seek(0)
     return workbook_data_rows(handle)
+
+
+def _read_preview(job: ImportJob, encoding: str | None):
+    """The file's first rows read with ``encoding``, or None and why it cannot be read."""
+    try:
+        with job.file.open("rb") as handle:
+            return preview_file(handle, encoding=encoding or "auto"), None
+    except (ContactsError, LookupError) as exc:
+        return None, str(exc)
+
+
+def _import_start(job: ImportJob, form: ImportMappingForm, *, workbook: bool) -> None:
+    """Save the chosen mapping and encoding, then start the import."""
+    job.mapping = form.mapping()
+    job.encoding = form.cleaned_data["encoding"]
+    update_fields = ["mapping", "encoding"]
+    if workbook:
+        # The reader reports no byte progress for workbooks, so the job page needs the
+        # number of rows up front to show a percentage and the time left.
+        with job.file.open("rb") as handle:
+            job.options = {**(job.options or {}), "expected_rows": _workbook_rows(handle)}
+        update_fields.append("options")
+    job.save(update_fields=update_fields)
+    import_job_start(job=job)
 
 
 from contacts.segment_admin import *  # noqa: E402,F401,F403

@@ -485,6 +485,45 @@ def _reclaim_lease(lease: DeliveryLease, now: datetime) -> list[int]:
     return [row_id for row_id, _ in rows]
 
 
+def _blocked(claimed: list[ClaimedDelivery]) -> tuple[set[int], set[str]]:
+    """The claimed ids already known to be suppressed, and the suppressed addresses and
+    domains among the claimed ones (read when the claim did not look)."""
+    if all(c.suppressed is not None for c in claimed):  # the claim looked already
+        return {c.id for c in claimed if c.suppressed}, set()
+    emails = {c.email.lower() for c in claimed}
+    domains = {e.rpartition("@")[2] for e in emails}
+    values = Suppression.objects.filter(
+        Q(scope=SuppressionScope.ADDRESS, value__in=emails)
+        | Q(scope=SuppressionScope.DOMAIN, value__in=domains)
+    ).values_list("value", flat=True)
+    return set(), set(values)
+
+
+def _inactive(claimed: list[ClaimedDelivery]) -> set[int]:
+    """The claimed contacts no longer active (read when the claim did not look)."""
+    if all(c.active is not None for c in claimed):  # the claim looked already
+        return {c.contact_id for c in claimed if not c.active}
+    return set(
+        Contact.objects.filter(id__in=[c.contact_id for c in claimed])
+        .exclude(status=ContactStatus.ACTIVE)
+        .values_list("id", flat=True)
+    )
+
+
+def _deliveries_mark_suppressed(ids: list[int]) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        Delivery.objects.filter(id__in=ids, status__in=OPEN_STATUSES).update(
+            status=DeliveryStatus.SUPPRESSED,
+            reason="suppressed",
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        DeliveryEvent.objects.bulk_create(
+            DeliveryEvent(delivery_id=i, kind=EventKind.SUPPRESSED, created_at=now) for i in ids
+        )
+
+
 def deliveries_drop_suppressed(
     claimed: list[ClaimedDelivery], *, targeted: set[int] | None = None
 ) -> list[ClaimedDelivery]:
@@ -496,53 +535,28 @@ def deliveries_drop_suppressed(
     """
     if not claimed:
         return claimed
-    if all(c.suppressed is not None for c in claimed):  # the claim looked already
-        blocked_ids = {c.id for c in claimed if c.suppressed}
-        blocked_values: set[str] = set()
-    else:
-        emails = {c.email.lower() for c in claimed}
-        domains = {e.rpartition("@")[2] for e in emails}
-        blocked_ids = set()
-        blocked_values = set(
-            Suppression.objects.filter(
-                Q(scope=SuppressionScope.ADDRESS, value__in=emails)
-                | Q(scope=SuppressionScope.DOMAIN, value__in=domains)
-            ).values_list("value", flat=True)
-        )
-    if all(c.active is not None for c in claimed):  # the claim looked already
-        inactive = {c.contact_id for c in claimed if not c.active}
-    else:
-        inactive = set(
-            Contact.objects.filter(id__in=[c.contact_id for c in claimed])
-            .exclude(status=ContactStatus.ACTIVE)
-            .values_list("id", flat=True)
-        )
-    keep, dropped = [], []
-    for item in claimed:
+    blocked_ids, blocked_values = _blocked(claimed)
+    inactive = _inactive(claimed)
+
+    def dropped(item: ClaimedDelivery) -> bool:
         email = item.email.lower()
-        if (
+        return (
             item.id in blocked_ids
             or email in blocked_values
             or email.rpartition("@")[2] in blocked_values
             or item.contact_id in inactive
             or (targeted is not None and item.contact_id not in targeted)
-        ):
-            dropped.append(item)
+        )
+
+    keep: list[ClaimedDelivery] = []
+    drop: list[int] = []
+    for item in claimed:
+        if dropped(item):
+            drop.append(item.id)
         else:
             keep.append(item)
-    if dropped:
-        now = timezone.now()
-        ids = [d.id for d in dropped]
-        with transaction.atomic():
-            Delivery.objects.filter(id__in=ids, status__in=OPEN_STATUSES).update(
-                status=DeliveryStatus.SUPPRESSED,
-                reason="suppressed",
-                lease_expires_at=None,
-                updated_at=now,
-            )
-            DeliveryEvent.objects.bulk_create(
-                DeliveryEvent(delivery_id=i, kind=EventKind.SUPPRESSED, created_at=now) for i in ids
-            )
+    if drop:
+        _deliveries_mark_suppressed(drop)
     return keep
 
 

@@ -751,27 +751,18 @@ def contact_rows(
     """
     seen = SeenAddresses() if seen is None else seen
     email_at = plan.email
-    name_at, first_at, last_at = plan.name, plan.first_name, plan.last_name
-    attributes_at = plan.attributes
     for record in records:
         if record.reason is not None:
             yield record
             continue
         fields = record.fields
-        width = len(fields)
-        raw_email = fields[email_at] if email_at < width else ""
+        raw_email = fields[email_at] if email_at < len(fields) else ""
         try:
             email = normalize_email(raw_email, policy=policy)
         except InvalidEmail as exc:
-            detail = (
-                exc.detail
-                if exc.reason is not RejectReason.INVALID_EMAIL
-                else (f"{raw_email.strip()[:100]!r}: {exc.detail}")
-            )
-            yield Record(record.line, reason=exc.reason, detail=detail)
+            yield _invalid_email(record, raw_email, exc)
             continue
-        key = hash(email_key(email))
-        first_line = seen.setdefault(key, record.line)
+        first_line = seen.setdefault(hash(email_key(email)), record.line)
         if first_line != record.line:
             yield Record(
                 record.line,
@@ -779,20 +770,40 @@ def contact_rows(
                 detail=f"same address as line {first_line}",
             )
             continue
-        name = fields[name_at].strip() if name_at is not None and name_at < width else ""
-        attributes: dict[str, str] = {}
-        if first_at is not None or last_at is not None:
-            first = fields[first_at].strip() if first_at is not None and first_at < width else ""
-            last = fields[last_at].strip() if last_at is not None and last_at < width else ""
-            if first:
-                attributes[FIRST_NAME] = first
-            if last:
-                attributes[LAST_NAME] = last
-            if not name:
-                name = compose_name(first, last)
-        for index, key_name in attributes_at:
-            if index < width:
-                value = fields[index].strip()
-                if value:
-                    attributes[key_name] = value
+        name, attributes = _name_and_attributes(fields, plan)
         yield ContactRow(record.line, email, name[:300], attributes)
+
+
+def _invalid_email(record: Record, raw_email: str, exc: InvalidEmail) -> Record:
+    """The reject of a row whose address does not normalize (the address quoted, bounded)."""
+    detail = exc.detail
+    if exc.reason is RejectReason.INVALID_EMAIL:
+        detail = f"{raw_email.strip()[:100]!r}: {exc.detail}"
+    return Record(record.line, reason=exc.reason, detail=detail)
+
+
+def _name_and_attributes(fields: tuple[str, ...], plan: ColumnPlan) -> tuple[str, dict[str, str]]:
+    """A row's name (from first and last name when it has none) and its non-empty attributes.
+
+    One call per row of the import's hot path: the columns are read by index, a short row
+    reads as empty cells.
+    """
+    width = len(fields)
+    name_at, first_at, last_at = plan.name, plan.first_name, plan.last_name
+    name = fields[name_at].strip() if name_at is not None and name_at < width else ""
+    attributes: dict[str, str] = {}
+    if first_at is not None or last_at is not None:
+        first = fields[first_at].strip() if first_at is not None and first_at < width else ""
+        last = fields[last_at].strip() if last_at is not None and last_at < width else ""
+        if first:
+            attributes[FIRST_NAME] = first
+        if last:
+            attributes[LAST_NAME] = last
+        if not name:
+            name = compose_name(first, last)
+    for index, key_name in plan.attributes:
+        if index < width:
+            value = fields[index].strip()
+            if value:
+                attributes[key_name] = value
+    return name, attributes

@@ -104,9 +104,99 @@ def _angle(message_id: str) -> str:
     return message_id
 
 
+def _complaint(email: str, diagnostic: str) -> BounceRecipient:
+    """A recipient's spam complaint as a provider reports it (no feedback type given)."""
+    return BounceRecipient(
+        recipient=email,
+        kind=BounceKind.COMPLAINT,
+        reason=BounceReason.COMPLAINT,
+        diagnostic=diagnostic,
+    )
+
+
 # --- Amazon SES (SNS) ------------------------------------------------------------------------
 
 _SES_SOFT_PERMANENT = {"MessageTooLarge", "ContentRejected", "AttachmentRejected"}
+
+
+def _ses_bounce_recipient(item: dict, bounce: dict, mta: str) -> BounceRecipient:
+    """One bounced recipient of an SES bounce, classified, with SES's verdict applied."""
+    bounce_type = bounce.get("bounceType", "")
+    sub_type = bounce.get("bounceSubType", "")
+    status = str(item.get("status", ""))
+    text = str(item.get("diagnosticCode", "")).removeprefix("smtp;").strip()
+    recipient = _classified(
+        recipient=str(item.get("emailAddress", "")),
+        code=None,
+        status=status,
+        text=text or f"{bounce_type} {sub_type}",
+        mta=mta,
+    )
+    if bounce_type == "Permanent" and sub_type not in _SES_SOFT_PERMANENT:
+        if recipient.kind != BounceKind.HARD and not text:
+            # SES vouches for a dead address (NoEmail, Suppressed) without words.
+            return BounceRecipient(
+                recipient=recipient.recipient,
+                kind=BounceKind.HARD,
+                reason=BounceReason.UNKNOWN_USER,
+                status=status,
+                diagnostic=f"SES {bounce_type}/{sub_type}",
+                reporting_mta=mta,
+            )
+    elif recipient.kind == BounceKind.HARD:
+        # Transient or Undetermined: never a dead address.
+        return BounceRecipient(
+            recipient=recipient.recipient,
+            kind=BounceKind.SOFT,
+            reason=BounceReason.OTHER,
+            status=status,
+            diagnostic=recipient.diagnostic,
+            reporting_mta=mta,
+        )
+    return recipient
+
+
+def _ses_bounced(message: dict) -> list[BounceRecipient]:
+    bounce = message.get("bounce") or {}
+    mta = str(bounce.get("reportingMTA", "")).removeprefix("dns;").strip()
+    return [
+        _ses_bounce_recipient(item, bounce, mta) for item in bounce.get("bouncedRecipients") or []
+    ]
+
+
+def _ses_complained(message: dict) -> list[BounceRecipient]:
+    complaint = message.get("complaint") or {}
+    feedback = str(complaint.get("complaintFeedbackType", "abuse"))
+    not_spam = feedback == "not-spam"
+    return [
+        BounceRecipient(
+            recipient=str(item.get("emailAddress", "")),
+            kind=BounceKind.NOT_BOUNCE if not_spam else BounceKind.COMPLAINT,
+            reason=BounceReason.NOT_BOUNCE if not_spam else BounceReason.COMPLAINT,
+            feedback_type=feedback,
+            diagnostic=f"SES complaint ({feedback})",
+        )
+        for item in complaint.get("complainedRecipients") or []
+    ]
+
+
+# The SES notifications recorded, by type; the others (Delivery, Send, Open...) are not ours
+# to record here.
+SES_RECIPIENTS: dict[str, Callable[[dict], list[BounceRecipient]]] = {
+    "Bounce": _ses_bounced,
+    "Complaint": _ses_complained,
+}
+
+
+def _ses_message(payload: dict) -> object:
+    """The SES notification: the SNS envelope's Message (JSON inside JSON), or the payload."""
+    if payload.get("Type") != "Notification":
+        return payload
+    try:
+        # JSON inside JSON: its escapes (\u0000) only become characters here.
+        return clean_json(json.loads(payload.get("Message") or "{}"))
+    except ValueError:
+        return None
 
 
 def _ses_events(payload: dict) -> Iterator[ProviderEvent]:
@@ -115,16 +205,14 @@ def _ses_events(payload: dict) -> Iterator[ProviderEvent]:
         logger.warning("SES/SNS subscription confirmation received: confirm it in the admin")
         yield ProviderEvent(_canonical(payload), BounceReport(recipients=()))
         return
-    message = payload
-    if payload.get("Type") == "Notification":
-        try:
-            # JSON inside JSON: its escapes (\u0000) only become characters here.
-            message = clean_json(json.loads(payload.get("Message") or "{}"))
-        except ValueError:
-            return
+    message = _ses_message(payload)
     if not isinstance(message, dict):
         return
-    event_type = message.get("notificationType") or message.get("eventType") or ""
+    recipients_of = SES_RECIPIENTS.get(
+        message.get("notificationType") or message.get("eventType") or ""
+    )
+    if recipients_of is None:
+        return
     mail = message.get("mail") or {}
     headers = mail.get("headers") or []
     common = mail.get("commonHeaders") or {}
@@ -134,63 +222,8 @@ def _ses_events(payload: dict) -> Iterator[ProviderEvent]:
             _header_value(headers, "Message-ID") or common.get("messageId", "")
         ),
     }
-    recipients: list[BounceRecipient] = []
-    if event_type == "Bounce":
-        bounce = message.get("bounce") or {}
-        bounce_type = bounce.get("bounceType", "")
-        sub_type = bounce.get("bounceSubType", "")
-        mta = str(bounce.get("reportingMTA", "")).removeprefix("dns;").strip()
-        for item in bounce.get("bouncedRecipients") or []:
-            status = str(item.get("status", ""))
-            text = str(item.get("diagnosticCode", "")).removeprefix("smtp;").strip()
-            recipient = _classified(
-                recipient=str(item.get("emailAddress", "")),
-                code=None,
-                status=status,
-                text=text or f"{bounce_type} {sub_type}",
-                mta=mta,
-            )
-            if bounce_type == "Permanent" and sub_type not in _SES_SOFT_PERMANENT:
-                if recipient.kind != BounceKind.HARD and not text:
-                    # SES vouches for a dead address (NoEmail, Suppressed) without words.
-                    recipient = BounceRecipient(
-                        recipient=recipient.recipient,
-                        kind=BounceKind.HARD,
-                        reason=BounceReason.UNKNOWN_USER,
-                        status=status,
-                        diagnostic=f"SES {bounce_type}/{sub_type}",
-                        reporting_mta=mta,
-                    )
-            elif recipient.kind == BounceKind.HARD:
-                # Transient or Undetermined: never a dead address.
-                recipient = BounceRecipient(
-                    recipient=recipient.recipient,
-                    kind=BounceKind.SOFT,
-                    reason=BounceReason.OTHER,
-                    status=status,
-                    diagnostic=recipient.diagnostic,
-                    reporting_mta=mta,
-                )
-            recipients.append(recipient)
-    elif event_type == "Complaint":
-        complaint = message.get("complaint") or {}
-        feedback = str(complaint.get("complaintFeedbackType", "abuse"))
-        kind = BounceKind.NOT_BOUNCE if feedback == "not-spam" else BounceKind.COMPLAINT
-        for item in complaint.get("complainedRecipients") or []:
-            recipients.append(
-                BounceRecipient(
-                    recipient=str(item.get("emailAddress", "")),
-                    kind=kind,
-                    reason=BounceReason.COMPLAINT
-                    if kind == BounceKind.COMPLAINT
-                    else BounceReason.NOT_BOUNCE,
-                    feedback_type=feedback,
-                    diagnostic=f"SES complaint ({feedback})",
-                )
-            )
-    else:
-        return  # Delivery, Send, Open...: not ours to record here
-    yield ProviderEvent(_canonical(message), BounceReport(recipients=tuple(recipients), **keys))
+    recipients = tuple(recipients_of(message))
+    yield ProviderEvent(_canonical(message), BounceReport(recipients=recipients, **keys))
 
 
 # --- SendGrid --------------------------------------------------------------------------------
@@ -231,12 +264,7 @@ def _sendgrid_events(payload: list) -> Iterator[ProviderEvent]:
                 diagnostic=f"SendGrid dropped: {reason}"[:1000],
             )
         elif kind == "spamreport":
-            recipient = BounceRecipient(
-                recipient=email,
-                kind=BounceKind.COMPLAINT,
-                reason=BounceReason.COMPLAINT,
-                diagnostic="SendGrid spam report",
-            )
+            recipient = _complaint(email, "SendGrid spam report")
         else:
             continue  # delivered, open, click...
         yield ProviderEvent(
@@ -279,12 +307,7 @@ def _mailgun_events(payload: dict) -> Iterator[ProviderEvent]:
                 diagnostic=recipient.diagnostic,
             )
     elif event.get("event") == "complained":
-        recipient = BounceRecipient(
-            recipient=email,
-            kind=BounceKind.COMPLAINT,
-            reason=BounceReason.COMPLAINT,
-            diagnostic="Mailgun complaint",
-        )
+        recipient = _complaint(email, "Mailgun complaint")
     else:
         return
     message = event.get("message") or {}
@@ -316,12 +339,7 @@ def _postmark_events(payload: dict) -> Iterator[ProviderEvent]:
     email = str(payload.get("Email", ""))
     details = str(payload.get("Details") or payload.get("Description") or "")
     if record_type == "SpamComplaint" or bounce_type == "SpamComplaint":
-        recipient = BounceRecipient(
-            recipient=email,
-            kind=BounceKind.COMPLAINT,
-            reason=BounceReason.COMPLAINT,
-            diagnostic="Postmark spam complaint",
-        )
+        recipient = _complaint(email, "Postmark spam complaint")
     elif record_type == "Bounce":
         if bounce_type in _POSTMARK_IGNORED:
             kind = _POSTMARK_IGNORED[bounce_type]

@@ -12,6 +12,7 @@ import datetime as dt
 import ipaddress
 import ssl
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from cryptography import x509
@@ -390,6 +391,94 @@ async def _try_auth(
         result.auth_error = f"{code} {' '.join(lines)}"[:300]
 
 
+@dataclass(frozen=True)
+class _Expect:
+    """What a check's findings are judged against besides the result itself."""
+
+    warn_days: int
+    credentials: bool
+    median_ms: float | None
+    had_tls: bool
+
+
+def _tls_findings(result: CheckResult, expect: _Expect) -> Iterator[Finding]:
+    if not result.tls:
+        # A warning where TLS is expected (credentials, configured security, or it was there).
+        expected = expect.credentials or result.security != "none" or expect.had_tls
+        message = "TLS disappeared" if expect.had_tls else "no TLS: STARTTLS is not offered"
+        yield Finding("warning" if expected else "info", "no_tls", message)
+
+
+def _cert_age_findings(result: CheckResult, expect: _Expect) -> Iterator[Finding]:
+    days_left = result.cert_days_left
+    if days_left is None:
+        return
+    if days_left <= 0:
+        yield Finding("warning", "cert_expired", "the certificate has expired")
+    elif days_left < expect.warn_days:
+        yield Finding(
+            "warning", "cert_expiring", f"the certificate expires in {int(days_left)} days"
+        )
+
+
+def _cert_name_findings(result: CheckResult, expect: _Expect) -> Iterator[Finding]:
+    if result.cert_hostname_match is False:
+        names = ", ".join(result.cert_names) or "none"
+        message = f"the certificate is not for {result.host} ({names})"
+        yield Finding("warning", "cert_hostname", message)
+
+
+def _cert_trust_findings(result: CheckResult, expect: _Expect) -> Iterator[Finding]:
+    if result.cert_verified is not False:
+        return
+    if result.security in ("starttls", "tls"):
+        # The sender verifies exactly this, so it cannot use the server at all.
+        yield Finding(
+            "down",
+            "tls_failed",
+            f"TLS did not verify ({result.cert_error}): Skylark does not send "
+            "through this server, nor send it the password",
+        )
+    message = f"the certificate did not verify: {result.cert_error}"
+    yield Finding("warning", "cert_untrusted", message)
+
+
+def _verify_off_findings(result: CheckResult, expect: _Expect) -> Iterator[Finding]:
+    if result.tls and not result.verify_tls:
+        message = "certificate verification is turned off for this server (verify_tls=0)"
+        yield Finding("warning", "tls_verify_off", message)
+
+
+def _auth_findings(result: CheckResult, expect: _Expect) -> Iterator[Finding]:
+    if result.plaintext_auth_offered:
+        message = "AUTH is offered before STARTTLS (in the clear)"
+        yield Finding("warning", "plaintext_auth", message)
+    if result.auth_ok is False:
+        yield Finding("warning", "auth_failed", f"AUTH failed: {result.auth_error}")
+
+
+def _latency_findings(result: CheckResult, expect: _Expect) -> Iterator[Finding]:
+    latency, median_ms = result.greeting_ms, expect.median_ms
+    if median_ms and latency is not None and latency > 2 * median_ms and latency > 50:
+        yield Finding(
+            "warning",
+            "latency",
+            f"greeting latency {latency:.0f} ms is over twice the 24 h median ({median_ms:.0f} ms)",
+        )
+
+
+# What a check of a server that answered is judged on, in the order the findings are listed.
+FINDING_CHECKS: tuple[tuple[str, Callable[[CheckResult, _Expect], Iterator[Finding]]], ...] = (
+    ("tls", _tls_findings),
+    ("certificate age", _cert_age_findings),
+    ("certificate name", _cert_name_findings),
+    ("certificate trust", _cert_trust_findings),
+    ("verification off", _verify_off_findings),
+    ("auth", _auth_findings),
+    ("latency", _latency_findings),
+)
+
+
 def findings_for(
     result: CheckResult,
     *,
@@ -401,64 +490,5 @@ def findings_for(
     """What an operator should hear about this check (pure; the alerts are built on it)."""
     if not result.up:
         return [Finding("down", "down", f"{result.host}:{result.port} is down: {result.error}")]
-    found: list[Finding] = []
-    if not result.tls:
-        # A warning where TLS is expected (credentials, configured security, or it was there).
-        expected = credentials or result.security != "none" or had_tls
-        message = "TLS disappeared" if had_tls else "no TLS: STARTTLS is not offered"
-        found.append(Finding("warning" if expected else "info", "no_tls", message))
-    if result.cert_days_left is not None:
-        if result.cert_days_left <= 0:
-            found.append(Finding("warning", "cert_expired", "the certificate has expired"))
-        elif result.cert_days_left < warn_days:
-            days = int(result.cert_days_left)
-            found.append(
-                Finding("warning", "cert_expiring", f"the certificate expires in {days} days")
-            )
-    if result.cert_hostname_match is False:
-        names = ", ".join(result.cert_names) or "none"
-        found.append(
-            Finding(
-                "warning", "cert_hostname", f"the certificate is not for {result.host} ({names})"
-            )
-        )
-    if result.cert_verified is False:
-        if result.security in ("starttls", "tls"):
-            # The sender verifies exactly this, so it cannot use the server at all.
-            found.append(
-                Finding(
-                    "down",
-                    "tls_failed",
-                    f"TLS did not verify ({result.cert_error}): Skylark does not send "
-                    "through this server, nor send it the password",
-                )
-            )
-        found.append(
-            Finding(
-                "warning", "cert_untrusted", f"the certificate did not verify: {result.cert_error}"
-            )
-        )
-    if result.tls and not result.verify_tls:
-        found.append(
-            Finding(
-                "warning",
-                "tls_verify_off",
-                "certificate verification is turned off for this server (verify_tls=0)",
-            )
-        )
-    if result.plaintext_auth_offered:
-        found.append(
-            Finding("warning", "plaintext_auth", "AUTH is offered before STARTTLS (in the clear)")
-        )
-    if result.auth_ok is False:
-        found.append(Finding("warning", "auth_failed", f"AUTH failed: {result.auth_error}"))
-    latency = result.greeting_ms
-    if median_ms and latency is not None and latency > 2 * median_ms and latency > 50:
-        found.append(
-            Finding(
-                "warning",
-                "latency",
-                f"greeting latency {latency:.0f} ms is over twice the 24 h median ({median_ms:.0f} ms)",
-            )
-        )
-    return found
+    expect = _Expect(warn_days, credentials, median_ms, had_tls)
+    return [finding for _name, check in FINDING_CHECKS for finding in check(result, expect)]
