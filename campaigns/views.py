@@ -37,6 +37,30 @@ def _client(request: HttpRequest) -> tuple[str, str]:
     return request.META.get("HTTP_USER_AGENT", "")[:500], client_ip(request.META)
 
 
+def _hit_push(
+    request: HttpRequest,
+    *,
+    kind: str,
+    delivery_id: int,
+    link_id: int | None = None,
+    campaign_id: int | None = None,
+) -> None:
+    """Buffer one open or click hit with who asked for it (agent, address, method)."""
+    agent, ip = _client(request)
+    tracking_services.tracking_hit_push(
+        tracking.Hit(
+            kind=kind,
+            delivery_id=delivery_id,
+            at=time.time(),
+            user_agent=agent,
+            ip=ip,
+            method=request.method,
+            link_id=link_id,
+            campaign_id=campaign_id,
+        )
+    )
+
+
 def open_pixel_view(request: HttpRequest, token: str) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return HttpResponseNotAllowed(["GET", "HEAD"])
@@ -45,17 +69,7 @@ def open_pixel_view(request: HttpRequest, token: str) -> HttpResponse:
     )
     if delivery_id is None:
         raise Http404("Unknown link")
-    agent, ip = _client(request)
-    tracking_services.tracking_hit_push(
-        tracking.Hit(
-            kind="open",
-            delivery_id=delivery_id,
-            at=time.time(),
-            user_agent=agent,
-            ip=ip,
-            method=request.method,
-        )
-    )
+    _hit_push(request, kind="open", delivery_id=delivery_id)
     response = HttpResponse(PIXEL, content_type="image/gif")
     response["Cache-Control"] = NO_STORE
     response["Pragma"] = "no-cache"
@@ -82,18 +96,8 @@ def click_view(request: HttpRequest, token: str, link: str) -> HttpResponse:
         or registered.campaign_id != campaign_id
     ):
         raise Http404("Unknown link")
-    agent, ip = _client(request)
-    tracking_services.tracking_hit_push(
-        tracking.Hit(
-            kind="click",
-            delivery_id=delivery_id,
-            at=time.time(),
-            user_agent=agent,
-            ip=ip,
-            method=request.method,
-            link_id=link_id,
-            campaign_id=campaign_id,
-        )
+    _hit_push(
+        request, kind="click", delivery_id=delivery_id, link_id=link_id, campaign_id=campaign_id
     )
     response = HttpResponseRedirect(registered.url)
     response["Cache-Control"] = NO_STORE

@@ -11,6 +11,7 @@ from django.utils.html import format_html
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
+from config.admin_mixins import ReadOnlyAdminMixin
 from delivery.models import Delivery, DeliveryEvent, DkimKey, DomainRateLimit, SmtpServer
 from delivery.sink import list_messages
 
@@ -129,7 +130,7 @@ class DeliveryEventInline(TabularInline):
 
 
 @admin.register(Delivery)
-class DeliveryAdmin(ModelAdmin):
+class DeliveryAdmin(ReadOnlyAdminMixin, ModelAdmin):
     list_display = (
         "id",
         "campaign",
@@ -162,15 +163,6 @@ class DeliveryAdmin(ModelAdmin):
     @display(description="Server reply")
     def reply_short(self, obj: Delivery) -> str:
         return (obj.smtp_reply or "")[:80]
-
-    def get_readonly_fields(self, request: HttpRequest, obj=None):
-        return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
         return False

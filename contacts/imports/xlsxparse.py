@@ -136,7 +136,25 @@ class _Styles(PartHandler):
         return frozenset(dates), frozenset(durations)
 
 
-class _SharedStrings(PartHandler):
+class _CellText(PartHandler):
+    """A part whose cells' text is collected while ``collecting``, up to the cell limit (a
+    longer cell keeps nothing: it is refused or read as empty by the subclass)."""
+
+    limits: XlsxLimits
+    pieces: list[str]
+    length: int
+    collecting: bool
+
+    def text(self, data: str) -> None:
+        if self.collecting:
+            self.length += len(data)
+            if self.length <= self.limits.max_cell_chars:
+                self.pieces.append(data)
+            else:
+                self.pieces = []
+
+
+class _SharedStrings(_CellText):
     """The shared strings table (rich text runs joined, phonetic runs left out), capped."""
 
     def __init__(self, part: str, limits: XlsxLimits) -> None:
@@ -165,14 +183,6 @@ class _SharedStrings(PartHandler):
         elif local == "si" and self.in_si:
             self.in_si = False
             self._add("".join(self.pieces) if self.length <= self.limits.max_cell_chars else "")
-
-    def text(self, data: str) -> None:
-        if self.collecting:
-            self.length += len(data)
-            if self.length <= self.limits.max_cell_chars:
-                self.pieces.append(data)
-            else:
-                self.pieces = []
 
     def _add(self, value: str) -> None:
         if len(self.strings) >= self.limits.max_shared_strings:
@@ -204,7 +214,7 @@ class _SharedStrings(PartHandler):
         self.strings.append(value)
 
 
-class _Sheet(PartHandler):
+class _Sheet(_CellText):
     """Cells of each row as text; completed rows are collected in ``done``."""
 
     def __init__(
@@ -295,14 +305,6 @@ class _Sheet(PartHandler):
             if self.cells or self.problem:  # empty rows are skipped anyway: not even built
                 self.done.append(SheetRow(self.row_number, tuple(self.cells), self.problem))
                 self.cells = []
-
-    def text(self, data: str) -> None:
-        if self.collecting:
-            self.length += len(data)
-            if self.length <= self.limits.max_cell_chars:
-                self.pieces.append(data)
-            else:
-                self.pieces = []
 
     def _store_cell(self) -> None:
         column = self.column

@@ -13,6 +13,7 @@ from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from unfold.admin import ModelAdmin
 
+from config.admin_mixins import ReadOnlyAdminMixin
 from delivery.monitor import services as monitor_services
 from delivery.monitor.models import SmtpAlert, SmtpCheck
 
@@ -49,7 +50,7 @@ def latency_svg(points: list[tuple[float, float | None]], *, hours: float = 24) 
 
 
 @admin.register(SmtpCheck)
-class SmtpCheckAdmin(ModelAdmin):
+class SmtpCheckAdmin(ReadOnlyAdminMixin, ModelAdmin):
     list_display = (
         "checked_at",
         "target",
@@ -61,15 +62,6 @@ class SmtpCheckAdmin(ModelAdmin):
     )
     list_filter = ("health", "target")
     date_hierarchy = "checked_at"
-
-    def get_readonly_fields(self, request: HttpRequest, obj=None):
-        return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
     @admin.display(description=_("Health"))
     def health_badge(self, obj: SmtpCheck) -> str:
