@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint format install migrate bench clean messages
+.PHONY: run demo test lint format install migrate bench clean messages vendor
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ format: install
 ## Compile the zh-Hans catalogue (needs GNU gettext's msgfmt; the .mo is committed).
 messages:
 	msgfmt --check -o locale/zh_Hans/LC_MESSAGES/django.mo locale/zh_Hans/LC_MESSAGES/django.po
+
+## Rebuild the block editor's vendored JavaScript from npm (needs npm; the files are committed).
+vendor:
+	sh scripts/vendor_static.sh
 
 bench: install
 	$(PY) bench/send_throughput.py

@@ -12,6 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext_lazy as _
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
 
@@ -81,11 +82,21 @@ class TemplateAdmin(ModelAdmin):
     form = TemplateForm
     list_display = ("name", "subject", "updated_at")
     search_fields = ("name", "subject")
-    actions_detail = ("open_preview",)
+    actions_detail = ("open_design", "open_preview")
+    actions_list = ("open_starters",)
 
     @action(description="Preview", url_path="preview-redirect", icon="visibility")
     def open_preview(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return redirect(reverse("admin:campaigns_template_preview", args=[object_id]))
+
+    # --- the block editor (campaigns.content) ---
+    @action(description=_("Block editor"), url_path="design-redirect", icon="dashboard_customize")
+    def open_design(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        return redirect(reverse("content_design_edit", args=[object_id]))
+
+    @action(description=_("New from a starter"), url_path="starters-redirect", icon="auto_awesome")
+    def open_starters(self, request: HttpRequest) -> HttpResponse:
+        return redirect(reverse("content_starters"))
 
     def get_urls(self):
         return [

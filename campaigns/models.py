@@ -18,6 +18,9 @@ class Template(models.Model):
         help_text="Jinja2 HTML. Variables: {{ name }}, {{ email }}, attributes."
     )
     text = models.TextField(blank=True, help_text="Plain-text part; generated from HTML if empty.")
+    # A block design (campaigns.content.schema); when set, html and text are rendered from it.
+    design = models.JSONField(null=True, blank=True, editable=False)
+    design_version = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
