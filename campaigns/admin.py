@@ -16,6 +16,7 @@ from django.utils.translation import gettext_lazy as _
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
 
+from campaigns.content.previews import preview_panes, preview_strings
 from campaigns.content.widgets import HtmlEditorWidget
 from campaigns.errors import CampaignError
 from campaigns.models import Campaign, CampaignAttachment, CampaignStatus, Template
@@ -57,23 +58,24 @@ class TemplateForm(TemplateCheckMixin, forms.ModelForm):
         widgets = {"html": HtmlEditorWidget}
 
 
+# The campaign form's fields, by the change page's fieldsets.
+_CAMPAIGN_MAIN = (
+    "name",
+    "lists",
+    "segments",
+    "template",
+    "smtp_servers",
+    "scheduled_at",
+    "track_opens",
+)
+_CAMPAIGN_SENDER = ("from_email", "from_name", "reply_to")
+_CAMPAIGN_CONTENT = ("subject", "html", "text")
+
+
 class CampaignForm(TemplateCheckMixin, forms.ModelForm):
     class Meta:
         model = Campaign
-        fields = (
-            "name",
-            "lists",
-            "segments",
-            "template",
-            "smtp_servers",
-            "scheduled_at",
-            "from_email",
-            "from_name",
-            "reply_to",
-            "subject",
-            "html",
-            "text",
-        )
+        fields = (*_CAMPAIGN_MAIN, *_CAMPAIGN_SENDER, *_CAMPAIGN_CONTENT)
         widgets = {"html": HtmlEditorWidget}
 
 
@@ -121,10 +123,16 @@ def _preview_page(model_admin, request: HttpRequest, obj, render, model_name: st
         preview = render(obj, contact=contact)
     except DeliveryError as exc:
         error = str(exc)
+    panes = None
+    if preview is not None:
+        source = preview.raw.decode("utf-8", "replace")
+        panes = preview_panes(html=preview.html, text=preview.text, source=source)
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": f"Preview of {obj}",
+        "title": _("Preview of %(name)s") % {"name": obj},
         "subject_object": obj,
+        "panes": panes,
+        "preview_strings": preview_strings(),
         "back_url": reverse(f"admin:campaigns_{model_name}_change", args=[obj.pk]),
         "preview": preview,
         "error": error,
@@ -141,7 +149,9 @@ def _chosen_contact(request: HttpRequest):
         return None, ""
     contact = find_contact(query)
     if contact is None:
-        messages.warning(request, f"No contact {query!r}: showing a random one instead.")
+        messages.warning(
+            request, _("No contact %(query)r: showing a random one instead.") % {"query": query}
+        )
     return contact, query
 
 
@@ -181,12 +191,9 @@ class CampaignAdmin(ModelAdmin):
         "deliveries_link",
     )
     fieldsets = (
-        (
-            None,
-            {"fields": ("name", "lists", "segments", "template", "smtp_servers", "scheduled_at")},
-        ),
-        ("Sender", {"fields": ("from_email", "from_name", "reply_to")}),
-        ("Content", {"fields": ("subject", "html", "text")}),
+        (None, {"fields": _CAMPAIGN_MAIN}),
+        ("Sender", {"fields": _CAMPAIGN_SENDER}),
+        ("Content", {"fields": _CAMPAIGN_CONTENT}),
         (
             "Status",
             {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from mailkit.attachments import attachment_content_id, attachment_content_type
 from mailkit.errors import InvalidHeaderError
@@ -69,6 +70,14 @@ class Campaign(models.Model):
         related_name="campaigns",
         help_text="Empty: the enabled servers marked default (or EDM_SMTP_URL when none is). "
         "Traffic is split by the servers' weights; a failing server is rested.",
+    )
+    track_opens = models.BooleanField(
+        _("track opens"),
+        default=True,
+        help_text=_(
+            "Adds an invisible image to each message to count opens. Off: no image, and the "
+            "report counts no opens (clicks are still counted)."
+        ),
     )
     status = models.CharField(
         max_length=10, choices=CampaignStatus.choices, default=CampaignStatus.DRAFT

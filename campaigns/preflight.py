@@ -51,7 +51,7 @@ GMAIL_CLIP_BYTES = 102 * 1024
 
 # What every message's context holds besides the contact's own fields (PreparedCampaign.envelope).
 BUILTIN_VARIABLES = frozenset(
-    {"email", "name", "first_name", "contact", "unsubscribe_url", "campaign_name"}
+    {"email", "name", "first_name", "contact", "unsubscribe_url", "webview_url", "campaign_name"}
 )
 
 _LINK_SCHEMES = ("http://", "https://", "mailto:", "tel:")
@@ -203,13 +203,19 @@ def _recipient_count(campaign: Campaign) -> int:
     return _recipients(campaign).count()
 
 
-def preview_context(campaign_name: str, contact: SampleContact, *, unsubscribe_url: str) -> dict:
+def preview_context(
+    campaign_name: str, contact: SampleContact, *, unsubscribe_url: str, webview_url: str
+) -> dict:
     """The template context of one recipient, as PreparedCampaign.envelope builds it."""
     return contact_context(
         email=contact.email,
         name=contact.name,
         attributes=contact.attributes,
-        extra={"unsubscribe_url": unsubscribe_url, "campaign_name": campaign_name},
+        extra={
+            "unsubscribe_url": unsubscribe_url,
+            "webview_url": webview_url,
+            "campaign_name": campaign_name,
+        },
     )
 
 
@@ -643,7 +649,10 @@ def _render_sample(run: _Run, compiled: CompiledTemplates) -> int:
     problems = _SampleProblems()
     for contact in run.samples:
         context = preview_context(
-            run.campaign.name, contact, unsubscribe_url="https://preflight.invalid/u/token/"
+            run.campaign.name,
+            contact,
+            unsubscribe_url="https://preflight.invalid/u/token/",
+            webview_url="https://preflight.invalid/v/token/",
         )
         try:
             content = render_content(compiled, context)

@@ -12,7 +12,7 @@ from campaigns.models import Campaign, Template
 from campaigns.preflight import SampleContact, preview_context, sample_contacts
 from contacts.models import Contact, ContactStatus
 from contacts.selectors import contacts_by_keys
-from delivery import tokens
+from delivery import tokens, tracking
 from mailkit.compose import Composer, MessageSpec, make_message_id
 from mailkit.dkim import DkimSigner
 from mailkit.render import CompiledTemplates, TemplateSource, compile_templates, render_content
@@ -79,9 +79,11 @@ def message_preview(
     """Render, compose and sign one message; raises TemplateError or DeliveryError."""
     # A test or preview has no delivery: id 0, whose unsubscribe token matches nothing.
     unsubscribe = tokens.unsubscribe_url(0)
-    content = render_content(
-        compiled, preview_context(campaign_name, contact, unsubscribe_url=unsubscribe)
+    webview = f"{settings.EDM_PUBLIC_URL}/v/{tracking.recipient_token('webview', 0)}/"
+    context = preview_context(
+        campaign_name, contact, unsubscribe_url=unsubscribe, webview_url=webview
     )
+    content = render_content(compiled, context)
     if subject_prefix:
         content = replace(content, subject=subject_prefix + content.subject)
     raw = composer.compose(

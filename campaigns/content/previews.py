@@ -8,10 +8,9 @@ import re
 from django.utils.translation import gettext as _
 
 from campaigns.content.render import RenderedDesign
+from campaigns.preflight import GMAIL_CLIP_BYTES
 from mailkit.render import TemplateSource, compile_templates, contact_context, render_content
 
-# Gmail hides what follows the first ~102 KB of a message's HTML behind "View entire message".
-GMAIL_CLIP_BYTES = 102 * 1024
 _IMG_SRC = re.compile(r'(<img\b[^>]*?\s)src="[^"]*"', re.IGNORECASE)
 
 
@@ -46,19 +45,35 @@ def images_off(html: str) -> str:
     return _IMG_SRC.sub(r'\1src=""', html)
 
 
+def preview_strings() -> dict:
+    """The preview pane's words (the script puts the size in)."""
+    return {
+        "size": _("HTML %(size)s KB, under Gmail's 102 KB clipping."),
+        "size_clipped": _("HTML %(size)s KB: Gmail clips it at 102 KB (the line in the preview)."),
+    }
+
+
+def preview_panes(*, html: str, text: str, source: str) -> dict:
+    """What every preview shows (the block editor's, a template's, a campaign's): the HTML
+    with Gmail's clipping line, with images off, the text part, the raw source and the size."""
+    marked, clipped = clip_marked(html)
+    return {
+        "html": marked,
+        "html_images_off": images_off(marked),
+        "text": text,
+        "source": source,
+        "html_bytes": len(html.encode("utf-8")),
+        "clip_bytes": GMAIL_CLIP_BYTES,
+        "clipped": clipped,
+    }
+
+
 def design_preview(*, rendered: RenderedDesign, subject: str) -> dict:
     compiled = compile_templates(
         TemplateSource(subject=subject or "-", html=rendered.html, text=rendered.text)
     )
     content = render_content(compiled, _sample_context())
-    marked, clipped = clip_marked(content.html)
     return {
         "subject": content.subject,
-        "html": marked,
-        "html_images_off": images_off(marked),
-        "text": content.text,
-        "source": rendered.html,
-        "html_bytes": len(content.html.encode("utf-8")),
-        "clip_bytes": GMAIL_CLIP_BYTES,
-        "clipped": clipped,
+        **preview_panes(html=content.html, text=content.text, source=rendered.html),
     }

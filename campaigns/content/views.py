@@ -14,7 +14,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 from django.views.decorators.http import require_POST
 
-from campaigns.content.previews import design_preview
+from campaigns.content.previews import design_preview, preview_strings
 from campaigns.content.schema import (
     FONTS,
     SCHEMA_VERSION,
@@ -91,8 +91,6 @@ def _editor_strings() -> dict:
             % {"count": n}
             for n in (1, 2, 3)
         },
-        "size": _("HTML %(size)s KB, under Gmail's 102 KB clipping."),
-        "size_clipped": _("HTML %(size)s KB: Gmail clips it at 102 KB (the line in the preview)."),
         "saving": _("Saving…"), "saved": _("Saved."),
     }  # fmt: skip
 
@@ -100,6 +98,7 @@ def _editor_strings() -> dict:
 def _design_page(request: HttpRequest, template: Template | None, design: dict, subject: str):
     context = {
         "strings": _editor_strings(),
+        "preview_strings": preview_strings(),
         "fonts_json": json.dumps(list(FONTS)),
         "networks_json": json.dumps(list(SOCIAL_NETWORKS)),
         "media_url": "",

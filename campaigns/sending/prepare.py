@@ -148,6 +148,7 @@ def campaign_prepare(campaign: Campaign) -> PreparedCampaign:
     html = tracking.instrument_html(
         html,
         link_tokens={url: tracking.link_token(campaign.pk, pk) for url, pk in link_ids.items()},
+        pixel=campaign.track_opens,
     )
     compiled = compile_templates(TemplateSource(subject=subject, html=html, text=text))
     from_domain = campaign.from_email.rpartition("@")[2].lower()

@@ -1,6 +1,7 @@
 """Campaign and template admin: pre-flight, preview, send test, Send now refusing on errors."""
 
 import html
+import json
 
 import pytest
 from django.urls import reverse
@@ -61,21 +62,49 @@ def test_send_now_refuses_on_preflight_errors_and_shows_them(admin_client, campa
     assert campaign.status == CampaignStatus.DRAFT
 
 
+def _panes(body):
+    """The preview pane's data (the JSON script the page's preview.js shows)."""
+    start = body.index('<script id="sk-preview-data" type="application/json">')
+    return json.loads(body[start:].split(">", 1)[1].split("</script>", 1)[0])
+
+
 def test_campaign_preview_renders_a_chosen_contact_in_a_sandboxed_iframe(admin_client, campaign):
     url = reverse("admin:campaigns_campaign_preview", args=[campaign.pk])
     response = admin_client.get(url, {"contact": "r1@example.org"})
     assert response.status_code == 200
     body = response.content.decode()
-    assert '<iframe sandbox="" srcdoc="' in body
-    # The HTML is escaped into srcdoc, never live in the admin page.
+    assert '<iframe sandbox=""' in body and 'data-mode="mobile"' in body
+    # The HTML travels as JSON (escaped), never live in the admin page.
     assert "<script>parent.alert(1)</script>" not in body
-    srcdoc = html.unescape(body.split('srcdoc="', 1)[1].split('"', 1)[0])
-    assert "Hi Reader 1 from City1" in srcdoc
+    panes = _panes(body)
+    assert "Hi Reader 1 from City1" in panes["html"]
     assert "Hello Reader" in body  # the subject
-    assert "Hi Reader 1 from City1" in body.split('id="preview-text"')[1]  # the text part
+    assert "Hi Reader 1 from City1" in panes["text"]  # the text part
+    # The raw source is the message as sent: headers and MIME parts.
+    assert (
+        "Message-ID:" in panes["source"]
+        and "Content-Type: multipart/alternative" in panes["source"]
+    )
+    assert panes["clipped"] is False and panes["html_bytes"] < panes["clip_bytes"]
     headers = body.split('id="preview-headers"')[1]
     assert "List-Unsubscribe" in headers and "Message-ID" in headers
     assert "r1@example.org" in headers
+
+
+def test_campaign_preview_marks_gmail_clipping_and_shows_images_off(admin_client, campaign):
+    campaign.html = (
+        '<p><img src="https://img.example/a.png" alt="Spring sale"></p>'
+        + "<p>" + "x" * (105 * 1024) + "</p>"
+        + '<a href="{{ unsubscribe_url }}">u</a>'
+    )  # fmt: skip
+    campaign.save()
+    url = reverse("admin:campaigns_campaign_preview", args=[campaign.pk])
+    panes = _panes(admin_client.get(url).content.decode())
+    assert panes["clipped"] is True
+    assert "Gmail clips the message here (102 KB)" in panes["html"]
+    assert "https://img.example/a.png" in panes["html"]
+    assert "https://img.example/a.png" not in panes["html_images_off"]
+    assert 'alt="Spring sale"' in panes["html_images_off"]
 
 
 def test_campaign_preview_by_id_and_random(admin_client, campaign):

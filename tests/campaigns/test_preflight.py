@@ -304,3 +304,12 @@ def test_the_checks_are_a_table_run_in_order():
     report = campaign_preflight(_campaign(html="", subject=""))
     assert report.codes()[-2:] == ["subject_empty", "content_empty"]
     assert report.sampled == 0 and report.variables == ()
+
+
+def test_webview_url_is_a_builtin_variable_with_a_working_link():
+    html = GOOD_HTML + '<p><a href="{{ webview_url }}">View in your browser</a></p>'
+    report = campaign_preflight(_campaign(html=html))
+    assert not _by_code(report, "unknown_variable")
+    assert not [f for f in report.findings if "webview_url" in f.message]
+    preview = campaign_preview(_campaign(html=html))
+    assert "/v/" in preview.html and 'href=""' not in preview.html

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,14 @@ needs_chromium = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER), reason="needs chromium and chromedriver"
 )
 SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "screenshots"
+
+
+def screenshot(browser, name: str) -> None:
+    """docs/screenshots/<name>.png, only when SKYLARK_SCREENSHOTS=1 asks for it: a test run
+    leaves the documentation's images as they are."""
+    if os.environ.get("SKYLARK_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
 def new_browser(width: int = 1280, height: int = 1000):

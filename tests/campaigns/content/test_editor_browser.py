@@ -4,7 +4,7 @@ two-column newsletter from a starter without typing HTML, sees it at mobile widt
 from selenium.webdriver.common.by import By
 
 from campaigns.models import Template
-from tests.campaigns.content.browser import SCREENSHOTS, needs_chromium, script_errors, wait
+from tests.campaigns.content.browser import needs_chromium, screenshot, script_errors, wait
 
 pytestmark = needs_chromium
 
@@ -22,8 +22,7 @@ def test_a_newsletter_from_a_starter_is_edited_reordered_previewed_and_saved(
     browser.get(live_server.url + "/admin/content/starters/")
     cards = browser.find_elements(By.CSS_SELECTOR, ".sk-starter")
     assert len(cards) == 8
-    SCREENSHOTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / "content-starters.png"))
+    screenshot(browser, "content-starters")
     _click(
         browser,
         browser.find_element(
@@ -78,7 +77,7 @@ def test_a_newsletter_from_a_starter_is_edited_reordered_previewed_and_saved(
     _click(browser, browser.find_element(By.CSS_SELECTOR, "[data-mode=mobile]"))
     frame = browser.find_element(By.CSS_SELECTOR, ".sk-preview iframe")
     assert frame.size["width"] <= 380
-    browser.save_screenshot(str(SCREENSHOTS / "content-editor-mobile.png"))
+    screenshot(browser, "content-editor-mobile")
     _click(browser, browser.find_element(By.CSS_SELECTOR, "[data-mode=text]"))
     text = browser.find_element(By.CSS_SELECTOR, ".sk-preview pre").text
     assert "六月通讯" in text and "退订" in text
@@ -93,5 +92,5 @@ def test_a_newsletter_from_a_starter_is_edited_reordered_previewed_and_saved(
     assert "{{ unsubscribe_url }}" in template.text
     wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, ".sk-block"))
     wait(browser, lambda: "KB" in browser.find_element(By.CSS_SELECTOR, ".sk-size").text)
-    browser.save_screenshot(str(SCREENSHOTS / "content-editor.png"))
+    screenshot(browser, "content-editor")
     assert not script_errors(browser)

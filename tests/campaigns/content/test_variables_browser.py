@@ -3,7 +3,7 @@
 from selenium.webdriver.common.by import By
 
 from campaigns.models import Template
-from tests.campaigns.content.browser import SCREENSHOTS, needs_chromium, script_errors, wait
+from tests.campaigns.content.browser import needs_chromium, screenshot, script_errors, wait
 from tests.factories import ContactFactory, ContactListFactory, SubscriptionFactory
 
 pytestmark = needs_chromium
@@ -29,6 +29,5 @@ def test_a_variable_is_inserted_with_its_fallback_at_the_cursor(admin_browser, l
     browser.execute_script("arguments[0].click()", button)
     value = textarea.get_attribute("value")
     assert value == '<p>Hello {{ first_name | default("朋友") }}, welcome</p>'
-    SCREENSHOTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / "html-editor-variables.png"))
+    screenshot(browser, "html-editor-variables")
     assert not script_errors(browser)

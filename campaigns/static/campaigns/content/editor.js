@@ -9,8 +9,7 @@
   const FONTS = JSON.parse(root.dataset.fonts);
   const NETWORKS = JSON.parse(root.dataset.networks);
   let selected = null; // {s}, {s, c, b} or null (the email's settings)
-  let previewMode = "desktop";
-  let lastPreview = null;
+  const preview = window.SkylarkPreview.mount(root.querySelector(".sk-preview"));
   let squire = null;
 
   const el = (tag, attrs = {}, ...children) => {
@@ -270,19 +269,7 @@
   async function refreshPreview() {
     const r = await post(root.dataset.previewUrl, formData());
     if (!r.ok) { status(r.error, true); return; }
-    lastPreview = r; status(""); showPreview();
-  }
-  function showPreview() {
-    const r = lastPreview; if (!r) return;
-    const frame = root.querySelector(".sk-preview iframe"), pre = root.querySelector(".sk-preview pre");
-    const asText = previewMode === "text" || previewMode === "source";
-    frame.hidden = asText; pre.hidden = !asText;
-    frame.style.width = previewMode === "mobile" ? "375px" : "100%";
-    if (asText) pre.textContent = previewMode === "text" ? r.text : r.source;
-    else frame.srcdoc = previewMode === "images_off" ? r.html_images_off : r.html;
-    const kb = (r.html_bytes / 1024).toFixed(1);
-    root.querySelector(".sk-size").textContent = (r.clipped ? T.size_clipped : T.size).replace("%(size)s", kb);
-    root.querySelector(".sk-size").classList.toggle("sk-error", r.clipped);
+    status(""); preview.show(r);
   }
   async function save() {
     status(T.saving);
@@ -300,9 +287,6 @@
       text: "+ " + T.section_columns[n], onclick: () => { design.sections.push(newSection(n)); select({ s: design.sections.length - 1, c: 0 }); } }));
     root.querySelector(".sk-settings-button").addEventListener("click", () => select(null));
     root.querySelector(".sk-save").addEventListener("click", save);
-    for (const button of root.querySelectorAll(".sk-preview-modes button"))
-      button.addEventListener("click", () => { previewMode = button.dataset.mode;
-        for (const b of root.querySelectorAll(".sk-preview-modes button")) b.classList.toggle("sk-active", b === button); showPreview(); });
     for (const id of ["#sk-name", "#sk-subject"]) root.querySelector(id).addEventListener("input", () => changed({ canvas: false }));
     window.addEventListener("beforeunload", (e) => { if (root.dataset.dirty) e.preventDefault(); });
     renderCanvas(); renderInspector(); refreshPreview();
