@@ -7,12 +7,14 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html, format_html_join
-from unfold.admin import ModelAdmin, TabularInline
+from django.utils.html import format_html_join
+from django.utils.safestring import mark_safe
+from django.utils.translation import gettext_lazy as _
+from unfold.admin import ModelAdmin
 
 from api import selectors, services
 from api.errors import InvalidSenderDomain
-from api.models import ApiKey, MessageEvent, Scope, TransactionalMessage
+from api.models import ApiKey, Scope, TransactionalMessage
 
 
 class ApiKeyForm(forms.ModelForm):
@@ -88,25 +90,13 @@ class ApiKeyAdmin(ModelAdmin):
         messages.success(request, f"Revoked {queryset.count()} key(s).")
 
 
-class MessageEventInline(TabularInline):
-    model = MessageEvent
-    extra = 0
-    can_delete = False
-    fields = ("kind", "created_at", "smtp_code", "enhanced_status", "detail")
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-
 @admin.register(TransactionalMessage)
 class TransactionalMessageAdmin(ModelAdmin):
+    """Read-only: the request, and its delivery's status, reply and history."""
+
     list_display = (
         "public_id",
-        "to_email",
+        "recipient",
         "subject",
         "status",
         "category",
@@ -115,21 +105,54 @@ class TransactionalMessageAdmin(ModelAdmin):
         "created_at",
         "sent_at",
     )
-    list_filter = ("status", "category", "source")
-    search_fields = ("to_email", "public_id", "message_id", "idempotency_key")
+    list_filter = ("delivery__status", "category", "source")
+    search_fields = ("delivery__email", "public_id", "delivery__message_id", "idempotency_key")
+    list_select_related = ("delivery",)
     exclude = ("raw",)
-    inlines = [MessageEventInline]
+    show_full_result_count = False
 
     def get_readonly_fields(self, request: HttpRequest, obj=None):
-        return [f.name for f in self.model._meta.fields if f.name != "raw"] + ["bounce_reports"]
+        own = [f.name for f in self.model._meta.fields if f.name != "raw"]
+        return [*own, "status", "smtp_reply", "history", "bounce_reports"]
 
-    @admin.display(description="Bounce reports")
+    @admin.display(description=_("Recipient"), ordering="delivery__email")
+    def recipient(self, obj: TransactionalMessage) -> str:
+        return obj.delivery.email
+
+    @admin.display(description=_("Status"), ordering="delivery__status")
+    def status(self, obj: TransactionalMessage) -> str:
+        return obj.delivery.get_status_display()
+
+    @admin.display(description=_("Attempts"))
+    def attempts(self, obj: TransactionalMessage) -> int:
+        return obj.delivery.attempts
+
+    @admin.display(description=_("Sent at"), ordering="delivery__sent_at")
+    def sent_at(self, obj: TransactionalMessage):
+        return obj.delivery.sent_at
+
+    @admin.display(description=_("Server reply"))
+    def smtp_reply(self, obj: TransactionalMessage) -> str:
+        return obj.delivery.smtp_reply or "-"
+
+    @admin.display(description=_("History"))
+    def history(self, obj: TransactionalMessage) -> str:
+        events = selectors.message_events(obj)
+        if not events:
+            return "-"
+        return format_html_join(
+            mark_safe("<br>"),  # noqa: S308 - a constant
+            "{} {} {}",
+            ((e["at"][:19].replace("T", " "), e["kind"], e["detail"][:200]) for e in events),
+        )
+
+    @admin.display(description=_("Bounce reports"))
     def bounce_reports(self, obj: TransactionalMessage) -> str:
         reports = selectors.message_bounce_reports(obj)
         if not reports:
             return "-"
         return format_html_join(
-            format_html("<br>"),
+            mark_safe("<br>"),  # noqa: S308 - a constant
             '<a href="{}">#{} {} ({}, by {})</a>',
             (
                 (

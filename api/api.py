@@ -283,7 +283,11 @@ def send_message(request: HttpRequest, payload: MessageIn):
         )
     except IdempotencyConflict as exc:
         raise HttpError(409, str(exc)) from None
-    body = {"id": str(message.public_id), "status": "accepted", "message_id": message.message_id}
+    body = {
+        "id": str(message.public_id),
+        "status": "accepted",
+        "message_id": message.delivery.message_id,
+    }
     return Status(202, body)
 
 

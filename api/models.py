@@ -1,4 +1,4 @@
-"""API keys, transactional messages and their append-only event history."""
+"""API keys and transactional message requests (their outcome is a delivery.Delivery)."""
 
 from __future__ import annotations
 
@@ -60,25 +60,25 @@ class Category(models.TextChoices):
     MARKETING = "marketing", "Marketing"
 
 
-class MessageStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENDING = "sending", "Sending"
-    SENT = "sent", "Sent"
-    DEFERRED = "deferred", "Deferred"
-    BOUNCED = "bounced", "Bounced"
-    FAILED = "failed", "Failed"
-    SUPPRESSED = "suppressed", "Suppressed"
-
-
 class MessageSource(models.TextChoices):
     API = "api", "REST API"
     RELAY = "relay", "SMTP relay"
 
 
 class TransactionalMessage(models.Model):
-    """One message to one recipient, composed when accepted and sent on the priority queue."""
+    """An application's request to send one message to one recipient: the API's record.
+
+    What happened to the message (status, attempts, the SMTP reply, its events, bounces) is
+    its `delivery`, a Delivery without a campaign, recorded and correlated like a
+    campaign's. This row keeps what only the API knows: the key that sent it, the
+    idempotency key, tags, the source, and the composed message (CRLF bytes, not yet
+    DKIM-signed nor stamped with its delivery reference: both are done at send time).
+    """
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    delivery = models.OneToOneField(
+        "delivery.Delivery", on_delete=models.CASCADE, related_name="transactional"
+    )
     api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="messages")
     idempotency_key = models.CharField(max_length=255, blank=True)
     request_hash = models.CharField(max_length=64, blank=True)
@@ -88,26 +88,10 @@ class TransactionalMessage(models.Model):
         "campaigns.Template", null=True, blank=True, on_delete=models.SET_NULL
     )
     from_email = models.CharField(max_length=320)
-    to_email = models.CharField(max_length=320)
     subject = models.CharField(max_length=998, blank=True)
     tags = models.JSONField(default=list, blank=True)
-    message_id = models.CharField(max_length=255, blank=True)
-    # The composed message (CRLF bytes, not yet DKIM-signed: signed at send time).
     raw = models.BinaryField()
-    status = models.CharField(
-        max_length=12, choices=MessageStatus.choices, default=MessageStatus.PENDING
-    )
-    attempts = models.PositiveSmallIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    enhanced_status = models.CharField(max_length=16, blank=True)
-    smtp_reply = models.TextField(blank=True)
-    reason = models.CharField(max_length=40, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    first_attempt_at = models.DateTimeField(null=True, blank=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
@@ -117,44 +101,7 @@ class TransactionalMessage(models.Model):
                 name="uniq_message_idempotency_key",
             ),
         ]
-        indexes = [
-            models.Index(fields=["status", "next_attempt_at"], name="txmessage_due"),
-            models.Index(fields=["status", "lease_expires_at"], name="txmessage_lease"),
-        ]
         ordering = ["-id"]
 
     def __str__(self) -> str:
-        return f"Message {self.public_id} ({self.status})"
-
-
-class MessageEventKind(models.TextChoices):
-    ACCEPTED = "accepted", "Accepted"
-    ATTEMPT = "attempt", "Attempt"
-    SENT = "sent", "Sent"
-    DEFERRED = "deferred", "Deferred"
-    BOUNCED = "bounced", "Bounced"
-    FAILED = "failed", "Failed"
-    SUPPRESSED = "suppressed", "Suppressed"
-    RECLAIMED = "reclaimed", "Lease expired, reclaimed"
-    UNSUBSCRIBE = "unsubscribe", "Unsubscribe"
-    COMPLAINT = "complaint", "Complaint"
-
-
-class MessageEvent(models.Model):
-    """Append-only history of a transactional message."""
-
-    message = models.ForeignKey(
-        TransactionalMessage, on_delete=models.CASCADE, related_name="events"
-    )
-    kind = models.CharField(max_length=12, choices=MessageEventKind.choices)
-    created_at = models.DateTimeField()
-    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    enhanced_status = models.CharField(max_length=16, blank=True)
-    detail = models.TextField(blank=True)
-
-    class Meta:
-        ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["message", "created_at"])]
-
-    def __str__(self) -> str:
-        return f"{self.kind} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+        return f"Message {self.public_id}"

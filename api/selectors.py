@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from api import correlation
 from api.models import ApiKey, Category, TransactionalMessage
 from delivery.intake.models import BounceMessage
 from delivery.tokens import read_token
@@ -16,14 +15,16 @@ UNSUBSCRIBE_TOKEN_PURPOSE = "unsubscribe-message"
 
 
 def message_for_key(*, api_key: ApiKey, public_id: uuid.UUID | str) -> TransactionalMessage | None:
-    """A message sent by any key of the same application, or None."""
+    """A message sent by any key of the same application, with its delivery, or None."""
     try:
         public_id = uuid.UUID(str(public_id))
     except ValueError:
         return None
-    return TransactionalMessage.objects.filter(
-        public_id=public_id, api_key__application=api_key.application
-    ).first()
+    return (
+        TransactionalMessage.objects.select_related("delivery")
+        .filter(public_id=public_id, api_key__application=api_key.application)
+        .first()
+    )
 
 
 def message_for_unsubscribe_token(token: str) -> TransactionalMessage | None:
@@ -32,64 +33,46 @@ def message_for_unsubscribe_token(token: str) -> TransactionalMessage | None:
     value = read_token(UNSUBSCRIBE_TOKEN_PURPOSE, token)
     if value is None or not 0 <= value < 1 << 128:
         return None
-    return TransactionalMessage.objects.filter(
-        public_id=uuid.UUID(int=value), category=Category.MARKETING
-    ).first()
-
-
-def message_by_return_path(address: str) -> TransactionalMessage | None:
-    """The message this VERP return path was made for (api.correlation), or None."""
-    message_pk = correlation.message_pk_from_return_path(address)
-    if message_pk is None:
-        return None
-    return TransactionalMessage.objects.filter(pk=message_pk).first()
-
-
-def message_by_correlation_key(key: str) -> TransactionalMessage | None:
-    """The message of a "tx-<public id>" key as Skylark stores it (message_ref), or None."""
-    public_id = correlation.public_id_from_key(key)
-    if public_id is None:
-        return None
-    return TransactionalMessage.objects.filter(public_id=public_id).first()
-
-
-def message_by_signed_key(value: str) -> TransactionalMessage | None:
-    """The message a signed key from a report (ENVID, X-Skylark-Delivery) names, or None
-    (unsigned, forged or tampered with)."""
-    public_id = correlation.public_id_from_signed_key(value)
-    if public_id is None:
-        return None
-    return TransactionalMessage.objects.filter(public_id=public_id).first()
+    return (
+        TransactionalMessage.objects.select_related("delivery")
+        .filter(public_id=uuid.UUID(int=value), category=Category.MARKETING)
+        .first()
+    )
 
 
 def message_bounce_reports(message: TransactionalMessage) -> list[BounceMessage]:
-    """The bounce reports tied to a message (through BounceMessage.message_ref), newest first."""
-    key = correlation.correlation_key(message.public_id)
-    return list(BounceMessage.objects.filter(message_ref=key).order_by("-received_at")[:50])
+    """The bounce reports tied to a message's delivery, newest first."""
+    return list(
+        BounceMessage.objects.filter(delivery_id=message.delivery_id).order_by("-received_at")[:50]
+    )
 
 
 def message_status(message: TransactionalMessage) -> dict[str, Any]:
+    delivery = message.delivery
     return {
         "id": str(message.public_id),
-        "status": message.status,
+        "status": delivery.status,
         "category": message.category,
-        "to": message.to_email,
+        "to": delivery.email,
         "from_email": message.from_email,
         "subject": message.subject,
         "tags": message.tags,
-        "message_id": message.message_id,
-        "attempts": message.attempts,
-        "smtp_code": message.smtp_code,
-        "enhanced_status": message.enhanced_status,
-        "smtp_reply": message.smtp_reply,
-        "reason": message.reason,
+        "message_id": delivery.message_id,
+        "attempts": delivery.attempts,
+        "smtp_code": delivery.smtp_code,
+        "enhanced_status": delivery.enhanced_status,
+        "smtp_reply": delivery.smtp_reply,
+        "reason": delivery.reason,
         "created_at": message.created_at.isoformat(),
-        "sent_at": message.sent_at.isoformat() if message.sent_at else None,
-        "next_attempt_at": message.next_attempt_at.isoformat() if message.next_attempt_at else None,
+        "sent_at": delivery.sent_at.isoformat() if delivery.sent_at else None,
+        "next_attempt_at": (
+            delivery.next_attempt_at.isoformat() if delivery.next_attempt_at else None
+        ),
     }
 
 
 def message_events(message: TransactionalMessage) -> list[dict[str, Any]]:
+    """The delivery's events, oldest first (a message's history is its delivery's)."""
     return [
         {
             "kind": event.kind,
@@ -98,5 +81,5 @@ def message_events(message: TransactionalMessage) -> list[dict[str, Any]]:
             "enhanced_status": event.enhanced_status,
             "detail": event.detail,
         }
-        for event in message.events.all()
+        for event in message.delivery.events.all()
     ]

@@ -6,9 +6,9 @@ class CampaignsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Mail to a campaign message's List-Unsubscribe mailto: the intake asks us (it cannot
-        # import the campaigns app, which depends on it).
-        from campaigns.unsubscribe_mail import CampaignUnsubscribeHandler
-        from delivery.intake.mailto import unsubscribe_handler_register
+        # Mail to a message's List-Unsubscribe mailto: the intake finds the delivery and asks
+        # us what unsubscribing its recipient means (it cannot import this app).
+        from campaigns.services import delivery_unsubscribe
+        from delivery.intake.mailto import unsubscriber_install
 
-        unsubscribe_handler_register(name="campaigns", handler=CampaignUnsubscribeHandler())
+        unsubscriber_install(delivery_unsubscribe)

@@ -139,18 +139,34 @@ def delivery_unsubscribe(
     """Unsubscribe a recipient from the lists its campaign was sent to; idempotent.
 
     A recipient of a campaign that targets segments opts out of all campaign mail (the
-    contact becomes unsubscribed): an unsubscribe link must always work.
-    Each subscription changed gets a consent record. Returns True when something changed.
+    contact becomes unsubscribed): an unsubscribe link must always work. A transactional
+    message's recipient (a delivery without a campaign: the API's marketing messages) opts
+    out of all marketing mail to the address. Each subscription changed gets a consent
+    record. Returns True when something changed.
     """
     from campaigns.tracking import tracking_record_unsubscribe
     from contacts.models import Subscription
     from contacts.signup import subscriptions_unsubscribe
+    from contacts.suppression import address_unsubscribe_everywhere
     from delivery.models import Delivery, DeliveryEvent, EventKind
 
     delivery = Delivery.objects.select_related("campaign").filter(pk=delivery_id).first()
     if delivery is None:
         return False
     now = timezone.now()
+    if delivery.campaign is None:
+        with transaction.atomic():
+            _, changed = address_unsubscribe_everywhere(
+                email=delivery.email,
+                source=f"message {delivery.pk}: {source}"[:100],
+                ip=ip,
+                user_agent=user_agent,
+            )
+            if changed:
+                DeliveryEvent.objects.create(
+                    delivery=delivery, kind=EventKind.UNSUBSCRIBE, created_at=now, detail=source
+                )
+        return changed
     with transaction.atomic():
         changed = subscriptions_unsubscribe(
             Subscription.objects.filter(

@@ -19,8 +19,11 @@ from contacts.models import (
     Subscription,
     SubscriptionStatus,
     Suppression,
+    SuppressionReason,
     SuppressionScope,
 )
+from contacts.selectors import contacts_by_keys
+from contacts.signup import subscriptions_unsubscribe
 
 
 def addresses_suppress(*, emails: Iterable[str], reason: str, source: str) -> None:
@@ -77,3 +80,26 @@ def subscriptions_end(*, contact_ids: Sequence[int], now: datetime | None = None
         .exclude(status=SubscriptionStatus.UNSUBSCRIBED)
         .update(status=SubscriptionStatus.UNSUBSCRIBED, updated_at=now or timezone.now())
     )
+
+
+def address_unsubscribe_everywhere(
+    *, email: str, source: str, ip: str = "", user_agent: str = ""
+) -> tuple[int, bool]:
+    """Stop all marketing mail to an address, with or without a contact; idempotent.
+
+    Every subscription of its contact ends (with a consent record, as campaigns' unsubscribe
+    link writes), the contact becomes unsubscribed, and an address suppression with reason
+    `unsubscribe` is kept: campaigns exclude it and marketing messages of the API are refused
+    for it, while transactional mail still goes. Returns (subscriptions ended, whether
+    anything changed). Runs inside the caller's transaction.
+    """
+    contacts = list(contacts_by_keys([email.lower()]).values_list("pk", flat=True))
+    changed = subscriptions_unsubscribe(
+        Subscription.objects.filter(contact_id__in=contacts),
+        source=source,
+        ip=ip,
+        user_agent=user_agent,
+    )
+    contact_changed = contacts_unsubscribed(contact_ids=contacts)
+    suppressed = address_suppress(email=email, reason=SuppressionReason.UNSUBSCRIBE, source=source)
+    return changed, bool(changed or contact_changed or suppressed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import Lower
 
 from delivery import crypto
 
@@ -136,6 +137,13 @@ class Delivery(models.Model):
                 fields=["lease_expires_at"],
                 name="delivery_lease",
                 condition=models.Q(status="sending"),
+            ),
+            # A transactional recipient with no contact is a person by address: the bounce
+            # policy counts their hard bounces by lower(email). Campaign rows stay out.
+            models.Index(
+                Lower("email"),
+                name="delivery_tx_email",
+                condition=models.Q(campaign__isnull=True),
             ),
         ]
 

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db.models import Count, IntegerField, Q, Value
 from django.db.models.functions import Lower, StrIndex, Substr
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from delivery.models import OPEN_STATUSES, Delivery, DeliveryStatus, DkimKey, EventKind, SmtpServer
 from delivery.ratelimit import Limit, RateLimiter
@@ -240,7 +241,11 @@ def bounce_rates_by_campaign(*, limit: int = 50) -> list[RateRow]:
     )
     return [
         RateRow(
-            label=f"#{r['campaign_id']} {r['campaign__name']}",
+            label=(
+                f"#{r['campaign_id']} {r['campaign__name']}"
+                if r["campaign_id"] is not None
+                else str(_("Transactional messages"))
+            ),
             sent=r["sent"],
             bounced=r["bounced"],
             complained=r["complained"],

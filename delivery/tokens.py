@@ -62,8 +62,20 @@ def purpose_secret(purpose: str) -> str:
 
 
 def delivery_reference(delivery_id: int) -> str:
-    """The ENVID and X-Skylark-Delivery value of a campaign delivery: `<id>.<tag>`."""
+    """The ENVID and X-Skylark-Delivery value of a delivery: `<id>.<tag>`."""
     return keyed_reference(str(int(delivery_id)), secret=purpose_secret("delivery-reference"))
+
+
+def delivery_header_line(delivery_id: int) -> bytes:
+    """The `X-Skylark-Delivery: <id>.<tag>` line a message stored without it is sent with."""
+    return f"X-Skylark-Delivery: {delivery_reference(delivery_id)}\r\n".encode("ascii")
+
+
+def delivery_return_path(delivery_id: int) -> str:
+    """The VERP envelope sender of a delivery: `bounces+<id>-<tag>@EDM_BOUNCE_DOMAIN`."""
+    return verp_address(
+        delivery_id=delivery_id, domain=settings.EDM_BOUNCE_DOMAIN, secret=settings.SECRET_KEY
+    )
 
 
 def delivery_from_reference(value: str) -> int | None:

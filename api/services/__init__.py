@@ -1,7 +1,7 @@
 """Writes of the API app, one module per room; the names callers use are re-exported here.
 
 keys.py: API keys, scopes, sender domains, the per-process key cache and rate limits.
-messages.py: transactional messages accepted, composed, stored, sent and recorded; the sweeper.
+messages.py: transactional messages accepted, composed, stored (a Delivery each) and sent; the sweeper.
 relay.py: a message submitted over SMTP (the relay) accepted as one message per recipient.
 contacts.py: contacts over REST and the opt-out of a marketing message's recipient.
 
@@ -24,7 +24,6 @@ from api.services.messages import (
     AttachmentIn,
     SendRequest,
     message_accept,
-    message_report_record,
     message_send,
     message_unsubscribe_url,
     messages_sweep,
@@ -44,7 +43,6 @@ __all__ = [
     "contact_unsubscribe",
     "contact_upsert",
     "message_accept",
-    "message_report_record",
     "message_send",
     "message_unsubscribe",
     "message_unsubscribe_url",

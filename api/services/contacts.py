@@ -6,16 +6,15 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from django.db import transaction
-from django.utils import timezone
 
 from api.errors import MessageRejected
-from api.models import MessageEvent, MessageEventKind, TransactionalMessage
+from api.models import TransactionalMessage
+from campaigns.services import delivery_unsubscribe
 from contacts.models import (
     Contact,
-    SuppressionReason,
 )
 from contacts.selectors import contacts_by_keys
-from contacts.suppression import address_suppress, contacts_unsubscribed
+from contacts.suppression import address_unsubscribe_everywhere
 
 logger = logging.getLogger(__name__)
 
@@ -90,38 +89,12 @@ def contact_unsubscribe(*, email: str, lists: Sequence[str] = (), source: str = 
         raise MessageRejected("no such contact")
     with transaction.atomic():
         if not lists:
-            changed, _ = _unsubscribe_everywhere(email=contact.email, source=source)
+            changed, _ = address_unsubscribe_everywhere(email=contact.email, source=source)
             return changed
         return subscriptions_unsubscribe(
             Subscription.objects.filter(contact=contact, contact_list__name__in=list(lists)),
             source=source,
         )
-
-
-def _unsubscribe_everywhere(
-    *, email: str, source: str, ip: str = "", user_agent: str = ""
-) -> tuple[int, bool]:
-    """Stop all marketing mail to an address, with or without a contact; idempotent.
-
-    Every subscription of its contact ends (with a consent record, as campaigns' unsubscribe
-    link writes), the contact becomes unsubscribed, and an address suppression with reason
-    `unsubscribe` is kept: campaigns exclude it and `suppression_reason` refuses marketing
-    messages for it, while transactional mail still goes. Returns (subscriptions ended,
-    whether anything changed). Runs inside the caller's transaction.
-    """
-    from contacts.models import Subscription
-    from contacts.signup import subscriptions_unsubscribe
-
-    contacts = list(contacts_by_address(email).values_list("pk", flat=True))
-    changed = subscriptions_unsubscribe(
-        Subscription.objects.filter(contact_id__in=contacts),
-        source=source,
-        ip=ip,
-        user_agent=user_agent,
-    )
-    contact_changed = contacts_unsubscribed(contact_ids=contacts)
-    suppressed = address_suppress(email=email, reason=SuppressionReason.UNSUBSCRIBE, source=source)
-    return changed, bool(changed or contact_changed or suppressed)
 
 
 def message_unsubscribe(
@@ -130,21 +103,13 @@ def message_unsubscribe(
     """The recipient of a marketing message opted out (its List-Unsubscribe link); idempotent.
 
     A transactional message names no list, so the opt-out covers all marketing mail to the
-    address (`_unsubscribe_everywhere`), and the message's history gets an `unsubscribe`
-    event. Returns True when something changed.
+    address, and the message's delivery gets an `unsubscribe` event: what any delivery
+    without a campaign gets (campaigns.services.delivery_unsubscribe, which mail to the
+    List-Unsubscribe address reaches too). Returns True when something changed.
     """
-    now = timezone.now()
-    with transaction.atomic():
-        _, changed = _unsubscribe_everywhere(
-            email=message.to_email,
-            source=f"message {message.public_id}: {source}"[:100],
-            ip=ip,
-            user_agent=user_agent,
-        )
-        if changed:
-            MessageEvent.objects.create(
-                message=message, kind=MessageEventKind.UNSUBSCRIBE, created_at=now, detail=source
-            )
+    changed = delivery_unsubscribe(
+        delivery_id=message.delivery_id, source=source, ip=ip, user_agent=user_agent
+    )
     if changed:
         logger.info("message %s: recipient unsubscribed (%s)", message.public_id, source)
     return changed

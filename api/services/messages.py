@@ -1,4 +1,11 @@
-"""Transactional messages: accepting, composing and storing them, sending, recording, the sweeper."""
+"""Transactional messages: accepting, composing and storing them, sending, the sweeper.
+
+A message is a Delivery without a campaign (its status, attempts, reply, events, bounces)
+plus the API's request record (TransactionalMessage: key, idempotency, tags, the composed
+bytes). Sending claims the delivery, records the outcome through delivery.recording (the
+campaigns' recorder, bounce policy included) and lets the bounce intake correlate reports by
+the delivery's own keys.
+"""
 
 from __future__ import annotations
 
@@ -24,21 +31,13 @@ from django.urls import reverse
 from django.utils import timezone
 from kombu import Producer
 
-from api import correlation
 from api.errors import IdempotencyConflict, MessageRejected
-from api.models import (
-    ApiKey,
-    Category,
-    MessageEvent,
-    MessageEventKind,
-    MessageSource,
-    MessageStatus,
-    TransactionalMessage,
-)
+from api.models import ApiKey, Category, MessageSource, TransactionalMessage
 from api.selectors import UNSUBSCRIBE_TOKEN_PURPOSE
 from api.services.contacts import contacts_by_address
 from api.services.keys import sender_check
 from campaigns.models import Template
+from campaigns.sending.claims import deliveries_reclaim_expired
 from contacts.models import (
     ContactStatus,
     Suppression,
@@ -46,12 +45,12 @@ from contacts.models import (
     SuppressionScope,
 )
 from delivery import tokens
-from delivery.intake.policy import synchronous_bounces_apply
-from delivery.services import message_send_now
+from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
+from delivery.services import deliveries_record, message_send_now
 from delivery.tokens import make_token
 from mailkit.compose import Attachment, Composer, MessageSpec, make_message_id
 from mailkit.errors import DeliveryError, TemplateError
-from mailkit.outcomes import Outcome, RetryPolicy, outcome_for_result
+from mailkit.outcomes import RetryPolicy, outcome_for_result
 from mailkit.render import (
     CompiledTemplates,
     TemplateSource,
@@ -62,13 +61,6 @@ from mailkit.render import (
 
 logger = logging.getLogger(__name__)
 
-# Statuses that stop a message however it is asked for again.
-FINAL_STATUSES = (
-    MessageStatus.SENT,
-    MessageStatus.BOUNCED,
-    MessageStatus.FAILED,
-    MessageStatus.SUPPRESSED,
-)
 # Suppressions that stop transactional mail too: the address is dead or its owner complained.
 ALWAYS_SUPPRESSED = (SuppressionReason.HARD_BOUNCE, SuppressionReason.COMPLAINT)
 LEASE_SECONDS = 120
@@ -201,13 +193,15 @@ def message_unsubscribe_url(public_id: uuid.UUID) -> str:
 
 
 def _compose(
-    request: SendRequest, *, public_id: uuid.UUID
+    request: SendRequest, *, public_id: uuid.UUID, delivery_id: int | None
 ) -> tuple[Template | None, str, str, bytes]:
     """(template, subject, Message-ID, MIME bytes); MessageRejected on any content problem.
 
     A marketing message carries List-Unsubscribe (its https one-click URL and a mailto) and
     List-Unsubscribe-Post like a campaign's (RFC 2369, RFC 8058), and its templates see
     `{{ unsubscribe_url }}`; a transactional one carries neither: there is nothing to leave.
+    The mailto names the message's delivery (`delivery_id`, stored first for a marketing
+    message), as a campaign's does: the bounce intake acts on it the same way.
     """
     try:
         template, compiled = _resolve_template(request)
@@ -224,11 +218,9 @@ def _compose(
             )
         )
         unsubscribe_url = unsubscribe_mailto = ""
-        if request.category == Category.MARKETING:
+        if request.category == Category.MARKETING and delivery_id is not None:
             unsubscribe_url = message_unsubscribe_url(public_id)
-            unsubscribe_mailto = tokens.unsubscribe_mailto(
-                delivery_id=public_id.int, purpose=correlation.UNSUBSCRIBE_MAILTO_PURPOSE
-            )
+            unsubscribe_mailto = tokens.unsubscribe_mailto(delivery_id=delivery_id)
         context = contact_context(
             email=request.to_email,
             name=request.to_name,
@@ -270,27 +262,22 @@ def message_accept(
         existing = _idempotent_message(api_key, idempotency_key, fingerprint)
         if existing is not None:
             return existing, False
-    # Known before the INSERT: the unsubscribe link and the correlation header carry it.
+    # Known before the INSERT: the one-click unsubscribe link carries it.
     public_id = uuid.uuid4()
-    template, subject, message_id, raw = _compose(request, public_id=public_id)
-    raw = correlation.header_line(public_id) + raw
-    message = TransactionalMessage(
-        public_id=public_id,
-        api_key=api_key,
-        idempotency_key=idempotency_key,
-        request_hash=fingerprint,
-        source=MessageSource.API,
-        category=request.category,
-        template=template,
-        from_email=request.from_email or settings.EDM_DEFAULT_FROM_EMAIL,
-        to_email=request.to_email,
-        subject=subject[:998],
-        tags=list(request.tags),
-        message_id=message_id,
-        raw=raw,
-    )
+    delivery = Delivery(email=request.to_email)
     try:
-        _insert(message)
+        if request.category == Category.MARKETING:
+            # Its List-Unsubscribe mailto names the delivery: stored first, all or nothing.
+            with transaction.atomic():
+                delivery.save(force_insert=True)
+                message = _message(
+                    request, api_key, idempotency_key, fingerprint, public_id, delivery
+                )
+                Delivery.objects.filter(pk=delivery.pk).update(message_id=delivery.message_id)
+                message.save(force_insert=True)
+        else:
+            message = _message(request, api_key, idempotency_key, fingerprint, public_id, delivery)
+            _insert(message, delivery)
         message_enqueue(message=message)
     except IntegrityError:
         if not idempotency_key:
@@ -300,6 +287,36 @@ def message_accept(
             raise
         return existing, False
     return message, True
+
+
+def _message(
+    request: SendRequest,
+    api_key: ApiKey,
+    idempotency_key: str,
+    fingerprint: str,
+    public_id: uuid.UUID,
+    delivery: Delivery,
+) -> TransactionalMessage:
+    """The request record of a new message, composed (MessageRejected on any content problem);
+    its delivery gets the Message-ID."""
+    template, subject, message_id, raw = _compose(
+        request, public_id=public_id, delivery_id=delivery.pk
+    )
+    delivery.message_id = message_id
+    return TransactionalMessage(
+        public_id=public_id,
+        delivery=delivery,
+        api_key=api_key,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        source=MessageSource.API,
+        category=request.category,
+        template=template,
+        from_email=request.from_email or settings.EDM_DEFAULT_FROM_EMAIL,
+        subject=subject[:998],
+        tags=list(request.tags),
+        raw=raw,
+    )
 
 
 def _idempotent_message(
@@ -315,47 +332,69 @@ def _idempotent_message(
     return existing
 
 
+def _columns(model: type[models.Model]) -> tuple[str, tuple[models.Field, ...]]:
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
+    return ", ".join(quote(f.column) for f in fields), fields
+
+
 @functools.cache
-def _insert_statement(vendor: str) -> tuple[str, tuple[models.Field, ...]]:
-    """INSERT ... RETURNING id of a TransactionalMessage, built once from the model's fields."""
-    connection = connections[DEFAULT_DB_ALIAS]
-    quote = connection.ops.quote_name
-    meta = TransactionalMessage._meta
-    fields = tuple(f for f in meta.concrete_fields if not f.primary_key)
+def _insert_statement(
+    vendor: str,
+) -> tuple[str, tuple[models.Field, ...], tuple[models.Field, ...]]:
+    """PostgreSQL: one statement that inserts a delivery and its message, built once from the
+    models' fields; returns (message id, delivery id)."""
+    quote = connections[DEFAULT_DB_ALIAS].ops.quote_name
+    delivery_columns, delivery_fields = _columns(Delivery)
+    message_columns, message_fields = _columns(TransactionalMessage)
+    message_fields = tuple(f for f in message_fields if f.name != "delivery")
+    message_columns = ", ".join(quote(f.column) for f in message_fields)
     sql = (
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
-        f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(meta.pk.column)}"
+        f"WITH d AS (INSERT INTO {quote(Delivery._meta.db_table)} ({delivery_columns}) "
+        f"VALUES ({', '.join(['%s'] * len(delivery_fields))}) RETURNING id) "
+        f"INSERT INTO {quote(TransactionalMessage._meta.db_table)} "
+        f"({message_columns}, {quote('delivery_id')}) "
+        f"SELECT {', '.join(['%s'] * len(message_fields))}, d.id FROM d "
+        f"RETURNING {quote('id')}, {quote('delivery_id')}"
     )
-    return sql, fields
+    return sql, delivery_fields, message_fields
 
 
-def _insert(message: TransactionalMessage) -> None:
-    """Store a new message: one INSERT ... RETURNING, its own transaction in autocommit mode
-    (no BEGIN and COMMIT round trips), or under a savepoint in the caller's transaction.
+def _insert(message: TransactionalMessage, delivery: Delivery) -> None:
+    """Store a new message and its delivery.
 
-    The statement is what Model.save() sends, less the ORM's per-call query compiling (about
-    a tenth of a request's CPU): values are prepared by the fields themselves (auto_now,
-    JSON, binary); the model has no save() override and no pre/post_save receivers.
+    PostgreSQL: one statement (a data-modifying WITH), its own transaction in autocommit mode
+    (no BEGIN and COMMIT round trips) or under a savepoint in the caller's. The statement is
+    what two Model.save() calls send, less the ORM's per-call query compiling (about a tenth
+    of a request's CPU): values are prepared by the fields themselves (auto_now, JSON,
+    binary); neither model has a save() override or pre/post_save receivers. Elsewhere
+    (SQLite: no INSERT in WITH) two saves in one transaction.
     """
     connection = connections[DEFAULT_DB_ALIAS]
-    if not connection.features.can_return_columns_from_insert:
-        message.save(force_insert=True)
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            delivery.save(force_insert=True)
+            message.delivery = delivery
+            message.save(force_insert=True)
         return
-    sql, fields = _insert_statement(connection.vendor)
-    values = [f.get_db_prep_save(f.pre_save(message, True), connection) for f in fields]
+    sql, delivery_fields, message_fields = _insert_statement(connection.vendor)
+    values = [f.get_db_prep_save(f.pre_save(delivery, True), connection) for f in delivery_fields]
+    values += [f.get_db_prep_save(f.pre_save(message, True), connection) for f in message_fields]
     with transaction.atomic() if connection.in_atomic_block else nullcontext():
         with connection.cursor() as cursor:
             cursor.execute(sql, values)
-            message.pk = cursor.fetchone()[0]
-    message._state.adding = False
-    message._state.db = DEFAULT_DB_ALIAS
+            message.pk, delivery.pk = cursor.fetchone()
+    for row in (delivery, message):
+        row._state.adding = False
+        row._state.db = DEFAULT_DB_ALIAS
+    message.delivery = delivery
 
 
 def message_enqueue(*, message: TransactionalMessage) -> None:
     """send_message.delay_on_commit(message.pk), published through this thread's producer."""
     from api.tasks import send_message
 
-    # No MessageEvent row for "accepted": created_at says it, and one INSERT less per call.
+    # No event row for "accepted": the message's created_at says it (one INSERT less).
     message_pk = message.pk
 
     def publish() -> None:
@@ -410,18 +449,19 @@ def _retry_policy() -> RetryPolicy:
 
 
 def _claim(message_id: int, now: datetime) -> TransactionalMessage | None:
-    """Compare-and-set pending (or due deferred) -> sending with a lease; None if not ours."""
-    due = Q(status=MessageStatus.PENDING) | Q(
-        status=MessageStatus.DEFERRED, next_attempt_at__lte=now
+    """Compare-and-set the message's delivery pending (or due deferred) -> sending with a
+    lease; the message with its delivery, or None when it is not ours to send."""
+    due = Q(status=DeliveryStatus.PENDING) | Q(
+        status=DeliveryStatus.DEFERRED, next_attempt_at__lte=now
     )
-    claimed = TransactionalMessage.objects.filter(due, pk=message_id).update(
-        status=MessageStatus.SENDING,
+    claimed = Delivery.objects.filter(due, transactional__pk=message_id).update(
+        status=DeliveryStatus.SENDING,
         lease_expires_at=now + timedelta(seconds=LEASE_SECONDS),
         updated_at=now,
     )
     if not claimed:
         return None
-    return TransactionalMessage.objects.select_related("api_key").get(pk=message_id)
+    return TransactionalMessage.objects.select_related("delivery").get(pk=message_id)
 
 
 def suppression_reason(*, email: str, category: str) -> str:
@@ -455,152 +495,68 @@ def message_send(*, message_id: int) -> str:
     message = _claim(message_id, now)
     if message is None:
         return ""
-    reason = suppression_reason(email=message.to_email, category=message.category)
+    delivery = message.delivery
+    reason = suppression_reason(email=delivery.email, category=message.category)
     if reason:
-        _record_suppressed(message, reason, now)
-        return MessageStatus.SUPPRESSED
+        _record_suppressed(delivery, reason, now)
+        return DeliveryStatus.SUPPRESSED
     result = message_send_now(
-        data=bytes(message.raw),
+        # Stamped here, not stored: the delivery's id is known only once the row exists.
+        data=tokens.delivery_header_line(delivery.pk) + bytes(message.raw),
         from_email=message.from_email,
-        to_email=message.to_email,
-        tag=message.pk,
+        to_email=delivery.email,
+        tag=delivery.pk,
         # Asynchronous bounces come back to the return path, with the ENVID where the
-        # receiving servers support DSN: both lead the bounce intake to this message.
-        sender=correlation.return_path(message.pk),
-        envid=correlation.signed_key(message.public_id),
+        # receiving servers support DSN: both lead the bounce intake to this delivery.
+        sender=tokens.delivery_return_path(delivery.pk),
+        envid=tokens.delivery_reference(delivery.pk),
     )
     outcome = outcome_for_result(
         result,
-        delivery_id=message.pk,
-        attempts=message.attempts + 1,
-        first_attempt_at=message.first_attempt_at,
+        delivery_id=delivery.pk,
+        attempts=delivery.attempts + 1,
+        first_attempt_at=delivery.first_attempt_at,
         now=timezone.now(),
         policy=_retry_policy(),
-        message_id=message.message_id,
+        message_id=delivery.message_id,
     )
-    _record(message, outcome)
+    # The campaigns' recorder: the event, and a hard bounce under the bounce policy table.
+    deliveries_record([outcome])
     return outcome.status
 
 
-def _record_suppressed(message: TransactionalMessage, reason: str, now: datetime) -> None:
+def _record_suppressed(delivery: Delivery, reason: str, now: datetime) -> None:
     with transaction.atomic():
-        TransactionalMessage.objects.filter(pk=message.pk).update(
-            status=MessageStatus.SUPPRESSED, reason=reason, lease_expires_at=None, updated_at=now
+        Delivery.objects.filter(pk=delivery.pk).update(
+            status=DeliveryStatus.SUPPRESSED, reason=reason, lease_expires_at=None, updated_at=now
         )
-        MessageEvent.objects.create(
-            message=message, kind=MessageEventKind.SUPPRESSED, created_at=now, detail=reason
+        DeliveryEvent.objects.create(
+            delivery=delivery, kind=EventKind.SUPPRESSED, created_at=now, detail=reason
         )
-
-
-def _record(message: TransactionalMessage, outcome: Outcome) -> None:
-    now = outcome.attempted_at
-    fields = {
-        "status": outcome.status,
-        "reason": outcome.reason,
-        "attempts": message.attempts + 1,
-        "smtp_code": outcome.smtp_code,
-        "enhanced_status": outcome.enhanced_status,
-        "smtp_reply": outcome.reply,
-        "next_attempt_at": outcome.next_attempt_at,
-        "lease_expires_at": None,
-        "first_attempt_at": message.first_attempt_at or now,
-        "updated_at": now,
-    }
-    if outcome.status == MessageStatus.SENT:
-        fields["sent_at"] = now
-    with transaction.atomic():
-        TransactionalMessage.objects.filter(pk=message.pk, status=MessageStatus.SENDING).update(
-            **fields
-        )
-        MessageEvent.objects.create(
-            message=message,
-            kind=outcome.status,
-            created_at=now,
-            smtp_code=outcome.smtp_code,
-            enhanced_status=outcome.enhanced_status,
-            detail=outcome.reply,
-        )
-        if outcome.suppress:
-            # The same policy table as campaigns' and reports' (this message is not a
-            # delivery: it counts as one more hard bounce).
-            contact_id = contacts_by_address(message.to_email).values_list("pk", flat=True).first()
-            synchronous_bounces_apply(
-                recipients=[(message.to_email, contact_id)],
-                source="smtp (api)",
-                now=now,
-                not_recorded=1,
-            )
-
-
-# What an asynchronous report may change: a message that looked delivered. A refusal already
-# recorded from the SMTP reply (bounced, failed) stays as it is; the event is still appended.
-_REPORTABLE = (MessageStatus.SENT,)
-
-
-def message_report_record(
-    *,
-    message_pk: int,
-    event: str,
-    status: str | None,
-    reason: str = "",
-    smtp_code: int | None = None,
-    enhanced_status: str = "",
-    detail: str = "",
-    now: datetime,
-) -> None:
-    """Record what a bounce report (DSN, complaint, provider event) says about a message.
-
-    One event (bounced, failed, deferred, complaint, unsubscribe); with `status` (bounced or
-    failed) a sent message moves to it with the report's reason and diagnostic, compare-and-
-    set. Suppression is the bounce policy's (delivery.intake.ingest), as for campaigns.
-    """
-    if status is not None:
-        TransactionalMessage.objects.filter(pk=message_pk, status__in=_REPORTABLE).update(
-            status=status,
-            reason=reason[:40],
-            smtp_code=smtp_code,
-            enhanced_status=enhanced_status[:16],
-            smtp_reply=detail,
-            updated_at=now,
-        )
-    MessageEvent.objects.create(
-        message_id=message_pk,
-        kind=event,
-        created_at=now,
-        smtp_code=smtp_code,
-        enhanced_status=enhanced_status[:16],
-        detail=detail,
-    )
 
 
 def messages_sweep(*, now: datetime | None = None, stale_seconds: int = 60) -> dict[str, int]:
-    """Take back expired leases, re-enqueue due deferrals and pending rows the broker lost."""
+    """Take back expired leases, re-enqueue due deferrals and pending messages the broker lost.
+
+    Leases are taken back by the send engine's own reclaim, for every delivery (an attempt
+    counted; a message that kills its worker EDM_MAX_RECLAIMS times fails); the campaigns'
+    sweeper runs it too, and it is safe to run twice. What is then due and has no campaign
+    is this sweeper's to enqueue.
+    """
     from api.tasks import send_message
 
     now = now or timezone.now()
-    reclaimed = list(
-        TransactionalMessage.objects.filter(
-            status=MessageStatus.SENDING, lease_expires_at__lt=now
-        ).values_list("pk", flat=True)[:1000]
-    )
-    if reclaimed:
-        with transaction.atomic():
-            TransactionalMessage.objects.filter(
-                pk__in=reclaimed, status=MessageStatus.SENDING
-            ).update(status=MessageStatus.DEFERRED, next_attempt_at=now, lease_expires_at=None)
-            MessageEvent.objects.bulk_create(
-                MessageEvent(message_id=pk, kind=MessageEventKind.RECLAIMED, created_at=now)
-                for pk in reclaimed
-            )
+    reclaimed = deliveries_reclaim_expired(now=now)
     due = list(
         TransactionalMessage.objects.filter(
-            Q(status=MessageStatus.DEFERRED, next_attempt_at__lte=now)
+            Q(delivery__status=DeliveryStatus.DEFERRED, delivery__next_attempt_at__lte=now)
             | Q(
-                status=MessageStatus.PENDING,
+                delivery__status=DeliveryStatus.PENDING,
                 created_at__lt=now - timedelta(seconds=stale_seconds),
-            )
+            ),
+            delivery__campaign__isnull=True,
         ).values_list("pk", flat=True)[:5000]
     )
     for pk in due:
         send_message.delay(pk)
-    return {"reclaimed": len(reclaimed), "enqueued": len(due)}
+    return {"reclaimed": reclaimed, "enqueued": len(due)}

@@ -9,10 +9,10 @@ from email.utils import formatdate
 
 from django.db import transaction
 
-from api import correlation
 from api.models import ApiKey, Category, MessageSource, TransactionalMessage
 from api.services.keys import sender_check
 from api.services.messages import message_enqueue
+from delivery.models import Delivery
 from mailkit.compose import make_message_id
 from mailkit.headerblock import headers_strip, originators_read
 from mailkit.text import clean_text
@@ -55,20 +55,19 @@ def messages_accept_raw(
     raw = prefix + headers_strip(data, ("bcc", "resent-bcc", "return-path", "x-skylark-delivery"))
     subject = clean_text(str(headers.get("Subject", "")))[:998]
     messages = []
-    for recipient in recipients:
-        message = TransactionalMessage(
-            api_key=api_key,
-            source=MessageSource.RELAY,
-            category=Category.TRANSACTIONAL,
-            from_email=from_email,
-            to_email=recipient,
-            subject=subject,
-            message_id=message_id[:255],
-        )
-        message.raw = correlation.header_line(message.public_id) + raw
-        messages.append(message)
     with transaction.atomic():
-        for message in messages:
-            message.save()
+        for recipient in recipients:
+            # One delivery per recipient; the correlation header is stamped at send time.
+            delivery = Delivery.objects.create(email=recipient, message_id=message_id[:255])
+            message = TransactionalMessage.objects.create(
+                delivery=delivery,
+                api_key=api_key,
+                source=MessageSource.RELAY,
+                category=Category.TRANSACTIONAL,
+                from_email=from_email,
+                subject=subject,
+                raw=raw,
+            )
             message_enqueue(message=message)
+            messages.append(message)
     return messages

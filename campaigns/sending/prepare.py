@@ -29,7 +29,6 @@ from mailkit.render import (
     render_content,
 )
 from mailkit.smtp import Envelope
-from mailkit.verp import verp_address
 
 
 @dataclass(frozen=True)
@@ -90,9 +89,7 @@ class PreparedCampaign:
         )
         if self.signer is not None:
             data = self.signer.sign(data)
-        sender = verp_address(
-            delivery_id=row.id, domain=settings.EDM_BOUNCE_DOMAIN, secret=settings.SECRET_KEY
-        )
+        sender = tokens.delivery_return_path(row.id)
         # RFC 6531: only a non-ASCII local part needs SMTPUTF8; an internationalized domain
         # travels as its A-label (xn--...), which any server accepts.
         recipient = validate_address(row.email)

@@ -5,9 +5,9 @@ Every intake path (bounce server, MTA pipe, mailbox poller, provider webhooks) e
 JSON). One report maps to at most one delivery; what happens to the contact is decided by
 `BouncePolicy` rows (kind -> count within a window -> action), in one place.
 
-Mail that is not a campaign delivery (the API's transactional messages) is correlated through
-a `MessageCorrelator` its app registers (`correlator_register`), so this module knows nothing
-of the apps above it; the same keys, trust rules and policy table apply.
+A transactional message (the API's, the relay's) is a delivery without a campaign: the same
+keys, trust rules, recording and policy table apply to it. Keys of messages sent before it was
+one are found through `legacy` (DeliveryAlias).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
@@ -26,6 +25,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from delivery import tokens
+from delivery.intake.legacy import legacy_delivery_by_reference, legacy_delivery_by_return_path
 from delivery.intake.mailto import MailtoRequest, mailto_apply, mailto_find
 from delivery.intake.models import (
     RAW_KEEP_BYTES,
@@ -36,7 +36,7 @@ from delivery.intake.models import (
     OutcomeKind,
     PolicyAction,
 )
-from delivery.intake.policy import bounce_policy_for, policy_act
+from delivery.intake.policy import bounce_policy_for, policy_act, recipients_with_contacts
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
 from mailkit.bounces import BounceKind, BounceReason, BounceRecipient, BounceReport, parse_bounce
 from mailkit.compose import message_id_delivery
@@ -62,90 +62,31 @@ class IngestResult:
     matched_by: str
     action: str  # BounceAction applied to the matched recipient ("none" otherwise)
     duplicate: bool = False
-    message_ref: str = ""  # the matched message that is not a delivery ("tx-<id>")
-
-
-# --- other senders ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SentMessage:
-    """A message that is not a campaign delivery, as the intake sees it."""
-
-    ref: str  # its correlation key, e.g. "tx-<public id>": kept as BounceMessage.message_ref
-    email: str  # the address it was sent to
-    contact_id: int | None = None  # the contact with that address, if any
-
-
-class MessageCorrelator(Protocol):
-    """An app's own sent mail that reports can be about (the API's transactional messages).
-
-    Lookups return None for a key that is not the app's (cheaply: a prefix, a VERP tag).
-    Statuses and event kinds are given in the delivery vocabulary (DeliveryStatus and
-    EventKind values: bounced, failed, deferred, complaint, unsubscribe).
-    """
-
-    def by_return_path(self, address: str) -> SentMessage | None:
-        """The message this VERP return path was made for; unforgeable (HMAC tag)."""
-        ...
-
-    def by_key(self, key: str) -> SentMessage | None:
-        """The message an ENVID or X-Skylark-Delivery value names; anyone can write these,
-        so the intake checks the report's recipient before it trusts the answer."""
-        ...
-
-    def record(
-        self,
-        message: SentMessage,
-        *,
-        event: str,
-        status: str | None,
-        reason: str,
-        smtp_code: int | None,
-        enhanced_status: str,
-        detail: str,
-        now: datetime,
-    ) -> None:
-        """Append an event; with `status`, move the message to it if it was sent (a
-        synchronous refusal already recorded stays). Runs in the intake's transaction."""
-        ...
-
-
-_CORRELATORS: dict[str, MessageCorrelator] = {}
-
-
-def correlator_register(*, name: str, correlator: MessageCorrelator) -> None:
-    """Let the intake tie reports to another app's messages (call from AppConfig.ready)."""
-    _CORRELATORS[name] = correlator
 
 
 @dataclass(frozen=True)
 class _Match:
     delivery: Delivery | None
     matched_by: str = ""
-    sent: SentMessage | None = None
-    correlator: MessageCorrelator | None = None
     untrusted: str = ""  # the field that named a message without a valid tag
+    # The contact the matched message's address is: a campaign delivery's own; for a
+    # transactional one (no contact of its own), the contact with that address, if any.
+    contact_id: int | None = None
 
     @property
     def found(self) -> bool:
-        return self.delivery is not None or self.sent is not None
+        return self.delivery is not None
 
     @property
     def email(self) -> str:
-        if self.delivery is not None:
-            return self.delivery.email
-        return self.sent.email if self.sent is not None else ""
+        return self.delivery.email if self.delivery is not None else ""
 
-    @property
-    def contact_id(self) -> int | None:
-        if self.delivery is not None:
-            return self.delivery.contact_id
-        return self.sent.contact_id if self.sent is not None else None
 
-    @property
-    def ref(self) -> str:
-        return self.sent.ref if self.sent is not None else ""
+def _matched(delivery: Delivery | None, matched_by: str) -> _Match | None:
+    if delivery is None:
+        return None
+    [(_, contact_id)] = recipients_with_contacts([(delivery.email, delivery.contact_id)])
+    return _Match(delivery, matched_by, contact_id=contact_id)
 
 
 # --- entry points ----------------------------------------------------------------------------
@@ -216,10 +157,8 @@ def _digest(raw: bytes) -> str:
 
 
 def _duplicate(existing: BounceMessage) -> IngestResult:
-    matched = existing.delivery_id is not None or bool(existing.message_ref)
-    primary = existing.outcomes.filter(
-        delivery_id=existing.delivery_id, message_ref=existing.message_ref
-    ).first()
+    matched = existing.delivery_id is not None
+    primary = existing.outcomes.filter(delivery_id=existing.delivery_id).first()
     return IngestResult(
         bounce_message_id=existing.pk,
         status=existing.status,
@@ -228,7 +167,6 @@ def _duplicate(existing: BounceMessage) -> IngestResult:
         matched_by=existing.matched_by,
         action=primary.action if primary and matched else BounceAction.NONE,
         duplicate=True,
-        message_ref=existing.message_ref,
     )
 
 
@@ -289,10 +227,7 @@ def _store(
                 message.error = f"{type(exc).__name__}: {exc}"[:2000]
                 message.delivery = None
                 message.matched_by = ""
-                message.message_ref = ""
-                message.save(
-                    update_fields=["status", "error", "delivery", "matched_by", "message_ref"]
-                )
+                message.save(update_fields=["status", "error", "delivery", "matched_by"])
                 return _result(message, BounceAction.NONE)
             return _result(message, action)
     except IntegrityError:
@@ -319,8 +254,7 @@ def _apply_unsubscribe(message: BounceMessage, request: MailtoRequest) -> str:
     message.status = BounceMessageStatus.APPLIED
     message.matched_by = "mailto"
     message.delivery_id = done.delivery_id
-    message.message_ref = done.message_ref
-    message.save(update_fields=["status", "matched_by", "delivery", "message_ref"])
+    message.save(update_fields=["status", "matched_by", "delivery"])
     action = BounceAction.UNSUBSCRIBED if done.changed else BounceAction.NONE
     BounceOutcome.objects.create(
         message=message,
@@ -328,7 +262,6 @@ def _apply_unsubscribe(message: BounceMessage, request: MailtoRequest) -> str:
         recipient=done.email[:320],
         kind=OutcomeKind.UNSUBSCRIBE,
         delivery_id=done.delivery_id,
-        message_ref=done.message_ref,
         contact_id=done.contact_id,
         action=action,
     )
@@ -344,7 +277,6 @@ def _result(message: BounceMessage, action: str) -> IngestResult:
         delivery_id=message.delivery_id,
         matched_by=message.matched_by,
         action=action,
-        message_ref=message.message_ref,
     )
 
 
@@ -369,9 +301,22 @@ def _delivery(delivery_id: int | None) -> Delivery | None:
     return Delivery.objects.filter(pk=delivery_id).first() if delivery_id is not None else None
 
 
+def _delivery_by_return_path(address: str) -> Delivery | None:
+    """The delivery a VERP return path was made for (mailkit/verp.py: the id and an HMAC
+    tag), or an old transactional message's (legacy)."""
+    delivery_id = verp_parse(address, secret=settings.SECRET_KEY)
+    if delivery_id is None:
+        delivery_id = legacy_delivery_by_return_path(address)
+    return _delivery(delivery_id)
+
+
 def _delivery_by_reference(value: str) -> Delivery | None:
-    """The delivery a signed ENVID or X-Skylark-Delivery value names (`<id>.<tag>`)."""
-    return _delivery(tokens.delivery_from_reference(value))
+    """The delivery a signed ENVID or X-Skylark-Delivery value names (`<id>.<tag>`, or an
+    old transactional message's `tx-<public id>.<tag>`)."""
+    delivery_id = tokens.delivery_from_reference(value)
+    if delivery_id is None:
+        delivery_id = legacy_delivery_by_reference(value)
+    return _delivery(delivery_id)
 
 
 def _delivery_by_message_id(message_id: str) -> Delivery | None:
@@ -394,43 +339,26 @@ def _unsigned_reference(report: BounceReport) -> str:
 def _correlate(
     report: BounceReport, envelope_rcpts: Sequence[str], *, recipient_fallback: bool
 ) -> _Match:
-    """The one message a report is about, by the keys of docs/bounces.md, strongest first.
+    """The one delivery a report is about, by the keys of docs/bounces.md, strongest first.
 
     Every key is unforgeable: the VERP return path, the ENVID and our header carry an HMAC
     tag, our Message-IDs end in one. A report that names a message only by a bare id (or a
     wrong tag) is matched to nothing: `untrusted` says which field did.
-    At each key a campaign delivery is tried first, then the registered correlators (their
-    keys never look like a delivery's: a VERP tag made with another secret, "tx-..." values).
     """
-    correlators = tuple(_CORRELATORS.values())
-    # 1. VERP: the return path carries the message id and an HMAC tag (mailkit/verp.py).
+    # 1. VERP: the return path carries the delivery id and an HMAC tag.
     for address in (*envelope_rcpts, report.envelope_to):
-        if not address:
-            continue
-        delivery = _delivery(verp_parse(address, secret=settings.SECRET_KEY))
-        if delivery is not None:
-            return _Match(delivery, "verp")
-        for correlator in correlators:
-            sent = correlator.by_return_path(address)
-            if sent is not None:
-                return _Match(None, "verp", sent, correlator)
+        match = _matched(_delivery_by_return_path(address), "verp") if address else None
+        if match is not None:
+            return match
     # 2-4. Keys the report's author writes, each checked by its tag.
     for matched_by, find, key in (
         ("envid", _delivery_by_reference, report.envid),
         ("header", _delivery_by_reference, report.delivery_header),
         ("message_id", _delivery_by_message_id, report.original_message_id),
     ):
-        if not key:
-            continue
-        delivery = find(key)
-        if delivery is not None:
-            return _Match(delivery, matched_by)
-        if matched_by == "message_id":
-            continue  # other senders' Message-IDs carry no key of theirs
-        for correlator in correlators:
-            sent = correlator.by_key(key)
-            if sent is not None:
-                return _Match(None, matched_by, sent, correlator)
+        match = _matched(find(key), matched_by) if key else None
+        if match is not None:
+            return match
     # 5. Provider webhooks only (the provider signed its call): the latest delivery that left
     # for the address the report names.
     named = {r.recipient.lower() for r in report.recipients if r.recipient}
@@ -441,8 +369,9 @@ def _correlate(
             .order_by("-sent_at", "-id")
             .first()
         )
-        if delivery is not None:
-            return _Match(delivery, "recipient")
+        match = _matched(delivery, "recipient")
+        if match is not None:
+            return match
     return _Match(None, untrusted=_unsigned_reference(report))
 
 
@@ -495,7 +424,6 @@ def _apply(
         message.summary["untrusted"] = {
             "matched_by": match.matched_by,
             "delivery": match.delivery.pk if match.delivery is not None else None,
-            "message_ref": match.ref,
             "why": refusal,
         }
         match, primary = _Match(None, untrusted=match.matched_by), None
@@ -523,7 +451,6 @@ def _apply(
             diagnostic=recipient.diagnostic[:2000],
             reporting_mta=recipient.reporting_mta[:255],
             delivery=match.delivery if is_primary else None,
-            message_ref=match.ref if is_primary else "",
             contact_id=match.contact_id if is_primary else None,
             # Another recipient of a multi-recipient report: kept, tied to nothing.
             action=BounceAction.NONE if ignored or is_primary else BounceAction.UNMATCHED,
@@ -533,7 +460,6 @@ def _apply(
             primary_outcome = outcome
 
     message.delivery = match.delivery
-    message.message_ref = match.ref
     message.matched_by = match.matched_by
     action = BounceAction.NONE
     if ignored:
@@ -556,7 +482,7 @@ def _apply(
     if primary_outcome is not None and primary_outcome.counted:
         action = _apply_policy(outcome=primary_outcome, match=match, now=now)
         BounceOutcome.objects.filter(pk=primary_outcome.pk).update(action=action)
-    message.save(update_fields=["delivery", "message_ref", "matched_by", "status", "summary"])
+    message.save(update_fields=["delivery", "matched_by", "status", "summary"])
     return action
 
 
@@ -582,20 +508,6 @@ def _apply_outcome(*, outcome: BounceOutcome, match: _Match, now: datetime) -> s
     if effect is None:
         return BounceAction.NONE
     event_kind, new_status, outcome.counted = effect
-    if match.delivery is None:
-        match.correlator.record(
-            match.sent,
-            event=str(event_kind),
-            status=str(new_status) if new_status else None,
-            reason=outcome.reason[:40],
-            smtp_code=outcome.smtp_code,
-            enhanced_status=outcome.enhanced_status,
-            detail=" ".join(
-                filter(None, [f"bounce report #{outcome.message_id}:", outcome.diagnostic])
-            ),
-            now=now,
-        )
-        return BounceAction.RECORDED
     delivery = match.delivery
     if new_status is not None:
         Delivery.objects.filter(pk=delivery.pk, status__in=_REPORTABLE).update(
@@ -629,7 +541,7 @@ def _apply_policy(*, outcome: BounceOutcome, match: _Match, now: datetime) -> st
     """The policy table: count this person's reports of the kind, act at the threshold.
 
     A person is the contact when there is one; a transactional recipient with no contact is
-    counted by the address of the messages its reports matched.
+    counted by the address of the deliveries its reports matched.
     """
     policy = bounce_policy_for(kind=outcome.kind)
     if policy is None or policy.action == PolicyAction.NONE:
@@ -644,7 +556,7 @@ def _apply_policy(*, outcome: BounceOutcome, match: _Match, now: datetime) -> st
         counted = counted.filter(created_at__gte=now - timedelta(days=policy.window_days))
     # Distinct messages: two reports about one message (a DSN and a webhook) count once. This
     # report's outcome is already saved, so it is among them.
-    reports = counted.values("delivery_id", "message_ref").distinct().count()
+    reports = counted.values("delivery_id").distinct().count()
     if reports < policy.count:
         return BounceAction.COUNTED
     action, ended = policy_act(
@@ -654,34 +566,18 @@ def _apply_policy(*, outcome: BounceOutcome, match: _Match, now: datetime) -> st
         now=now,
     )
     if ended:
-        _record_event(match, kind=EventKind.UNSUBSCRIBE, detail=f"bounce policy: {policy}", now=now)
-    return action
-
-
-def _record_event(match: _Match, *, kind: str, detail: str, now: datetime) -> None:
-    if match.delivery is not None:
         DeliveryEvent.objects.create(
-            delivery=match.delivery, kind=kind, created_at=now, detail=detail
+            delivery=match.delivery,
+            kind=EventKind.UNSUBSCRIBE,
+            created_at=now,
+            detail=f"bounce policy: {policy}",
         )
-    else:
-        match.correlator.record(
-            match.sent,
-            event=str(kind),
-            status=None,
-            reason="",
-            smtp_code=None,
-            enhanced_status="",
-            detail=detail,
-            now=now,
-        )
+    return action
 
 
 __all__ = [
     "IngestResult",
-    "MessageCorrelator",
-    "SentMessage",
     "bounce_ingest",
     "bounce_ingest_report",
     "bounce_policy_for",
-    "correlator_register",
 ]

@@ -4,9 +4,11 @@ Every message advertises `mailto:unsubscribe+<id>-<tag>@<bounce domain>?subject=
 <id>-<tag>` (delivery.tokens.unsubscribe_mailto). Mail sent there reaches the bounce intake by
 any of its paths (bounce server, MTA pipe, mailbox poller); `mailto_find` reads the request
 from the envelope recipients, the top-level address headers and the Subject, never from a
-body (a bounce quotes the original message, List-Unsubscribe header included). The token is
-checked by the app that made it (a registered `UnsubscribeHandler`): a forged or altered one
-unsubscribes nobody. Pure but for the handlers: no database access here.
+body (a bounce quotes the original message, List-Unsubscribe header included). The token names
+a delivery (a campaign's or a transactional message's) with an HMAC tag: a forged or altered
+one unsubscribes nobody. What unsubscribing a delivery's recipient means (the campaign's
+lists, or all marketing mail) is the campaigns app's `delivery_unsubscribe`, installed here
+by CampaignsConfig.ready (`unsubscriber_install`): this app cannot import it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from email.policy import compat32
 from email.utils import getaddresses
 from typing import Protocol
 
-from delivery.tokens import UNSUBSCRIBE_MAILTO_PREFIX
+from delivery.intake.legacy import legacy_delivery_by_unsubscribe_token
+from delivery.models import Delivery
+from delivery.tokens import UNSUBSCRIBE_MAILTO_PREFIX, unsubscribe_token_parse
 
 # The headers that carry the address a mail was sent to, as MTAs and mailbox providers write
 # them (a mailbox poller has no envelope).
@@ -40,30 +44,26 @@ class MailtoRequest:
 
 @dataclass(frozen=True)
 class Unsubscribed:
-    """What a handler did with a valid token."""
+    """What a valid token did."""
 
-    delivery_id: int | None  # the campaign delivery it was made for, if one
-    message_ref: str  # or the other message's correlation key ("tx-<id>")
+    delivery_id: int  # the delivery it was made for
     email: str  # the address the message was sent to
     contact_id: int | None
     changed: bool  # False when the person had already left
 
 
-class UnsubscribeHandler(Protocol):
-    """An app whose messages carry unsubscribe mailto tokens (campaigns, the API)."""
+class Unsubscriber(Protocol):
+    """Unsubscribe a delivery's recipient; True when something changed (idempotent)."""
 
-    def unsubscribe(self, token: str, *, source: str) -> Unsubscribed | None:
-        """Unsubscribe the recipient a token of this app names; None when the token is
-        not this app's or its tag is wrong (nothing changed)."""
-        ...
+    def __call__(self, *, delivery_id: int, source: str) -> bool: ...
 
 
-_HANDLERS: dict[str, UnsubscribeHandler] = {}
+_unsubscriber: list[Unsubscriber] = []
 
 
-def unsubscribe_handler_register(*, name: str, handler: UnsubscribeHandler) -> None:
-    """Let mail to the unsubscribe address act on an app's messages (AppConfig.ready)."""
-    _HANDLERS[name] = handler
+def unsubscriber_install(unsubscriber: Unsubscriber) -> None:
+    """Set what a valid unsubscribe mail does (CampaignsConfig.ready; one, the last wins)."""
+    _unsubscriber[:] = [unsubscriber]
 
 
 def _local_part(address: str) -> str:
@@ -108,10 +108,24 @@ def mailto_find(*, raw: bytes, envelope_rcpts: Sequence[str] = ()) -> MailtoRequ
 
 
 def mailto_apply(request: MailtoRequest, *, source: str) -> Unsubscribed | None:
-    """Hand each token to the apps until one recognizes it; None when none is valid."""
+    """Unsubscribe the recipient of the first token that names a delivery; None when none
+    does (forged, altered, or its delivery is gone)."""
     for token in request.tokens:
-        for handler in _HANDLERS.values():
-            done = handler.unsubscribe(token, source=source)
-            if done is not None:
-                return done
+        delivery_id = unsubscribe_token_parse(token)
+        if delivery_id is None:
+            delivery_id = legacy_delivery_by_unsubscribe_token(token)
+        delivery = (
+            Delivery.objects.filter(pk=delivery_id).only("email", "contact_id").first()
+            if delivery_id is not None
+            else None
+        )
+        if delivery is None or not _unsubscriber:
+            continue
+        changed = _unsubscriber[0](delivery_id=delivery.pk, source=source)
+        return Unsubscribed(
+            delivery_id=delivery.pk,
+            email=delivery.email,
+            contact_id=delivery.contact_id,
+            changed=changed,
+        )
     return None

@@ -91,10 +91,6 @@ class BounceMessage(models.Model):
     )
     # Which key tied the report to its delivery: verp, envid, header, message_id, recipient.
     matched_by = models.CharField(max_length=16, blank=True)
-    # The message it matched when that is not a campaign delivery: its correlation key from
-    # the app that sent it (intake.MessageCorrelator), "tx-<public id>" for the API's
-    # transactional messages. A key, not a foreign key: the delivery app knows no app above it.
-    message_ref = models.CharField(max_length=64, blank=True, default="")
     summary = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
 
@@ -102,13 +98,6 @@ class BounceMessage(models.Model):
         ordering = ["-received_at", "-id"]
         indexes = [
             models.Index(fields=["status", "received_at"], name="bounce_status_received"),
-            # The reports about one transactional message (its admin page); campaign reports,
-            # most of them, leave it empty and out of the index.
-            models.Index(
-                fields=["message_ref"],
-                name="bounce_message_ref",
-                condition=~models.Q(message_ref=""),
-            ),
         ]
 
     def __str__(self) -> str:
@@ -138,7 +127,6 @@ class BounceOutcome(models.Model):
         on_delete=models.SET_NULL,
         related_name="bounce_outcomes",
     )
-    message_ref = models.CharField(max_length=64, blank=True, default="")  # as on the report
     contact = models.ForeignKey(
         "contacts.Contact",
         null=True,

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from django.db.models.functions import Lower
 
 from contacts.models import SuppressionReason
+from contacts.selectors import contacts_by_keys
 from contacts.suppression import (
     addresses_suppress,
     contacts_bounced,
@@ -21,9 +22,7 @@ from contacts.suppression import (
 )
 from delivery.intake.models import (
     BounceAction,
-    BounceOutcome,
     BouncePolicy,
-    OutcomeKind,
     PolicyAction,
     PolicyKind,
 )
@@ -74,47 +73,51 @@ def policy_act(
 
 
 def synchronous_bounces_apply(
-    *, recipients: Sequence[Recipient], source: str, now: datetime, not_recorded: int = 0
+    *, recipients: Sequence[Recipient], source: str, now: datetime
 ) -> str:
     """Synchronous 5xx hard bounces under the hard-bounce policy, like a report of that kind.
 
     At the default (1 -> suppress) every address is suppressed at once. With a higher count a
-    person's hard bounces in the window are counted: their bounced campaign deliveries (this
-    one included once its row is written; `not_recorded` adds the ones that are not
-    deliveries, such as a transactional message) and the hard reports about other messages.
+    person's hard bounces in the window are counted: their bounced deliveries (this one
+    included: its row is written first). A recipient given without a contact (a
+    transactional message's) is the contact with that address, when there is one.
     """
     policy = bounce_policy_for(kind=PolicyKind.HARD)
     if policy is None or policy.action == PolicyAction.NONE or not recipients:
         return BounceAction.RECORDED
+    recipients = recipients_with_contacts(recipients)
     if policy.count > 1:
-        recipients = [
-            r for r in recipients if _hard_bounces(r, policy, now) + not_recorded >= policy.count
-        ]
+        recipients = [r for r in recipients if _hard_bounces(r, policy, now) >= policy.count]
         if not recipients:
             return BounceAction.COUNTED
     action, _ = policy_act(policy=policy, recipients=recipients, source=source, now=now)
     return action
 
 
+def recipients_with_contacts(recipients: Sequence[Recipient]) -> list[Recipient]:
+    """The recipients, each without a contact given the contact with its address (if any)."""
+    missing = {email.lower() for email, contact_id in recipients if contact_id is None}
+    found = dict(contacts_by_keys(missing).values_list("email_key", "pk") if missing else ())
+    return [
+        (email, contact_id if contact_id is not None else found.get(email.lower()))
+        for email, contact_id in recipients
+    ]
+
+
 def _hard_bounces(recipient: Recipient, policy: BouncePolicy, now: datetime) -> int:
+    """A person's bounced deliveries in the policy's window: a contact's campaign deliveries,
+    and the transactional ones (no contact of their own) to the address."""
     email, contact_id = recipient
-    deliveries = Delivery.objects.filter(status=DeliveryStatus.BOUNCED)
-    # Reports about campaign deliveries are counted by the delivery's status already.
-    reports = BounceOutcome.objects.filter(
-        kind=OutcomeKind.HARD, counted=True, delivery__isnull=True
+    bounced = Delivery.objects.filter(status=DeliveryStatus.BOUNCED)
+    if policy.window_days:
+        bounced = bounced.filter(updated_at__gte=now - timedelta(days=policy.window_days))
+    # Through the delivery_tx_email index (campaign IS NULL, lower(email)).
+    count = (
+        bounced.filter(campaign__isnull=True)
+        .annotate(email_lower=Lower("email"))
+        .filter(email_lower=email.lower())
+        .count()
     )
     if contact_id is not None:
-        deliveries = deliveries.filter(contact_id=contact_id)
-        reports = reports.filter(contact_id=contact_id)
-    else:
-        deliveries = deliveries.annotate(email_lower=Lower("email")).filter(
-            email_lower=email.lower()
-        )
-        reports = reports.annotate(recipient_lower=Lower("recipient")).filter(
-            contact__isnull=True, recipient_lower=email.lower()
-        )
-    if policy.window_days:
-        since = now - timedelta(days=policy.window_days)
-        deliveries = deliveries.filter(updated_at__gte=since)
-        reports = reports.filter(created_at__gte=since)
-    return deliveries.count() + reports.values("message_ref").distinct().count()
+        count += bounced.filter(contact_id=contact_id).count()
+    return count

@@ -1,5 +1,6 @@
-"""Asynchronous bounces and complaints about transactional messages: correlated, recorded on the
-message (status and events through the API) and acted on by the bounce policy.
+"""Asynchronous bounces and complaints about transactional messages: correlated to the message's
+delivery by the same keys as a campaign's, recorded on it (status and events through the API)
+and acted on by the bounce policy.
 
 Messages are really sent to the scripted SMTP server; the reports are built from what it
 received (the return path, the ENVID, the returned headers) and go through the real intake.
@@ -15,11 +16,13 @@ import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from api import correlation, services
-from api.models import Category, MessageStatus, TransactionalMessage
+from api import services
+from api.models import Category, TransactionalMessage
 from contacts.models import Contact, ContactStatus, Suppression, SuppressionReason
+from delivery import tokens
 from delivery.intake.ingest import bounce_ingest
 from delivery.intake.models import BounceMessage, BounceMessageStatus, BouncePolicy
+from delivery.models import DeliveryStatus as MessageStatus
 from mailkit.verp import verp_parse
 from tests.api.conftest import auth
 from tests.delivery.test_intake import make_arf, make_dsn, make_sent_delivery, verp_of
@@ -64,21 +67,23 @@ def api_status(client, api_key, message: TransactionalMessage) -> dict:
 # -- what goes out -----------------------------------------------------------------------------
 
 
-def test_messages_leave_with_their_own_return_path_envid_and_header(api_key, smtp):
+def test_messages_leave_with_their_deliverys_return_path_envid_and_header(api_key, smtp):
     message, received = send(api_key, smtp)
     assert received.mail_from.startswith("bounces+")
     assert received.mail_from.endswith("@" + settings.EDM_BOUNCE_DOMAIN)
-    assert correlation.message_pk_from_return_path(received.mail_from) == message.pk
-    # Never a campaign's: the HMAC tag is made with another secret.
-    assert verp_parse(received.mail_from, secret=settings.SECRET_KEY) is None
+    # The same keys as a campaign delivery's: one correlation for every message.
+    assert verp_parse(received.mail_from, secret=settings.SECRET_KEY) == message.delivery_id
+    assert message.delivery.campaign_id is None
     # aiosmtpd upper-cases parameters, as some MTAs do: the key is read in any case.
-    signed = correlation.signed_key(message.public_id)
+    signed = tokens.delivery_reference(message.delivery_id)
     assert f"ENVID={signed.upper()}" in received.mail_options
     sent = message_from_bytes(received.data)
     assert sent["X-Skylark-Delivery"] == signed
 
 
-def test_relayed_messages_get_our_header_and_lose_the_clients(api_key):
+def test_relayed_messages_lose_the_clients_header(api_key):
+    """What is stored has no X-Skylark-Delivery: the send stamps the delivery's own (the test
+    above reads it on the wire)."""
     key, _ = api_key
     data = (
         b"From: app@shop.test\r\nTo: a@example.com\r\nX-Skylark-Delivery: 42\r\n"
@@ -93,7 +98,8 @@ def test_relayed_messages_get_our_header_and_lose_the_clients(api_key):
     )
     for message in messages:
         parsed = message_from_bytes(bytes(message.raw))
-        assert parsed.get_all("X-Skylark-Delivery") == [correlation.signed_key(message.public_id)]
+        assert parsed.get_all("X-Skylark-Delivery") is None
+        assert message.delivery.email in ("a@example.com", "b@example.com")
         assert parsed["Return-Path"] is None and parsed["Resent-Bcc"] is None
 
 
@@ -103,15 +109,14 @@ def test_relayed_messages_get_our_header_and_lose_the_clients(api_key):
 def test_dsn_to_the_return_path_bounces_the_message_and_suppresses(client, api_key, smtp):
     message, received = send(api_key, smtp)
     # The report carries no other key: only the return path it was sent to.
-    raw = make_dsn(recipient=message.to_email, to=received.mail_from)
+    raw = make_dsn(recipient=message.delivery.email, to=received.mail_from)
     result = bounce_ingest(raw=raw, source="smtp", envelope_rcpts=[received.mail_from])
 
     assert result.status == BounceMessageStatus.APPLIED
     assert result.matched_by == "verp"
-    assert result.delivery_id is None
-    assert result.message_ref == f"tx-{message.public_id}"
+    assert result.delivery_id == message.delivery_id
     assert result.action == "suppressed"
-    assert BounceMessage.objects.get().message_ref == f"tx-{message.public_id}"
+    assert BounceMessage.objects.get().delivery_id == message.delivery_id
 
     status = api_status(client, api_key, message)
     assert status["status"] == "bounced"
@@ -119,7 +124,7 @@ def test_dsn_to_the_return_path_bounces_the_message_and_suppresses(client, api_k
     assert status["enhanced_status"] == "5.1.1"
     assert "User unknown" in status["smtp_reply"]
     assert [e["kind"] for e in status["events"]] == ["sent", "bounced"]
-    assert status["events"][1]["detail"].startswith(f"bounce report #{result.bounce_message_id}:")
+    assert "User unknown" in status["events"][1]["detail"]
     suppression = Suppression.objects.get(value="dead@example.com")
     assert suppression.reason == SuppressionReason.HARD_BOUNCE
 
@@ -133,52 +138,52 @@ def test_dsn_to_the_return_path_bounces_the_message_and_suppresses(client, api_k
 
 def test_envid_and_header_match_only_when_the_report_names_the_recipient(api_key, smtp):
     message, _ = send(api_key, smtp)
-    key = correlation.signed_key(message.public_id)
+    key = tokens.delivery_reference(message.delivery_id)
     # A signed key in a report naming someone else: kept, acts on nobody.
     forged = make_dsn(recipient="victim@example.org", envid=key, delivery_header=key, nonce="f")
     result = bounce_ingest(raw=forged, source="pipe")
-    assert result.status == BounceMessageStatus.UNTRUSTED and result.message_ref == ""
+    assert result.status == BounceMessageStatus.UNTRUSTED and result.delivery_id is None
     # The unsigned key (what a forger could write, knowing only the id) acts on nobody even
     # when it names the right recipient.
-    bare = f"tx-{message.public_id}"
-    forged = make_dsn(recipient=message.to_email, envid=bare, delivery_header=bare, nonce="g")
+    bare = str(message.delivery_id)
+    forged = make_dsn(recipient=message.delivery.email, envid=bare, delivery_header=bare, nonce="g")
     result = bounce_ingest(raw=forged, source="pipe")
-    assert result.status == BounceMessageStatus.UNTRUSTED and result.message_ref == ""
+    assert result.status == BounceMessageStatus.UNTRUSTED and result.delivery_id is None
     message.refresh_from_db()
-    assert message.status == MessageStatus.SENT and message.events.count() == 1
+    assert message.delivery.status == MessageStatus.SENT and message.delivery.events.count() == 1
     assert not Suppression.objects.exists()
 
     by_envid = bounce_ingest(
-        raw=make_dsn(recipient=message.to_email, envid=key.upper()), source="pipe"
+        raw=make_dsn(recipient=message.delivery.email, envid=key.upper()), source="pipe"
     )
-    assert (by_envid.matched_by, by_envid.message_ref) == ("envid", bare)
+    assert (by_envid.matched_by, by_envid.delivery_id) == ("envid", message.delivery_id)
     message.refresh_from_db()
-    assert message.status == MessageStatus.BOUNCED
+    assert message.delivery.status == MessageStatus.BOUNCED
 
 
 def test_header_of_the_returned_message_matches(api_key, smtp):
     message, received = send(api_key, smtp)
     header = message_from_bytes(received.data)["X-Skylark-Delivery"]
     result = bounce_ingest(
-        raw=make_dsn(recipient=message.to_email, delivery_header=header), source="imap"
+        raw=make_dsn(recipient=message.delivery.email, delivery_header=header), source="imap"
     )
-    assert (result.matched_by, result.message_ref) == ("header", f"tx-{message.public_id}")
+    assert (result.matched_by, result.delivery_id) == ("header", message.delivery_id)
 
 
-def test_a_tx_return_path_never_reaches_the_campaign_delivery_with_the_same_id(api_key, smtp):
+def test_a_message_and_a_campaign_delivery_to_one_address_keep_apart(api_key, smtp):
     message, received = send(api_key, smtp, to="same@example.com")
     delivery = make_sent_delivery("same@example.com")
-    # Whatever the ids, each return path leads to its own kind of message.
+    # Each return path leads to its own delivery, whoever else was sent to the address.
     result = bounce_ingest(
         raw=make_dsn(recipient="same@example.com", to=received.mail_from), source="pipe"
     )
-    assert result.delivery_id is None and result.message_ref == f"tx-{message.public_id}"
+    assert result.delivery_id == message.delivery_id != delivery.pk
     delivery.refresh_from_db()
     assert delivery.status == "sent"
     other = bounce_ingest(
         raw=make_dsn(recipient="same@example.com", to=verp_of(delivery), nonce="2"), source="pipe"
     )
-    assert other.delivery_id == delivery.pk and other.message_ref == ""
+    assert other.delivery_id == delivery.pk
 
 
 def test_the_return_path_outranks_a_campaign_envid_in_the_same_report(api_key, smtp):
@@ -186,7 +191,7 @@ def test_the_return_path_outranks_a_campaign_envid_in_the_same_report(api_key, s
     delivery = make_sent_delivery("same@example.com")
     raw = make_dsn(recipient="same@example.com", envid=str(delivery.pk))
     result = bounce_ingest(raw=raw, source="smtp", envelope_rcpts=[received.mail_from])
-    assert (result.matched_by, result.message_ref) == ("verp", f"tx-{message.public_id}")
+    assert (result.matched_by, result.delivery_id) == ("verp", message.delivery_id)
     delivery.refresh_from_db()
     assert delivery.status == "sent"
 
@@ -199,19 +204,19 @@ def test_an_unsubscribe_policy_ends_the_contacts_subscriptions(api_key, smtp):
     subscription = SubscriptionFactory(contact=contact)
     message, received = send(api_key, smtp)
     result = bounce_ingest(
-        raw=make_dsn(recipient=message.to_email, to=received.mail_from), source="pipe"
+        raw=make_dsn(recipient=message.delivery.email, to=received.mail_from), source="pipe"
     )
     assert result.action == "unsubscribed"
     subscription.refresh_from_db()
     assert subscription.status == "unsubscribed"
-    assert [e.kind for e in message.events.all()] == ["sent", "bounced", "unsubscribe"]
+    assert [e.kind for e in message.delivery.events.all()] == ["sent", "bounced", "unsubscribe"]
     assert not Suppression.objects.exists()
 
 
 def test_soft_bounce_fails_the_message_and_is_only_counted(api_key, smtp):
     message, received = send(api_key, smtp, to="full@example.com")
     raw = make_dsn(
-        recipient=message.to_email,
+        recipient=message.delivery.email,
         to=received.mail_from,
         status="4.2.2",
         diagnostic="smtp; 452 4.2.2 Mailbox full",
@@ -219,8 +224,8 @@ def test_soft_bounce_fails_the_message_and_is_only_counted(api_key, smtp):
     result = bounce_ingest(raw=raw, source="pipe")
     assert result.action == "counted"
     message.refresh_from_db()
-    assert message.status == MessageStatus.FAILED
-    assert [e.kind for e in message.events.all()] == ["sent", "failed"]
+    assert message.delivery.status == MessageStatus.FAILED
+    assert [e.kind for e in message.delivery.events.all()] == ["sent", "failed"]
     assert not Suppression.objects.exists()
 
 
@@ -232,7 +237,7 @@ def test_soft_bounces_of_an_address_without_contact_add_up_to_the_policy(api_key
     for nonce in ("1", "2"):
         message, received = send(api_key, smtp, to="full@example.com")
         raw = make_dsn(
-            recipient=message.to_email,
+            recipient=message.delivery.email,
             to=received.mail_from,
             status="4.2.2",
             diagnostic="smtp; 452 4.2.2 Mailbox full",
@@ -265,7 +270,7 @@ def test_forged_reports_on_the_attackers_own_messages_never_count_for_another_ad
         assert bounce_ingest(raw=forged, source="smtp").action == "counted"
     victims, received = send(api_key, smtp, to="victim@example.com")
     genuine = make_dsn(
-        recipient=victims.to_email,
+        recipient=victims.delivery.email,
         to=received.mail_from,
         status="4.2.2",
         diagnostic="smtp; 452 4.2.2 Mailbox full",
@@ -279,7 +284,7 @@ def test_forged_reports_on_the_attackers_own_messages_never_count_for_another_ad
 def test_delayed_dsn_only_appends_a_deferred_event(api_key, smtp):
     message, received = send(api_key, smtp)
     raw = make_dsn(
-        recipient=message.to_email,
+        recipient=message.delivery.email,
         to=received.mail_from,
         status="4.4.7",
         action="delayed",
@@ -287,18 +292,18 @@ def test_delayed_dsn_only_appends_a_deferred_event(api_key, smtp):
     )
     bounce_ingest(raw=raw, source="pipe")
     message.refresh_from_db()
-    assert message.status == MessageStatus.SENT
-    assert [e.kind for e in message.events.all()] == ["sent", "deferred"]
+    assert message.delivery.status == MessageStatus.SENT
+    assert [e.kind for e in message.delivery.events.all()] == ["sent", "deferred"]
 
 
 def test_a_report_ingested_twice_is_recorded_once(api_key, smtp):
     message, received = send(api_key, smtp)
-    raw = make_dsn(recipient=message.to_email, to=received.mail_from)
+    raw = make_dsn(recipient=message.delivery.email, to=received.mail_from)
     first = bounce_ingest(raw=raw, source="smtp")
     again = bounce_ingest(raw=raw, source="imap")
-    assert again.duplicate and again.message_ref == first.message_ref
+    assert again.duplicate and again.delivery_id == first.delivery_id == message.delivery_id
     assert again.action == first.action == "suppressed"
-    assert message.events.filter(kind="bounced").count() == 1
+    assert message.delivery.events.filter(kind="bounced").count() == 1
 
 
 def test_a_synchronous_refusal_keeps_its_status(api_key, smtp):
@@ -308,12 +313,14 @@ def test_a_synchronous_refusal_keeps_its_status(api_key, smtp):
     message, _ = services.message_accept(api_key=key, request=request)
     assert services.message_send(message_id=message.pk) == MessageStatus.FAILED
     bounce_ingest(
-        raw=make_dsn(recipient="a@example.com", envid=correlation.signed_key(message.public_id)),
+        raw=make_dsn(
+            recipient="a@example.com", envid=tokens.delivery_reference(message.delivery_id)
+        ),
         source="pipe",
     )
     message.refresh_from_db()
-    assert message.status == MessageStatus.FAILED and message.smtp_code == 550
-    assert [e.kind for e in message.events.all()] == ["failed", "bounced"]
+    assert message.delivery.status == MessageStatus.FAILED and message.delivery.smtp_code == 550
+    assert [e.kind for e in message.delivery.events.all()] == ["failed", "bounced"]
 
 
 # -- complaints ---------------------------------------------------------------------------------
@@ -329,7 +336,7 @@ def test_complaint_is_an_event_and_suppresses_the_contact(client, api_key, smtp)
         returned_headers(received).encode(),
     )
     result = bounce_ingest(raw=raw, source="imap")
-    assert (result.matched_by, result.message_ref) == ("header", f"tx-{message.public_id}")
+    assert (result.matched_by, result.delivery_id) == ("header", message.delivery_id)
     status = api_status(client, api_key, message)
     assert status["status"] == "sent"  # it was delivered
     assert [e["kind"] for e in status["events"]] == ["sent", "complaint"]
@@ -341,7 +348,7 @@ def test_complaint_is_an_event_and_suppresses_the_contact(client, api_key, smtp)
 def test_the_message_admin_page_links_its_bounce_reports(client, api_key, smtp):
     message, received = send(api_key, smtp)
     result = bounce_ingest(
-        raw=make_dsn(recipient=message.to_email, to=received.mail_from), source="pipe"
+        raw=make_dsn(recipient=message.delivery.email, to=received.mail_from), source="pipe"
     )
     client.force_login(get_user_model().objects.create_superuser("root", "r@example.com", "pw"))
     page = client.get(f"/admin/api/transactionalmessage/{message.pk}/change/").content.decode()
@@ -353,13 +360,13 @@ def test_the_message_admin_page_links_its_bounce_reports(client, api_key, smtp):
 
 def test_a_dsn_to_the_bounce_server_bounces_the_message(bounce_server, api_key, smtp):
     message, received = send(api_key, smtp)
-    raw = make_dsn(recipient=message.to_email, to="bounces@" + settings.EDM_BOUNCE_DOMAIN)
+    raw = make_dsn(recipient=message.delivery.email, to="bounces@" + settings.EDM_BOUNCE_DOMAIN)
     with smtplib.SMTP(bounce_server.hostname, bounce_server.port, timeout=10) as client:
         client.sendmail("<>", [received.mail_from], raw)
     message.refresh_from_db()
-    assert message.status == MessageStatus.BOUNCED
+    assert message.delivery.status == MessageStatus.BOUNCED
     assert BounceMessage.objects.get().matched_by == "verp"
-    assert Suppression.objects.filter(value=message.to_email).exists()
+    assert Suppression.objects.filter(value=message.delivery.email).exists()
 
 
 def test_a_provider_webhook_with_the_header_reaches_the_message(client, api_key, smtp, settings):
@@ -371,7 +378,7 @@ def test_a_provider_webhook_with_the_header_reaches_the_message(client, api_key,
             "bounceType": "Permanent",
             "bounceSubType": "General",
             "bouncedRecipients": [
-                {"emailAddress": message.to_email, "action": "failed", "status": "5.1.1",
+                {"emailAddress": message.delivery.email, "action": "failed", "status": "5.1.1",
                  "diagnosticCode": "smtp; 550 5.1.1 user unknown"}
             ],
             "timestamp": "2016-01-27T14:59:38.237Z",
@@ -379,11 +386,11 @@ def test_a_provider_webhook_with_the_header_reaches_the_message(client, api_key,
         },
         "mail": {
             "messageId": "0000014644fe5ef6-9a483358-9170-4cb4-a269-f5dcdf415321-000000",
-            "destination": [message.to_email],
+            "destination": [message.delivery.email],
             "headers": [
-                {"name": "X-Skylark-Delivery", "value": correlation.signed_key(message.public_id)}
+                {"name": "X-Skylark-Delivery", "value": tokens.delivery_reference(message.delivery_id)}
             ],
-            "commonHeaders": {"messageId": message.message_id},
+            "commonHeaders": {"messageId": message.delivery.message_id},
         },
     }  # fmt: skip
     response = client.post(
@@ -391,5 +398,5 @@ def test_a_provider_webhook_with_the_header_reaches_the_message(client, api_key,
     )
     assert response.status_code == 200, response.content
     message.refresh_from_db()
-    assert message.status == MessageStatus.BOUNCED
-    assert BounceMessage.objects.get().message_ref == f"tx-{message.public_id}"
+    assert message.delivery.status == MessageStatus.BOUNCED
+    assert BounceMessage.objects.get().delivery_id == message.delivery_id

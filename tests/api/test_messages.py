@@ -10,7 +10,8 @@ from email.policy import default as default_policy
 import pytest
 
 from api import services
-from api.models import Category, MessageStatus, Scope, TransactionalMessage
+from api.models import Category, Scope, TransactionalMessage
+from delivery.models import DeliveryStatus as MessageStatus
 from api.services import messages as message_services
 from campaigns.models import Template
 from contacts.models import Suppression, SuppressionReason, SuppressionScope
@@ -188,8 +189,10 @@ def test_message_send_delivers_with_the_envelope_recipient(api_key, smtp):
     [received] = smtp.wait_for_messages(1)
     assert received.rcpt_tos == ("a@example.com",)
     message.refresh_from_db()
-    assert message.status == "sent" and message.attempts == 1 and message.sent_at
-    assert [e.kind for e in message.events.all()] == ["sent"]
+    delivery = message.delivery
+    assert delivery.status == "sent" and delivery.attempts == 1 and delivery.sent_at
+    assert delivery.campaign is None and delivery.email == "a@example.com"
+    assert [e.kind for e in delivery.events.all()] == ["sent"]
     # A second run (a duplicate task) finds nothing to claim and sends nothing.
     assert services.message_send(message_id=message.pk) == ""
     assert len(smtp.messages) == 1
@@ -200,7 +203,7 @@ def test_temporary_failure_defers_with_the_retry_policy(api_key, smtp):
     message = accept(api_key)
     assert services.message_send(message_id=message.pk) == MessageStatus.DEFERRED
     message.refresh_from_db()
-    assert message.next_attempt_at is not None and message.smtp_code == 451
+    assert message.delivery.next_attempt_at is not None and message.delivery.smtp_code == 451
 
 
 def test_hard_bounce_suppresses_the_address(api_key, smtp):

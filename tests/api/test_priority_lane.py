@@ -64,7 +64,7 @@ def test_transactional_message_arrives_while_the_campaign_is_still_sending(
     assert campaign_received < 300
     assert latency < 5, f"took {latency:.2f}s"
     message = TransactionalMessage.objects.get(public_id=response.json()["id"])
-    wait_until(lambda: TransactionalMessage.objects.get(pk=message.pk).status == "sent", timeout=10)
+    wait_until(lambda: Delivery.objects.get(pk=message.delivery_id).status == "sent", timeout=10)
 
     wait_until(
         lambda: campaign.__class__.objects.get(pk=campaign.pk).status == CampaignStatus.SENT,

@@ -8,8 +8,9 @@ from email.policy import default as default_policy
 import pytest
 from django.conf import settings
 
-from api import correlation, services
-from api.models import Category, MessageStatus, TransactionalMessage
+from api import services
+from api.models import Category, TransactionalMessage
+from delivery.models import DeliveryStatus as MessageStatus
 from contacts.models import (
     Contact,
     ContactStatus,
@@ -59,8 +60,8 @@ def test_marketing_message_carries_list_unsubscribe_and_one_click(api_key):
     assert address.endswith(f"@{settings.EDM_BOUNCE_DOMAIN}")
     # The signed token of this message, in the address and in the subject (issue 14.2).
     assert address == f"unsubscribe+{subject}@{settings.EDM_BOUNCE_DOMAIN}"
-    purpose = correlation.UNSUBSCRIBE_MAILTO_PURPOSE
-    assert unsubscribe_token_parse(subject, purpose=purpose) == message.public_id.int
+    # The token names the message's delivery, as a campaign's does.
+    assert unsubscribe_token_parse(subject) == message.delivery_id
     assert email["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert one_click_path(message).startswith("/api/unsubscribe/")
 
@@ -95,11 +96,11 @@ def test_one_click_post_unsubscribes_and_later_marketing_is_suppressed(client, a
     assert contact.status == ContactStatus.UNSUBSCRIBED
     assert Subscription.objects.get(contact=contact).status == SubscriptionStatus.UNSUBSCRIBED
     assert ConsentRecord.objects.filter(contact=contact, action="unsubscribed").count() == 1
-    assert [e.kind for e in first.events.all()] == ["unsubscribe"]
+    assert [e.kind for e in first.delivery.events.all()] == ["unsubscribe"]
 
     # A repeat changes nothing and adds no event.
     assert client.post(path, {"List-Unsubscribe": "One-Click"}).status_code == 200
-    assert first.events.count() == 1
+    assert first.delivery.events.count() == 1
 
     later = accept(api_key, category=Category.MARKETING)
     assert services.message_send(message_id=later.pk) == MessageStatus.SUPPRESSED

@@ -25,9 +25,9 @@ def test_a_marketing_api_message_is_unsubscribed_by_its_mailto(api_key, smtp_ser
     message, _ = services.message_accept(api_key=key, request=request)
     services.message_send(message_id=message.pk)
     address, subject = _mailto(smtp_server.messages[-1])
-    # A campaign's token with the same number is refused (another purpose's secret).
-    campaign_style = tokens.unsubscribe_mailto(delivery_id=message.public_id.int)
-    forged = campaign_style.removeprefix("mailto:").partition("?")[0]
+    # A token of another purpose with the same number is refused (another secret).
+    other = tokens.unsubscribe_mailto(delivery_id=message.delivery_id, purpose="other")
+    forged = other.removeprefix("mailto:").partition("?")[0]
     bounce_ingest(raw=_request(to=forged, subject="x", sender="a@b.example"), source="pipe")
     assert not Suppression.objects.filter(value="reader@example.com").exists()
 
@@ -37,5 +37,6 @@ def test_a_marketing_api_message_is_unsubscribed_by_its_mailto(api_key, smtp_ser
         envelope_rcpts=[address],
     )
     assert result.status == "applied"
-    assert result.message_ref == f"tx-{message.public_id}"
+    assert result.delivery_id == message.delivery_id
+    assert [e.kind for e in message.delivery.events.all()] == ["sent", "unsubscribe"]
     assert Suppression.objects.get(value="reader@example.com").reason == "unsubscribe"

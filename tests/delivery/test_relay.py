@@ -109,8 +109,8 @@ def test_authenticated_submission_becomes_one_message_per_envelope_recipient(
         client.login("whatever", secret)
         refused = client.sendmail("app@shop.test", ["a@example.com", "hidden@example.com"], MESSAGE)
     assert refused == {}
-    messages = TransactionalMessage.objects.order_by("to_email")
-    assert [m.to_email for m in messages] == ["a@example.com", "hidden@example.com"]
+    messages = TransactionalMessage.objects.select_related("delivery").order_by("delivery__email")
+    assert [m.delivery.email for m in messages] == ["a@example.com", "hidden@example.com"]
     for message in messages:
         raw = bytes(message.raw)
         assert message.source == "relay" and message.from_email == "app@shop.test"
@@ -132,4 +132,4 @@ def test_implicit_tls_with_auth_login(relay_factory, key, tls):
         code, _ = client.auth("LOGIN", client.auth_login, initial_response_ok=False)
         assert code == 235
         client.sendmail("app@shop.test", ["a@example.com"], MESSAGE)
-    assert TransactionalMessage.objects.filter(to_email="a@example.com").count() == 1
+    assert TransactionalMessage.objects.filter(delivery__email="a@example.com").count() == 1
