@@ -11,10 +11,10 @@ import pytest
 
 from api import services
 from api.models import Category, Scope, TransactionalMessage
-from delivery.models import DeliveryStatus as MessageStatus
 from api.services import messages as message_services
 from campaigns.models import Template
 from contacts.models import Suppression, SuppressionReason, SuppressionScope
+from delivery.models import DeliveryStatus as MessageStatus
 from tests.api.conftest import auth
 
 

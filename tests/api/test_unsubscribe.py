@@ -10,7 +10,6 @@ from django.conf import settings
 
 from api import services
 from api.models import Category, TransactionalMessage
-from delivery.models import DeliveryStatus as MessageStatus
 from contacts.models import (
     Contact,
     ContactStatus,
@@ -20,6 +19,7 @@ from contacts.models import (
     SuppressionReason,
 )
 from contacts.signup_models import ConsentRecord
+from delivery.models import DeliveryStatus as MessageStatus
 from delivery.tokens import make_token, unsubscribe_token_parse
 from tests.factories import ContactFactory, SubscriptionFactory
 
