@@ -10,6 +10,7 @@ from django.urls import reverse
 from django.utils.html import format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 from unfold.admin import ModelAdmin
 
 from api import selectors, services
@@ -22,11 +23,13 @@ class ApiKeyForm(forms.ModelForm):
         choices=Scope.choices, widget=forms.CheckboxSelectMultiple, required=True
     )
     allowed_from_domains = forms.CharField(
-        label="Allowed From domains",
+        label=_("Allowed From domains"),
         required=False,
         widget=forms.Textarea(attrs={"rows": 3}),
-        help_text="One domain a line (or separated by commas or spaces), matched exactly: "
-        "a subdomain is listed on its own. Empty: any domain.",
+        help_text=_(
+            "One domain a line (or separated by commas or spaces), matched exactly: "
+            "a subdomain is listed on its own. Empty: any domain."
+        ),
     )
 
     class Meta:
@@ -79,15 +82,22 @@ class ApiKeyAdmin(ModelAdmin):
         obj.created_at = key.created_at
         messages.warning(
             request,
-            f"API key for {key.application}: {plaintext}  (copy it now: it is not stored and "
-            "will not be shown again)",
+            _(
+                "API key for %(application)s: %(key)s  (copy it now: it is not stored and "
+                "will not be shown again)"
+            )
+            % {"application": key.application, "key": plaintext},
         )
 
-    @admin.action(description="Revoke the selected keys")
+    @admin.action(description=_("Revoke the selected keys"))
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         for key in queryset:
             services.api_key_revoke(api_key=key)
-        messages.success(request, f"Revoked {queryset.count()} key(s).")
+        count = queryset.count()
+        messages.success(
+            request,
+            ngettext("Revoked %(count)d key.", "Revoked %(count)d keys.", count) % {"count": count},
+        )
 
 
 @admin.register(TransactionalMessage)
