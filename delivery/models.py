@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from django.db import models
 from django.db.models.functions import Lower
+from django.utils.translation import gettext_lazy as _
 
 from delivery import crypto
 
 
 class Security(models.TextChoices):
-    NONE = "none", "None (plain text)"
+    NONE = "none", _("None (plain text)")
     STARTTLS = "starttls", "STARTTLS"
-    TLS = "tls", "Implicit TLS"
+    TLS = "tls", _("Implicit TLS")
 
 
 class RatePeriod(models.TextChoices):
-    SECOND = "second", "per second"
-    MINUTE = "minute", "per minute"
-    HOUR = "hour", "per hour"
+    SECOND = "second", _("per second")
+    MINUTE = "minute", _("per minute")
+    HOUR = "hour", _("per hour")
 
 
 PERIOD_SECONDS = {RatePeriod.SECOND: 1, RatePeriod.MINUTE: 60, RatePeriod.HOUR: 3600}
@@ -59,15 +60,15 @@ class SmtpServer(models.Model):
 
 
 class DeliveryStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENDING = "sending", "Sending"
-    SENT = "sent", "Sent"
-    DEFERRED = "deferred", "Deferred"
-    BOUNCED = "bounced", "Bounced"
-    FAILED = "failed", "Failed"
-    SUPPRESSED = "suppressed", "Suppressed"
-    CANCELLED = "cancelled", "Cancelled"
-    UNKNOWN = "unknown", "Unknown"
+    PENDING = "pending", _("Pending")
+    SENDING = "sending", _("Sending")
+    SENT = "sent", _("Sent")
+    DEFERRED = "deferred", _("Deferred")
+    BOUNCED = "bounced", _("Bounced")
+    FAILED = "failed", _("Failed")
+    SUPPRESSED = "suppressed", _("Suppressed")
+    CANCELLED = "cancelled", _("Cancelled")
+    UNKNOWN = "unknown", _("Unknown")
 
 
 # Statuses that still need work; a campaign is finished when none of its rows has one.
@@ -92,6 +93,7 @@ class Delivery(models.Model):
         db_index=False,
         null=True,
         blank=True,
+        verbose_name=_("campaign"),
     )
     contact = models.ForeignKey(
         "contacts.Contact",
@@ -99,26 +101,28 @@ class Delivery(models.Model):
         related_name="deliveries",
         null=True,
         blank=True,
+        verbose_name=_("contact"),
     )
-    email = models.CharField(max_length=320)
+    email = models.CharField(_("address"), max_length=320)
     status = models.CharField(
-        max_length=12, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+        _("status"), max_length=12, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
     )
-    attempts = models.PositiveSmallIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    message_id = models.CharField(max_length=255, blank=True)
-    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    enhanced_status = models.CharField(max_length=16, blank=True)
-    smtp_reply = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(_("attempts"), default=0)
+    next_attempt_at = models.DateTimeField(_("next attempt at"), null=True, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
+    message_id = models.CharField(_("Message-ID"), max_length=255, blank=True)
+    smtp_code = models.PositiveSmallIntegerField(_("SMTP code"), null=True, blank=True)
+    enhanced_status = models.CharField(_("enhanced status"), max_length=16, blank=True)
+    smtp_reply = models.TextField(_("server reply"), blank=True)
     # Why the status is what it is, in the bounce classifier's vocabulary (unknown_user, ...).
-    reason = models.CharField(max_length=40, blank=True)
-    first_attempt_at = models.DateTimeField(null=True, blank=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    reason = models.CharField(_("reason"), max_length=40, blank=True)
+    first_attempt_at = models.DateTimeField(_("first attempt at"), null=True, blank=True)
+    sent_at = models.DateTimeField(_("sent at"), null=True, blank=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
-        verbose_name_plural = "deliveries"
+        verbose_name = _("delivery")
+        verbose_name_plural = _("deliveries")
         constraints = [
             models.UniqueConstraint(fields=["campaign", "contact"], name="uniq_delivery"),
         ]
@@ -206,17 +210,17 @@ class DeliveryLease(models.Model):
 
 
 class EventKind(models.TextChoices):
-    ATTEMPT = "attempt", "Attempt"
-    SENT = "sent", "Sent"
-    DEFERRED = "deferred", "Deferred"
-    BOUNCED = "bounced", "Bounced"
-    FAILED = "failed", "Failed"
-    SUPPRESSED = "suppressed", "Suppressed"
-    RECLAIMED = "reclaimed", "Lease expired, reclaimed"
-    COMPLAINT = "complaint", "Complaint"
-    OPEN = "open", "Open"
-    CLICK = "click", "Click"
-    UNSUBSCRIBE = "unsubscribe", "Unsubscribe"
+    ATTEMPT = "attempt", _("Attempt")
+    SENT = "sent", _("Sent")
+    DEFERRED = "deferred", _("Deferred")
+    BOUNCED = "bounced", _("Bounced")
+    FAILED = "failed", _("Failed")
+    SUPPRESSED = "suppressed", _("Suppressed")
+    RECLAIMED = "reclaimed", _("Lease expired, reclaimed")
+    COMPLAINT = "complaint", _("Complaint")
+    OPEN = "open", _("Open")
+    CLICK = "click", _("Click")
+    UNSUBSCRIBE = "unsubscribe", _("Unsubscribe")
 
 
 class DeliveryEvent(models.Model):
@@ -224,16 +228,24 @@ class DeliveryEvent(models.Model):
 
     # Indexed by (delivery, created_at) below, which also serves the foreign key.
     delivery = models.ForeignKey(
-        Delivery, on_delete=models.CASCADE, related_name="events", db_index=False
+        Delivery,
+        on_delete=models.CASCADE,
+        related_name="events",
+        db_index=False,
+        verbose_name=_("delivery"),
     )
-    kind = models.CharField(max_length=12, choices=EventKind.choices)
-    created_at = models.DateTimeField()
-    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    enhanced_status = models.CharField(max_length=16, blank=True)
-    detail = models.TextField(blank=True)
-    data = models.JSONField(default=dict, blank=True)
+    kind = models.CharField(_("kind"), max_length=12, choices=EventKind.choices)
+    created_at = models.DateTimeField(
+        _("time"),
+    )
+    smtp_code = models.PositiveSmallIntegerField(_("SMTP code"), null=True, blank=True)
+    enhanced_status = models.CharField(_("enhanced status"), max_length=16, blank=True)
+    detail = models.TextField(_("detail"), blank=True)
+    data = models.JSONField(_("data"), default=dict, blank=True)
 
     class Meta:
+        verbose_name = _("delivery event")
+        verbose_name_plural = _("delivery events")
         ordering = ["created_at", "id"]
         indexes = [models.Index(fields=["delivery", "created_at"])]
 
@@ -283,15 +295,22 @@ class DkimKey(models.Model):
 class DomainRateLimit(models.Model):
     """How fast all workers together may send to one mailbox provider's domains."""
 
-    name = models.CharField(max_length=100, unique=True, help_text="e.g. Gmail")
+    name = models.CharField(_("name"), max_length=100, unique=True, help_text=_("e.g. Gmail"))
     domains = models.TextField(
-        help_text="Recipient domains sharing this limit, comma or space separated."
+        _("domains"),
+        help_text=_("Recipient domains sharing this limit, comma or space separated."),
     )
-    rate = models.PositiveIntegerField(help_text="Messages per period, across all workers.")
-    period = models.CharField(max_length=10, choices=RatePeriod.choices, default="second")
-    enabled = models.BooleanField(default=True)
+    rate = models.PositiveIntegerField(
+        _("rate"), help_text=_("Messages per period, across all workers.")
+    )
+    period = models.CharField(
+        _("period"), max_length=10, choices=RatePeriod.choices, default="second"
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
 
     class Meta:
+        verbose_name = _("domain rate limit")
+        verbose_name_plural = _("domain rate limits")
         ordering = ["name"]
 
     def __str__(self) -> str:
