@@ -414,9 +414,42 @@ def _apply(
     now: datetime,
     recipient_fallback: bool,
 ) -> str:
-    match = _correlate(report, envelope_rcpts, recipient_fallback=recipient_fallback)
-    primary = _primary(report, match.email)
+    """Correlate a stored report, decide whether it may act, record its outcomes, apply."""
     ignored = report.kind in (BounceKind.AUTO_REPLY, BounceKind.NOT_BOUNCE)
+    match, primary = _trusted_match(
+        message,
+        report,
+        _correlate(report, envelope_rcpts, recipient_fallback=recipient_fallback),
+        ignored=ignored,
+    )
+    outcomes = [
+        _outcome(message, recipient, match if recipient is primary else None, now, ignored)
+        for recipient in report.recipients
+    ]
+    primary_outcome = next(
+        (o for o, r in zip(outcomes, report.recipients, strict=True) if r is primary), None
+    )
+    message.delivery = match.delivery
+    message.matched_by = match.matched_by
+    message.status = _report_status(message, match, primary_outcome, ignored=ignored)
+    action = BounceAction.NONE
+    if message.status == BounceMessageStatus.APPLIED:
+        action = _apply_outcome(outcome=primary_outcome, match=match, now=now)
+        primary_outcome.action = action
+    BounceOutcome.objects.bulk_create(outcomes)
+    if primary_outcome is not None and primary_outcome.counted:
+        action = _apply_policy(outcome=primary_outcome, match=match, now=now)
+        BounceOutcome.objects.filter(pk=primary_outcome.pk).update(action=action)
+    message.save(update_fields=["delivery", "matched_by", "status", "summary"])
+    return action
+
+
+def _trusted_match(
+    message: BounceMessage, report: BounceReport, match: _Match, *, ignored: bool
+) -> tuple[_Match, BounceRecipient | None]:
+    """The match and its primary recipient if the report may act on them; else no match,
+    with `summary.untrusted` saying which field named which delivery and why not."""
+    primary = _primary(report, match.email)
     refusal = _speaks_for(report, match, primary) if match.found and not ignored else ""
     if refusal:
         # Stored and shown, acts on nobody: the report is about a message it cannot prove
@@ -426,64 +459,67 @@ def _apply(
             "delivery": match.delivery.pk if match.delivery is not None else None,
             "why": refusal,
         }
-        match, primary = _Match(None, untrusted=match.matched_by), None
-    elif match.untrusted and not ignored:
+        return _Match(None, untrusted=match.matched_by), None
+    if match.untrusted and not ignored:
         message.summary["untrusted"] = {
             "matched_by": match.untrusted,
             "why": "names a message without a valid signature",
         }
+    return match, primary
 
-    outcomes = []
-    primary_outcome = None
-    for recipient in report.recipients:
-        is_primary = recipient is primary
-        # The primary outcome is the matched message's, under its address: under the name
-        # a VERP report wrote (anyone's) it would count towards that person's policy.
-        named = match.email if is_primary and match.found else recipient.recipient
-        outcome = BounceOutcome(
-            message=message,
-            created_at=now,
-            recipient=(named or "")[:320],
-            kind=str(recipient.kind),
-            reason=str(recipient.reason),
-            enhanced_status=recipient.status[:16],
-            smtp_code=recipient.reply_code,
-            diagnostic=recipient.diagnostic[:2000],
-            reporting_mta=recipient.reporting_mta[:255],
-            delivery=match.delivery if is_primary else None,
-            contact_id=match.contact_id if is_primary else None,
-            # Another recipient of a multi-recipient report: kept, tied to nothing.
-            action=BounceAction.NONE if ignored or is_primary else BounceAction.UNMATCHED,
-        )
-        outcomes.append(outcome)
-        if is_primary:
-            primary_outcome = outcome
 
-    message.delivery = match.delivery
-    message.matched_by = match.matched_by
-    action = BounceAction.NONE
+def _outcome(
+    message: BounceMessage,
+    recipient: BounceRecipient,
+    match: _Match | None,
+    now: datetime,
+    ignored: bool,
+) -> BounceOutcome:
+    """One recipient's outcome; `match` only for the primary recipient of a matched report.
+
+    The primary outcome is the matched message's, under its address: under the name a VERP
+    report wrote (anyone's) it would count towards that person's policy. Another recipient
+    of a multi-recipient report is kept, tied to nothing.
+    """
+    found = match is not None and match.found
+    named = match.email if found else recipient.recipient
+    return BounceOutcome(
+        message=message,
+        created_at=now,
+        recipient=(named or "")[:320],
+        kind=str(recipient.kind),
+        reason=str(recipient.reason),
+        enhanced_status=recipient.status[:16],
+        smtp_code=recipient.reply_code,
+        diagnostic=recipient.diagnostic[:2000],
+        reporting_mta=recipient.reporting_mta[:255],
+        delivery=match.delivery if match is not None else None,
+        contact_id=match.contact_id if match is not None else None,
+        action=BounceAction.NONE if ignored or match is not None else BounceAction.UNMATCHED,
+    )
+
+
+def _report_status(
+    message: BounceMessage,
+    match: _Match,
+    primary_outcome: BounceOutcome | None,
+    *,
+    ignored: bool,
+) -> str:
+    """What became of the report: ignored, untrusted, unmatched or applied (logged)."""
     if ignored:
-        message.status = BounceMessageStatus.IGNORED
-    elif match.untrusted:
-        message.status = BounceMessageStatus.UNTRUSTED
+        return BounceMessageStatus.IGNORED
+    if match.untrusted:
         logger.warning(
             "bounce report #%s: untrusted reference (%s), no action",
             message.pk,
             message.summary["untrusted"]["why"],
         )
-    elif not match.found or primary_outcome is None:
-        message.status = BounceMessageStatus.UNMATCHED
+        return BounceMessageStatus.UNTRUSTED
+    if not match.found or primary_outcome is None:
         logger.info("bounce report #%s matches no delivery", message.pk)
-    else:
-        message.status = BounceMessageStatus.APPLIED
-        action = _apply_outcome(outcome=primary_outcome, match=match, now=now)
-        primary_outcome.action = action
-    BounceOutcome.objects.bulk_create(outcomes)
-    if primary_outcome is not None and primary_outcome.counted:
-        action = _apply_policy(outcome=primary_outcome, match=match, now=now)
-        BounceOutcome.objects.filter(pk=primary_outcome.pk).update(action=action)
-    message.save(update_fields=["delivery", "matched_by", "status", "summary"])
-    return action
+        return BounceMessageStatus.UNMATCHED
+    return BounceMessageStatus.APPLIED
 
 
 def _effect(outcome: BounceOutcome) -> tuple[str, str | None, bool] | None:
