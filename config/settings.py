@@ -233,6 +233,12 @@ EDM_FLUSH_SECONDS = env_float("EDM_FLUSH_SECONDS", 1.0)
 # On PostgreSQL outcomes are also written as soon as this many are waiting (in the sending
 # process's database lane, while it goes on sending).
 EDM_FLUSH_ROWS = env_int("EDM_FLUSH_ROWS", 250)
+# The journal of acceptances (delivery/journal.py): each message the server accepted is on
+# record in Redis before its connection carries the next one, so that after a crash only the
+# messages on the wire are sent again. Off: duplicates within one flush (benchmarks only).
+EDM_ACCEPTANCE_JOURNAL = env_bool("EDM_ACCEPTANCE_JOURNAL", True)
+# How long an acceptance the outcome flush never drained stays in the journal.
+EDM_JOURNAL_TTL_SECONDS = env_int("EDM_JOURNAL_TTL_SECONDS", 7 * 24 * 3600)
 # A batch task stops claiming after this long and hands the rest of its range on, so a
 # graceful worker stop (SIGTERM) waits for at most one chunk.
 EDM_TASK_SECONDS = env_float("EDM_TASK_SECONDS", 30.0)

@@ -11,7 +11,7 @@ from delivery.recording import deliveries_record as deliveries_record  # a servi
 from mailkit.compose import needs_smtputf8, validate_address
 from mailkit.errors import InvalidAddressError
 from mailkit.runner import send_envelopes
-from mailkit.smtp import Envelope, SendResult, SendStatus
+from mailkit.smtp import AcceptedHook, Envelope, SendResult, SendStatus
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +25,14 @@ def message_send_now(
     sender: str = "",
     envid: str = "",
     sign: bool = True,
+    on_accepted: AcceptedHook | None = None,
 ) -> SendResult:
     """Send one message now through the default route (test sends, sign-up confirmations,
     transactional messages): signed when the From domain has a DKIM key, the envelope explicit,
     an internationalized domain as its A-label (SMTPUTF8 only for a non-ASCII local part).
 
-    An unusable recipient address is a permanent result, not an exception.
+    An unusable recipient address is a permanent result, not an exception. ``on_accepted``:
+    the journal's hook (delivery.journal), awaited once the server has accepted the message.
     """
     try:
         recipient = validate_address(to_email)
@@ -50,4 +52,5 @@ def message_send_now(
         dsn_notify="FAILURE,DELAY" if envid else "",
         dsn_ret="HDRS" if envid else "",
     )
-    return next(iter(send_envelopes(selectors.smtp_config_for(None), [envelope])))
+    config = selectors.smtp_config_for(None)
+    return next(iter(send_envelopes(config, [envelope], on_accepted=on_accepted)))

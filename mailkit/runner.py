@@ -18,7 +18,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
-from mailkit.smtp import Envelope, SendResult, SmtpConfig, SmtpPool
+from mailkit.smtp import AcceptedHook, Envelope, SendResult, SmtpConfig, SmtpPool
 
 logger = logging.getLogger(__name__)
 
@@ -127,12 +127,16 @@ def _get_runner() -> _LoopThread:
 
 
 async def _send_one(
-    runner: _LoopThread, config: SmtpConfig, envelope: Envelope, before_send: BeforeSend | None
+    runner: _LoopThread,
+    config: SmtpConfig,
+    envelope: Envelope,
+    before_send: BeforeSend | None,
+    on_accepted: AcceptedHook | None,
 ) -> SendResult:
     pool = runner.pool(config)
     if before_send is not None:
         await before_send(envelope)
-    return await pool.send(envelope)
+    return await pool.send(envelope, on_accepted=on_accepted)
 
 
 def send_envelopes(
@@ -141,6 +145,7 @@ def send_envelopes(
     *,
     concurrency: int | None = None,
     before_send: BeforeSend | None = None,
+    on_accepted: AcceptedHook | None = None,
     heartbeat: float | None = None,
 ) -> Iterator[SendResult | None]:
     """Send ``envelopes`` through the process's pool for ``config``; yield results as they complete.
@@ -148,7 +153,8 @@ def send_envelopes(
     Envelopes are pulled lazily, at most ``concurrency`` (default: ``config.pool_size``) in
     flight, so the caller can record outcomes while sending continues. ``before_send`` is
     awaited on the loop before each send (a shared rate limiter, for example); an exception
-    from it ends the iteration. If the caller stops iterating early, the sends already in
+    from it ends the iteration. ``on_accepted`` is awaited on the loop with each accepted
+    message's result before its connection carries the next one (see ``SmtpPool.send``). If the caller stops iterating early, the sends already in
     flight are allowed to finish (never cut mid-DATA) and their results are dropped. With
     ``heartbeat``, None is yielded whenever that many seconds pass without a result, so the
     caller can flush, renew leases or decide to stop while the server is slow.
@@ -167,7 +173,7 @@ def send_envelopes(
                 except StopIteration:
                     exhausted = True
                     break
-                batch.append(_send_one(runner, config, envelope, before_send))
+                batch.append(_send_one(runner, config, envelope, before_send, on_accepted))
             if batch:
                 pending.update(runner.submit_many(batch))
             if not pending:

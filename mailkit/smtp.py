@@ -13,6 +13,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -189,6 +190,9 @@ class SendResult:
     refused: tuple[tuple[str, int, str], ...] = ()
 
 
+# Awaited with each accepted message's result while its connection is still held.
+AcceptedHook = Callable[[SendResult], Awaitable[None]]
+
 # RFC 3463: class.subject.detail, at the start of the reply text (RFC 2034).
 ENHANCED_CODE = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -276,8 +280,16 @@ class SmtpPool:
 
     # --- public API ---
 
-    async def send(self, envelope: Envelope) -> SendResult:
-        """Send one envelope; SMTP and network problems come back as results."""
+    async def send(
+        self, envelope: Envelope, *, on_accepted: AcceptedHook | None = None
+    ) -> SendResult:
+        """Send one envelope; SMTP and network problems come back as results.
+
+        ``on_accepted`` is awaited with the result when the server accepted the message
+        (2xx to the end of DATA), before the connection is released to carry another one:
+        a caller that keeps a journal of acceptances has it written first, and holding the
+        connection while that write waits is what stops the sending.
+        """
         if self._closed:
             raise RuntimeError("SmtpPool is closed")
         if not envelope.recipients:
@@ -293,7 +305,11 @@ class SmtpPool:
                 except _ConnectionFailed as failure:
                     return failure.result(envelope)
                 result, keep, retry = await self._transact(connection, envelope)
-                self._release(connection, keep)
+                try:
+                    if on_accepted is not None and result.status is SendStatus.SENT:
+                        await on_accepted(result)
+                finally:
+                    self._release(connection, keep)
                 if retry and attempt == 1:
                     logger.info(
                         "SMTP connection %s was dead before MAIL; retrying once", connection.id

@@ -45,6 +45,7 @@ from contacts.models import (
     SuppressionScope,
 )
 from delivery import tokens
+from delivery.journal import journal_drain, journal_writer
 from delivery.models import Delivery, DeliveryEvent, DeliveryStatus, EventKind
 from delivery.services import deliveries_record, message_send_now
 from delivery.tokens import make_token
@@ -500,16 +501,19 @@ def message_send(*, message_id: int) -> str:
     if reason:
         _record_suppressed(delivery, reason, now)
         return DeliveryStatus.SUPPRESSED
+    journal = journal_writer()
     result = message_send_now(
         # Stamped here, not stored: the delivery's id is known only once the row exists.
         data=tokens.delivery_header_line(delivery.pk) + bytes(message.raw),
         from_email=message.from_email,
         to_email=delivery.email,
-        tag=delivery.pk,
+        tag=(delivery.pk, delivery.message_id),
         # Asynchronous bounces come back to the return path, with the ENVID where the
         # receiving servers support DSN: both lead the bounce intake to this delivery.
         sender=tokens.delivery_return_path(delivery.pk),
         envid=tokens.delivery_reference(delivery.pk),
+        # On record before anything else is sent: a worker lost now is replayed, not resent.
+        on_accepted=journal,
     )
     outcome = outcome_for_result(
         result,
@@ -522,6 +526,8 @@ def message_send(*, message_id: int) -> str:
     )
     # The campaigns' recorder: the event, and a hard bounce under the bounce policy table.
     deliveries_record([outcome])
+    if journal is not None and outcome.status == DeliveryStatus.SENT:
+        journal_drain([delivery.pk])
     return outcome.status
 
 

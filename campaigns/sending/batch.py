@@ -27,7 +27,8 @@ from contacts.segments import SegmentRuleError
 from delivery import selectors as delivery_selectors
 from delivery import services as delivery_services
 from delivery.health import quota_refund, quota_take, record_result
-from delivery.models import DeliveryLease
+from delivery.journal import journal_drain, journal_writer
+from delivery.models import DeliveryLease, DeliveryStatus
 from delivery.ratelimit import is_slow_down, slow_down, slow_down_keys
 from mailkit.errors import DeliveryError, TemplateError
 from mailkit.outcomes import Outcome, RetryPolicy, failed_outcome, outcome_for_result
@@ -101,6 +102,8 @@ class _BatchRun:
         # one claim ahead are pending at a time.
         self.lane = database_lane()
         self.writing: Future[None] | None = None
+        # Each acceptance on record in Redis before its connection carries the next message.
+        self.journal = journal_writer()
         self.next_chunk: Future[tuple[list[ClaimedDelivery], bool]] | None = None
 
     # --- claiming ------------------------------------------------------------------------
@@ -311,6 +314,8 @@ class _BatchRun:
 
     def _write(self, outcomes: list[Outcome]) -> None:
         delivery_services.deliveries_record(outcomes)
+        if self.journal is not None:
+            journal_drain(o.delivery_id for o in outcomes if o.status == DeliveryStatus.SENT)
         campaign_check_error_rate(campaign_id=self.campaign_id)
 
     def finish(self, then: Callable[[], object] | None = None) -> Future[None]:
@@ -468,6 +473,7 @@ def campaign_send_batch(
                 run.envelopes(),
                 concurrency=1 if careful else None,
                 before_send=limiter.wait if limiter is not None else None,
+                on_accepted=run.journal,
                 heartbeat=settings.EDM_FLUSH_SECONDS,
             ):
                 if result is not None:

@@ -29,6 +29,7 @@ from contacts.models import (
     SuppressionScope,
 )
 from delivery import selectors
+from delivery.journal import journal_replay
 from delivery.models import (
     OPEN_STATUSES,
     Delivery,
@@ -480,9 +481,11 @@ def _reclaim_lease(lease: DeliveryLease, now: datetime) -> list[int]:
         # then records what happened.
         locked = read.select_for_update() if connection.vendor == "postgresql" else read
         rows = list(locked.order_by("id").values_list("id", "attempts"))
-        _reclaim_rows(rows, now)
+        reclaimed = _reclaim_rows(rows, now)
+    else:
+        reclaimed = []
     lease.delete()
-    return [row_id for row_id, _ in rows]
+    return reclaimed
 
 
 def _blocked(claimed: list[ClaimedDelivery]) -> tuple[set[int], set[str]]:
@@ -587,15 +590,19 @@ def deliveries_reclaim_expired(*, now: datetime | None = None) -> int:
         ids = list(locking.values_list("id", flat=True)[:10000])
         if ids:
             rows = list(expired.filter(id__in=ids).values_list("id", "attempts"))
-            reclaimed += _reclaim_rows(rows, now)
+            reclaimed += len(_reclaim_rows(rows, now))
     return reclaimed
 
 
-def _reclaim_rows(rows: list[tuple[int, int]], now: datetime) -> int:
-    """Reclaim these (id, attempts) rows: deferred and due now, or failed once reclaimed
-    EDM_MAX_RECLAIMS times. Runs inside the caller's transaction, which locked them."""
+def _reclaim_rows(rows: list[tuple[int, int]], now: datetime) -> list[int]:
+    """Reclaim these (id, attempts) rows: first the messages the journal says the server
+    accepted are recorded sent (replay before resend), then the rest is deferred and due now,
+    or failed once reclaimed EDM_MAX_RECLAIMS times. Runs inside the caller's transaction,
+    which locked them; the ids reclaimed (not those replayed)."""
+    replayed = journal_replay(delivery_ids=[row_id for row_id, _ in rows])
+    rows = [row for row in rows if row[0] not in replayed]
     if not rows:
-        return 0
+        return []
     poison = [i for i, attempts in rows if attempts + 1 >= settings.EDM_MAX_RECLAIMS]
     retry = [i for i, attempts in rows if attempts + 1 < settings.EDM_MAX_RECLAIMS]
     Delivery.objects.filter(id__in=retry).update(
@@ -623,7 +630,7 @@ def _reclaim_rows(rows: list[tuple[int, int]], now: datetime) -> int:
     logger.warning(
         "reclaimed %d deliveries with expired leases (%d failed)", len(rows), len(poison)
     )
-    return len(rows)
+    return [row_id for row_id, _ in rows]
 
 
 def deliveries_renew_lease(delivery_ids: list[int], *, lease_seconds: int | None = None) -> int:

@@ -18,6 +18,7 @@ from campaigns.sending.batch import campaign_send_batch
 from campaigns.sending.dispatch import campaign_dispatch
 from campaigns.services import campaign_cancel, campaign_send
 from delivery import services as delivery_services
+from delivery.journal import journal_acceptances, journal_drain
 from delivery.models import Delivery, DeliveryEvent, DeliveryLease, DeliveryStatus, EventKind
 from mailkit.outcomes import Outcome
 from tests.factories import CampaignFactory, audience
@@ -175,12 +176,9 @@ def test_a_refused_batch_of_a_paused_campaign_is_not_tried_again(smtp_settings, 
     assert no_broker == []
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_batch_whose_outcomes_could_not_be_written_keeps_its_lease_until_it_expires(
-    smtp_settings, no_broker, monkeypatch
-):
-    """The messages left; their outcomes did not reach the database. Ending the lease would
-    make them pending again and send them again at once with no attempt counted."""
+def _send_with_outcomes_unwritten(smtp_settings, no_broker, monkeypatch):
+    """A batch whose messages left but whose outcomes never reached the database (it went
+    away): the lease stays until it expires, then the sweeper takes it back."""
     campaign, id_from, id_to = started(3, no_broker)
 
     def broken(outcomes):
@@ -193,6 +191,32 @@ def test_a_batch_whose_outcomes_could_not_be_written_keeps_its_lease_until_it_ex
     lease = DeliveryLease.objects.get()
     assert lease.read_to == id_to
     expire(lease)
+    return campaign
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_whose_outcomes_could_not_be_written_is_replayed_from_the_journal(
+    smtp_settings, no_broker, monkeypatch
+):
+    """Ending the lease would make the rows pending and send them again at once; the
+    sweeper's reclaim first applies the journal's acceptances: sent, the reply kept, the
+    attempt counted, nothing to send again."""
+    campaign = _send_with_outcomes_unwritten(smtp_settings, no_broker, monkeypatch)
+    assert claims.deliveries_reclaim_expired() == 0
+    assert [(s, a) for _, s, a in rows(campaign)] == [("sent", 1)] * 3
+    replies = Delivery.objects.filter(campaign=campaign).values_list("smtp_code", "smtp_reply")
+    assert {code for code, _ in replies} == {250}
+    assert all(reply.startswith("250 ") for _, reply in replies)
+    assert journal_acceptances([i for i, _, _ in rows(campaign)]) == {}  # drained
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_its_journal_a_batch_whose_outcomes_could_not_be_written_is_sent_again(
+    smtp_settings, no_broker, monkeypatch
+):
+    """Redis restarted empty: the old rule, every row back with its attempt counted."""
+    campaign = _send_with_outcomes_unwritten(smtp_settings, no_broker, monkeypatch)
+    journal_drain([i for i, _, _ in rows(campaign)])
     assert claims.deliveries_reclaim_expired() == 3
     assert [(s, a) for _, s, a in rows(campaign)] == [("deferred", 1)] * 3
 

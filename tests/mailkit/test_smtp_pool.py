@@ -31,9 +31,11 @@ def config_for(server, **overrides) -> SmtpConfig:
     return smtp_config_from_url(server.url, **options)
 
 
-def envelope(recipient: str = "ann@example.org", data: bytes = BODY, **kwargs) -> Envelope:
+def envelope(
+    recipient: str = "ann@example.org", data: bytes = BODY, tag: int = 1, **kwargs
+) -> Envelope:
     return Envelope(
-        sender="bounces+1@example.com", recipients=(recipient,), data=data, tag=1, **kwargs
+        sender="bounces+1@example.com", recipients=(recipient,), data=data, tag=tag, **kwargs
     )
 
 
@@ -498,3 +500,38 @@ def test_smtp_config_from_url_rejects_bad_urls(url):
 )
 def test_parse_enhanced_code(text, enhanced):
     assert parse_enhanced_code(text) == enhanced
+
+
+# --- the acceptance hook (the journal's place) ---
+
+
+def test_an_accepted_message_is_handed_to_the_hook_before_its_connection_sends_again(
+    smtp_server,
+):
+    """One connection, two messages: while the hook of the first waits, the server has
+    received nothing of the second (no MAIL), so a journal written there is on record
+    before the connection carries anything else. A refusal is not handed over."""
+    smtp_server.script("rcpt", "550 5.1.1 No such user", recipient="gone@example.org")
+    seen: list[tuple[object, int, int]] = []
+
+    async def main() -> list[SendResult]:
+        pool = SmtpPool(config_for(smtp_server, pool_size=1))
+
+        async def hook(result: SendResult) -> None:
+            await asyncio.sleep(0.3)  # a slow journal write
+            seen.append((result.tag, len(smtp_server.messages), len(smtp_server.commands("MAIL"))))
+
+        try:
+            sends = [
+                pool.send(envelope("ann@example.org", tag=1), on_accepted=hook),
+                pool.send(envelope("gone@example.org", tag=2), on_accepted=hook),
+                pool.send(envelope("bob@example.org", tag=3), on_accepted=hook),
+            ]
+            return list(await asyncio.gather(*sends))
+        finally:
+            await pool.close()
+
+    results = asyncio.run(main())
+    assert [r.status for r in results] == [SendStatus.SENT, SendStatus.PERMANENT, SendStatus.SENT]
+    # At each hook: only the messages up to this one accepted, and no MAIL of the next one.
+    assert seen == [(1, 1, 1), (3, 2, 3)]
