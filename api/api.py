@@ -116,7 +116,7 @@ def _internal_error(request: HttpRequest, exc: Exception):
 def require(request: HttpRequest, scope: Scope) -> ApiKey:
     key: ApiKey = request.auth
     if not key.has_scope(scope):
-        raise HttpError(403, f"this API key lacks the {scope} scope")
+        raise HttpError(403, _("this API key lacks the %(scope)s scope") % {"scope": scope})
     return key
 
 
@@ -252,7 +252,7 @@ def send_message(request: HttpRequest, payload: MessageIn):
     key = require(request, Scope.MESSAGES_SEND)
     idempotency_key = request.headers.get("Idempotency-Key", "").strip()
     if len(idempotency_key) > 255:
-        raise HttpError(422, "Idempotency-Key is longer than 255 characters")
+        raise HttpError(422, _("Idempotency-Key is longer than 255 characters"))
     send_request = services.SendRequest(
         to_email=payload.to,
         to_name=payload.to_name,
@@ -300,7 +300,7 @@ def get_message(request: HttpRequest, message_id: str):
     key = require(request, Scope.MESSAGES_READ)
     message = selectors.message_for_key(api_key=key, public_id=message_id)
     if message is None:
-        raise HttpError(404, "no such message")
+        raise HttpError(404, _("no such message"))
     return {**selectors.message_status(message), "events": selectors.message_events(message)}
 
 
@@ -313,7 +313,7 @@ def get_message_events(request: HttpRequest, message_id: str):
     key = require(request, Scope.MESSAGES_READ)
     message = selectors.message_for_key(api_key=key, public_id=message_id)
     if message is None:
-        raise HttpError(404, "no such message")
+        raise HttpError(404, _("no such message"))
     return selectors.message_events(message)
 
 
@@ -458,7 +458,7 @@ def schedule_campaign(request: HttpRequest, campaign_id: int, payload: ScheduleI
     try:
         campaign_schedule(campaign_id=campaign_id, at=payload.at)
     except Campaign.DoesNotExist:
-        raise HttpError(404, "no such campaign") from None
+        raise HttpError(404, _("no such campaign")) from None
     except CampaignStateError as exc:
         raise HttpError(409, str(exc)) from None
     except CampaignValidationError as exc:
@@ -479,7 +479,7 @@ def report_campaign(request: HttpRequest, campaign_id: int):
     try:
         return campaign_report(campaign_id=campaign_id)
     except Campaign.DoesNotExist:
-        raise HttpError(404, "no such campaign") from None
+        raise HttpError(404, _("no such campaign")) from None
 
 
 api.add_router("/messages", messages)

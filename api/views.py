@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
@@ -18,7 +19,7 @@ def message_unsubscribe_view(request: HttpRequest, token: str) -> HttpResponse:
     the RFC 8058 one-click or the page's button, unsubscribes. The pages are campaigns'."""
     message = selectors.message_for_unsubscribe_token(token)
     if message is None:
-        raise Http404("Unknown link")
+        raise Http404(_("Unknown link"))
     if request.method != "POST":
         return render(request, "public/unsubscribe.html", {"token": token, "lists": []})
     # RFC 8058 section 3.1: body "List-Unsubscribe=One-Click", urlencoded or multipart.
@@ -30,6 +31,6 @@ def message_unsubscribe_view(request: HttpRequest, token: str) -> HttpResponse:
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:500],
     )
     if one_click:
-        return HttpResponse("Unsubscribed.\n", content_type="text/plain")
+        return HttpResponse(_("Unsubscribed.") + "\n", content_type="text/plain")
     # No token: that page's "manage what you receive" link is a campaign's preferences page.
     return render(request, "public/unsubscribed.html", {"token": None})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
@@ -12,7 +14,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
-from django.utils.translation import gettext_lazy as _
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, ngettext
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import action, display
 
@@ -31,6 +34,7 @@ from campaigns.services import (
     campaign_send,
     campaign_send_test,
 )
+from delivery.models import DeliveryStatus
 from delivery.selectors import delivery_counts
 from mailkit.errors import DeliveryError, TemplateError
 from mailkit.render import TemplateSource, compile_templates
@@ -87,16 +91,24 @@ class TemplateAdmin(ModelAdmin):
     actions_detail = ("open_design", "open_preview")
     actions_list = ("open_starters",)
 
-    @action(description="Preview", url_path="preview-redirect", icon="visibility")
+    @action(description=gettext_lazy("Preview"), url_path="preview-redirect", icon="visibility")
     def open_preview(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return redirect(reverse("admin:campaigns_template_preview", args=[object_id]))
 
     # --- the block editor (campaigns.content) ---
-    @action(description=_("Block editor"), url_path="design-redirect", icon="dashboard_customize")
+    @action(
+        description=gettext_lazy("Block editor"),
+        url_path="design-redirect",
+        icon="dashboard_customize",
+    )
     def open_design(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return redirect(reverse("content_design_edit", args=[object_id]))
 
-    @action(description=_("New from a starter"), url_path="starters-redirect", icon="auto_awesome")
+    @action(
+        description=gettext_lazy("New from a starter"),
+        url_path="starters-redirect",
+        icon="auto_awesome",
+    )
     def open_starters(self, request: HttpRequest) -> HttpResponse:
         return redirect(reverse("content_starters"))
 
@@ -150,7 +162,8 @@ def _chosen_contact(request: HttpRequest):
     contact = find_contact(query)
     if contact is None:
         messages.warning(
-            request, _("No contact %(query)r: showing a random one instead.") % {"query": query}
+            request,
+            _("No contact %(query)s: showing a random one instead.") % {"query": repr(query)},
         )
     return contact, query
 
@@ -192,10 +205,10 @@ class CampaignAdmin(ModelAdmin):
     )
     fieldsets = (
         (None, {"fields": _CAMPAIGN_MAIN}),
-        ("Sender", {"fields": _CAMPAIGN_SENDER}),
-        ("Content", {"fields": _CAMPAIGN_CONTENT}),
+        (gettext_lazy("Sender"), {"fields": _CAMPAIGN_SENDER}),
+        (gettext_lazy("Content"), {"fields": _CAMPAIGN_CONTENT}),
         (
-            "Status",
+            gettext_lazy("Status"),
             {
                 "fields": (
                     "status",
@@ -223,50 +236,57 @@ class CampaignAdmin(ModelAdmin):
     )
     change_form_before_template = "admin/campaigns/preflight_box.html"
 
-    @display(description="Status", label=True)
+    @display(description=gettext_lazy("Status"), label=True)
     def status_badge(self, obj: Campaign) -> str:
         return obj.get_status_display()
 
-    @display(description="Progress")
+    @display(description=gettext_lazy("Progress"))
     def progress(self, obj: Campaign) -> str:
         if obj.pk is None:
             return "-"
         counts = delivery_counts(campaign_id=obj.pk)
-        shown = [f"{status} {n}" for status, n in counts.items() if n]
-        return ", ".join(shown) or "no deliveries yet"
+        labels = dict(DeliveryStatus.choices)
+        shown = [f"{labels.get(status, status)} {n}" for status, n in counts.items() if n]
+        return ", ".join(shown) or _("no deliveries yet")
 
-    @display(description="Live progress")
+    @display(description=gettext_lazy("Live progress"))
     def live_progress(self, obj: Campaign) -> str:
         if obj.pk is None:
             return "-"
         url = reverse("admin:campaigns_campaign_progress", args=[obj.pk])
-        return format_html(PROGRESS_WIDGET, url=url)
+        return format_html(PROGRESS_WIDGET, url=url, words=json.dumps(_progress_words()))
 
-    @display(description="Deliveries")
+    @display(description=gettext_lazy("Deliveries"))
     def deliveries_link(self, obj: Campaign) -> str:
         if obj.pk is None:
             return "-"
         url = reverse("admin:delivery_delivery_changelist") + f"?campaign__id__exact={obj.pk}"
-        return format_html('<a href="{}">Every recipient and its SMTP replies</a>', url)
+        return format_html('<a href="{}">{}</a>', url, _("Every recipient and its SMTP replies"))
 
-    @action(description="Send now", url_path="send-now", icon="send")
+    @action(description=gettext_lazy("Send now"), url_path="send-now", icon="send")
     def send_now(self, request: HttpRequest, object_id: str) -> HttpResponse:
         campaign = get_object_or_404(Campaign, pk=object_id)
         # The pre-flight runs first so the marketer sees every finding, not only the first error.
         report = campaign_preflight(campaign)
         _remember(request, campaign.pk, report)
         if not report.ok:
-            messages.error(request, "Not sent: the pre-flight check found errors (see below).")
+            messages.error(request, _("Not sent: the pre-flight check found errors (see below)."))
         else:
             try:
                 campaign_send(campaign_id=campaign.pk)
             except CampaignError as exc:
-                messages.error(request, f"Not sent: {exc}")
+                messages.error(request, _("Not sent: %(error)s") % {"error": exc})
             else:
-                messages.success(request, "Sending started: the workers are on it.")
+                messages.success(request, _("Sending started: the workers are on it."))
                 if report.warnings:
                     messages.warning(
-                        request, f"Sent with {len(report.warnings)} pre-flight warnings (below)."
+                        request,
+                        ngettext(
+                            "Sent with %(count)d pre-flight warning (below).",
+                            "Sent with %(count)d pre-flight warnings (below).",
+                            len(report.warnings),
+                        )
+                        % {"count": len(report.warnings)},
                     )
         return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
 
@@ -279,43 +299,49 @@ class CampaignAdmin(ModelAdmin):
             messages.success(request, done)
         return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
 
-    @action(description="Schedule", url_path="schedule", icon="schedule")
+    @action(description=gettext_lazy("Schedule"), url_path="schedule", icon="schedule")
     def schedule(self, request: HttpRequest, object_id: str) -> HttpResponse:
         campaign = get_object_or_404(Campaign, pk=object_id)
         if campaign.scheduled_at is None:
-            messages.error(request, "Set 'Scheduled at' below and save, then press Schedule.")
+            messages.error(request, _("Set 'Scheduled for' below and save, then press Schedule."))
             return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
         at = campaign.scheduled_at
         return self._lifecycle(
             request,
             object_id,
             lambda campaign_id: campaign_schedule(campaign_id=campaign_id, at=at),
-            f"Scheduled for {timezone.localtime(at):%Y-%m-%d %H:%M %Z}.",
+            _("Scheduled for %(time)s.") % {"time": f"{timezone.localtime(at):%Y-%m-%d %H:%M %Z}"},
         )
 
-    @action(description="Pause", url_path="pause", icon="pause")
+    @action(description=gettext_lazy("Pause"), url_path="pause", icon="pause")
     def pause(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return self._lifecycle(
-            request, object_id, campaign_pause, "Paused: messages in flight finish, no new ones."
+            request,
+            object_id,
+            campaign_pause,
+            _("Paused: messages in flight finish, no new ones."),
         )
 
-    @action(description="Resume", url_path="resume", icon="play_arrow")
+    @action(description=gettext_lazy("Resume"), url_path="resume", icon="play_arrow")
     def resume(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return self._lifecycle(
-            request, object_id, campaign_resume, "Resumed from what was actually sent."
+            request, object_id, campaign_resume, _("Resumed from what was actually sent.")
         )
 
-    @action(description="Cancel", url_path="cancel", icon="cancel")
+    @action(description=gettext_lazy("Cancel"), url_path="cancel", icon="cancel")
     def cancel(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return self._lifecycle(
-            request, object_id, campaign_cancel, "Cancelled: unsent recipients were cancelled."
+            request,
+            object_id,
+            campaign_cancel,
+            _("Cancelled: unsent recipients were cancelled."),
         )
 
     def progress_json(self, request: HttpRequest, object_id: int) -> JsonResponse:
         get_object_or_404(Campaign, pk=object_id)
         return JsonResponse(campaign_report(campaign_id=object_id))
 
-    @action(description="Pre-flight check", url_path="preflight", icon="checklist")
+    @action(description=gettext_lazy("Pre-flight check"), url_path="preflight", icon="checklist")
     def preflight(self, request: HttpRequest, object_id: str) -> HttpResponse:
         campaign = get_object_or_404(Campaign, pk=object_id)
         report = campaign_preflight(campaign)
@@ -323,22 +349,35 @@ class CampaignAdmin(ModelAdmin):
         if report.ok:
             messages.success(
                 request,
-                f"Pre-flight check passed ({len(report.warnings)} warnings): see the results below.",
+                ngettext(
+                    "Pre-flight check passed (%(count)d warning): see the results below.",
+                    "Pre-flight check passed (%(count)d warnings): see the results below.",
+                    len(report.warnings),
+                )
+                % {"count": len(report.warnings)},
             )
         else:
-            messages.error(request, f"Pre-flight check: {len(report.errors)} errors stop a send.")
+            messages.error(
+                request,
+                ngettext(
+                    "Pre-flight check: %(count)d error stops a send.",
+                    "Pre-flight check: %(count)d errors stop a send.",
+                    len(report.errors),
+                )
+                % {"count": len(report.errors)},
+            )
         return redirect(reverse("admin:campaigns_campaign_change", args=[object_id]))
 
-    @action(description="Preview", url_path="preview-redirect", icon="visibility")
+    @action(description=gettext_lazy("Preview"), url_path="preview-redirect", icon="visibility")
     def open_preview(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return redirect(reverse("admin:campaigns_campaign_preview", args=[object_id]))
 
-    @action(description="Send test", url_path="send-test-redirect", icon="science")
+    @action(description=gettext_lazy("Send test"), url_path="send-test-redirect", icon="science")
     def open_send_test(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return redirect(reverse("admin:campaigns_campaign_send_test", args=[object_id]))
 
     # --- report (campaigns.report_views) ---
-    @action(description="Report", url_path="report-redirect", icon="monitoring")
+    @action(description=gettext_lazy("Report"), url_path="report-redirect", icon="monitoring")
     def open_report(self, request: HttpRequest, object_id: str) -> HttpResponse:
         return redirect(reverse("admin:campaigns_campaign_report", args=[object_id]))
 
@@ -405,9 +444,11 @@ class CampaignAdmin(ModelAdmin):
                 for email in emails:
                     validate_email(email)
                 if not emails or len(emails) > 10:
-                    raise ValidationError("Give one to ten addresses, separated by commas.")
+                    raise ValidationError(_("Give one to ten addresses, separated by commas."))
                 if contact_query and contact is None:
-                    raise ValidationError(f"No contact {contact_query!r}.")
+                    raise ValidationError(
+                        _("No contact %(query)s.") % {"query": repr(contact_query)}
+                    )
                 results = campaign_send_test(
                     campaign_id=campaign.pk,
                     emails=emails,
@@ -415,15 +456,26 @@ class CampaignAdmin(ModelAdmin):
                 )
             except (ValidationError, CampaignError, DeliveryError) as exc:
                 messages.error(
-                    request, f"Test not sent: {'; '.join(getattr(exc, 'messages', [str(exc)]))}"
+                    request,
+                    _("Test not sent: %(errors)s")
+                    % {"errors": "; ".join(getattr(exc, "messages", [str(exc)]))},
                 )
             else:
                 sent = sum(1 for r in results if r.status == "sent")
                 level = messages.SUCCESS if sent == len(results) else messages.WARNING
-                messages.add_message(request, level, f"{sent} of {len(results)} test sent.")
+                messages.add_message(
+                    request,
+                    level,
+                    ngettext(
+                        "%(sent)d of %(count)d test sent.",
+                        "%(sent)d of %(count)d tests sent.",
+                        len(results),
+                    )
+                    % {"sent": sent, "count": len(results)},
+                )
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Send a test of {campaign}",
+            "title": _("Send a test of %(name)s") % {"name": campaign},
             "campaign": campaign,
             "results": results,
             "preflight": _shown(_report_dict(report)),
@@ -437,25 +489,27 @@ class CampaignAdmin(ModelAdmin):
 
 
 PROGRESS_WIDGET = """
-<div data-progress-url="{url}" class="skylark-progress" style="min-width: 320px">
+<div data-progress-url="{url}" data-words="{words}" class="skylark-progress" style="min-width: 320px">
   <div style="height: 8px; background: #e5e7eb; border-radius: 4px; overflow: hidden">
     <div class="bar" style="height: 8px; width: 0; background: #0b6bcb"></div>
   </div>
-  <div class="line" style="margin-top: 6px">Loading...</div>
+  <div class="line" style="margin-top: 6px">&hellip;</div>
 </div>
 <script>
 (function () {{
   const box = document.currentScript.previousElementSibling;
+  const words = JSON.parse(box.dataset.words);
+  const fill = (text, values) =>
+    text.replace(/%\\((\\w+)\\)s/g, (m, k) => values[k]).replace(/%%/g, "%");
   async function refresh() {{
     const r = await (await fetch(box.dataset.progressUrl, {{credentials: "same-origin"}})).json();
     const c = r.counts, total = r.recipients || 0;
     const pct = total ? Math.round(100 * r.done / total) : 0;
     box.querySelector(".bar").style.width = pct + "%";
-    let line = `${{r.status}}: ${{r.done}} of ${{total}} done (${{pct}}%) - sent ${{c.sent}},`
-      + ` deferred ${{c.deferred}}, bounced ${{c.bounced}}, failed ${{c.failed}},`
-      + ` suppressed ${{c.suppressed}}`;
-    if (r.rate_per_second) line += ` - ${{r.rate_per_second}}/s`;
-    if (r.eta_seconds !== null && r.eta_seconds !== undefined) line += `, about ${{r.eta_seconds}} s left`;
+    let line = fill(words.line, {{...c, status: words.statuses[r.status] || r.status,
+                                  done: r.done, total: total, pct: pct}});
+    if (r.rate_per_second) line += fill(words.rate, {{rate: r.rate_per_second}});
+    if (r.eta_seconds !== null && r.eta_seconds !== undefined) line += fill(words.eta, {{eta: r.eta_seconds}});
     box.querySelector(".line").textContent = line;
     if (["sending", "scheduled"].includes(r.status)) setTimeout(refresh, 2000);
   }}
@@ -463,6 +517,20 @@ PROGRESS_WIDGET = """
 }})();
 </script>
 """
+
+
+def _progress_words() -> dict:
+    """The progress line's sentences for its script, in the request's language."""
+    return {
+        "line": _(
+            "%(status)s: %(done)s of %(total)s done (%(pct)s%%) - sent %(sent)s, "
+            "deferred %(deferred)s, bounced %(bounced)s, failed %(failed)s, "
+            "suppressed %(suppressed)s"
+        ),
+        "rate": _(" - %(rate)s/s"),
+        "eta": _(", about %(eta)s s left"),
+        "statuses": {value: str(label) for value, label in CampaignStatus.choices},
+    }
 
 
 def _report_dict(report: PreflightReport) -> dict:

@@ -13,19 +13,28 @@ from mailkit.errors import InvalidHeaderError
 class Template(models.Model):
     """A reusable message: subject, HTML and text, written in Jinja2."""
 
-    name = models.CharField(max_length=200, unique=True)
-    subject = models.CharField(max_length=998)
+    name = models.CharField(max_length=200, unique=True, verbose_name=_("name"))
+    subject = models.CharField(max_length=998, verbose_name=_("subject"))
     html = models.TextField(
-        help_text="Jinja2 HTML. Variables: {{ name }}, {{ email }}, attributes."
+        help_text=_("Jinja2 HTML. Variables: {{ name }}, {{ email }}, attributes."),
+        verbose_name=_("HTML"),
     )
-    text = models.TextField(blank=True, help_text="Plain-text part; generated from HTML if empty.")
+    text = models.TextField(
+        blank=True,
+        help_text=_("Plain-text part; generated from HTML if empty."),
+        verbose_name=_("plain text"),
+    )
     # A block design (campaigns.content.schema); when set, html and text are rendered from it.
-    design = models.JSONField(null=True, blank=True, editable=False)
-    design_version = models.PositiveSmallIntegerField(null=True, blank=True, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    design = models.JSONField(null=True, blank=True, editable=False, verbose_name=_("design"))
+    design_version = models.PositiveSmallIntegerField(
+        null=True, blank=True, editable=False, verbose_name=_("design version")
+    )
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated"))
 
     class Meta:
+        verbose_name = _("template")
+        verbose_name_plural = _("templates")
         ordering = ["name"]
 
     def __str__(self) -> str:
@@ -33,43 +42,49 @@ class Template(models.Model):
 
 
 class CampaignStatus(models.TextChoices):
-    DRAFT = "draft", "Draft"
-    SCHEDULED = "scheduled", "Scheduled"
-    SENDING = "sending", "Sending"
-    PAUSED = "paused", "Paused"
-    SENT = "sent", "Sent"
-    CANCELLED = "cancelled", "Cancelled"
-    FAILED = "failed", "Failed"
+    DRAFT = "draft", _("Draft")
+    SCHEDULED = "scheduled", _("Scheduled")
+    SENDING = "sending", _("Sending")
+    PAUSED = "paused", _("Paused")
+    SENT = "sent", _("Sent")
+    CANCELLED = "cancelled", _("Cancelled")
+    FAILED = "failed", _("Failed")
 
 
 class Campaign(models.Model):
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, verbose_name=_("name"))
     template = models.ForeignKey(
         Template,
         null=True,
         blank=True,
         on_delete=models.PROTECT,
-        help_text="Used for any of subject, HTML and text left empty below.",
+        help_text=_("Used for any of subject, HTML and text left empty below."),
+        verbose_name=_("template"),
     )
-    subject = models.CharField(max_length=998, blank=True)
-    html = models.TextField(blank=True)
-    text = models.TextField(blank=True)
-    from_email = models.CharField(max_length=320)
-    from_name = models.CharField(max_length=200, blank=True)
-    reply_to = models.CharField(max_length=320, blank=True)
-    lists = models.ManyToManyField("contacts.ContactList", related_name="campaigns", blank=True)
+    subject = models.CharField(max_length=998, blank=True, verbose_name=_("subject"))
+    html = models.TextField(blank=True, verbose_name=_("HTML"))
+    text = models.TextField(blank=True, verbose_name=_("plain text"))
+    from_email = models.CharField(max_length=320, verbose_name=_("sender address"))
+    from_name = models.CharField(max_length=200, blank=True, verbose_name=_("sender name"))
+    reply_to = models.CharField(max_length=320, blank=True, verbose_name=_("Reply-To"))
+    lists = models.ManyToManyField(
+        "contacts.ContactList", related_name="campaigns", blank=True, verbose_name=_("lists")
+    )
     segments = models.ManyToManyField(
         "contacts.Segment",
         related_name="campaigns",
         blank=True,
-        help_text="Also send to the contacts of these segments (each address once).",
+        help_text=_("Also send to the contacts of these segments (each address once)."),
+        verbose_name=_("segments"),
     )
     smtp_servers = models.ManyToManyField(
         "delivery.SmtpServer",
         blank=True,
         related_name="campaigns",
-        help_text="Empty: the enabled servers marked default (or EDM_SMTP_URL when none is). "
-        "Traffic is split by the servers' weights; a failing server is rested.",
+        help_text=_(
+            "Empty: the enabled servers marked default (or EDM_SMTP_URL when none is). Traffic is split by the servers' weights; a failing server is rested."
+        ),
+        verbose_name=_("SMTP servers"),
     )
     track_opens = models.BooleanField(
         _("track opens"),
@@ -80,22 +95,29 @@ class Campaign(models.Model):
         ),
     )
     status = models.CharField(
-        max_length=10, choices=CampaignStatus.choices, default=CampaignStatus.DRAFT
+        max_length=10,
+        choices=CampaignStatus.choices,
+        default=CampaignStatus.DRAFT,
+        verbose_name=_("status"),
     )
-    status_reason = models.TextField(blank=True)
-    scheduled_at = models.DateTimeField(null=True, blank=True)
-    total_recipients = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-    started_at = models.DateTimeField(null=True, blank=True)
+    status_reason = models.TextField(blank=True, verbose_name=_("status reason"))
+    scheduled_at = models.DateTimeField(null=True, blank=True, verbose_name=_("scheduled for"))
+    total_recipients = models.PositiveIntegerField(default=0, verbose_name=_("total recipients"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated"))
+    started_at = models.DateTimeField(null=True, blank=True, verbose_name=_("started"))
     # Set once the deliveries are materialized; a campaign is never finished before that.
-    dispatched_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True, verbose_name=_("dispatched"))
     # Set once the first messages' failure rate was judged (EDM_PAUSE_SAMPLE): a campaign is
     # auto-paused at most once, and a resume by a person is final.
-    error_rate_judged = models.BooleanField(default=False, editable=False)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    error_rate_judged = models.BooleanField(
+        default=False, editable=False, verbose_name=_("error rate judged")
+    )
+    finished_at = models.DateTimeField(null=True, blank=True, verbose_name=_("finished"))
 
     class Meta:
+        verbose_name = _("campaign")
+        verbose_name_plural = _("campaigns")
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
@@ -115,13 +137,29 @@ class CampaignAttachment(models.Model):
     """A file sent with every message of a campaign; with a Content-ID, an inline image that
     the HTML shows with ``<img src="cid:...">``."""
 
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="attachments")
-    file = models.FileField(upload_to="attachments/%Y/%m/")
-    filename = models.CharField(max_length=255, blank=True, help_text="Empty: the file's name.")
-    content_type = models.CharField(max_length=100, blank=True, help_text="Empty: guessed.")
-    content_id = models.CharField(
-        max_length=100, blank=True, help_text='For an inline image: use it as src="cid:<this>".'
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, related_name="attachments", verbose_name=_("campaign")
     )
+    file = models.FileField(upload_to="attachments/%Y/%m/", verbose_name=_("file"))
+    filename = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text=_("Empty: the file's name."),
+        verbose_name=_("file name"),
+    )
+    content_type = models.CharField(
+        max_length=100, blank=True, help_text=_("Empty: guessed."), verbose_name=_("content type")
+    )
+    content_id = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text=_('For an inline image: use it as src="cid:" followed by this ID.'),
+        verbose_name=_("content ID"),
+    )
+
+    class Meta:
+        verbose_name = _("attachment")
+        verbose_name_plural = _("attachments")
 
     def __str__(self) -> str:
         return self.filename or self.file.name

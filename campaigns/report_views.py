@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.safestring import mark_safe
+from django.utils.translation import gettext as _
 
 from campaigns import reports
 from campaigns.models import Campaign
@@ -22,7 +23,7 @@ def campaign_report_view(request: HttpRequest, object_id: int, *, model_admin) -
     )
     context = {
         **model_admin.admin_site.each_context(request),
-        "title": f"Report: {campaign}",
+        "title": _("Report: %(name)s") % {"name": campaign},
         "campaign": campaign,
         "funnel": funnel,
         "charts": {k: mark_safe(v) for k, v in charts.items()},  # built from numbers only

@@ -16,6 +16,7 @@ from html import escape
 from django.db.models import Count
 from django.db.models.functions import TruncDate
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from campaigns.models import Campaign
 from campaigns.tracking_models import (
@@ -83,53 +84,59 @@ def campaign_funnel(*, campaign: Campaign, stats: CampaignStats | None = None) -
     bounce_rate = _rate(bounced, attempted)
     complaint_rate = _rate(stats.complaints, delivered)
     steps = [
-        FunnelStep("recipients", "Recipients", recipients),
-        FunnelStep("sent", "Sent", sent, rate=_rate(sent, recipients), rate_of="of recipients"),
+        FunnelStep("recipients", _("Recipients"), recipients),
+        FunnelStep(
+            "sent",
+            _("Sent"),
+            sent,
+            rate=_rate(sent, recipients),
+            rate_of=_("of recipients"),
+        ),
         FunnelStep(
             "delivered",
-            "Delivered",
+            _("Delivered"),
             delivered,
             rate=_rate(delivered, sent),
-            rate_of="of sent (minus bounce reports after a 250)",
+            rate_of=_("of sent (minus bounce reports after a 250)"),
         ),
         FunnelStep(
             "opened",
-            "Opened",
+            _("Opened"),
             stats.unique_opens,
             stats.unique_machine_opens,
             _rate(stats.unique_opens, delivered),
-            "of delivered",
+            _("of delivered"),
         ),
         FunnelStep(
             "clicked",
-            "Clicked",
+            _("Clicked"),
             stats.unique_clicks,
             stats.unique_machine_clicks,
             _rate(stats.unique_clicks, delivered),
-            "of delivered",
+            _("of delivered"),
         ),
         FunnelStep(
             "bounced",
-            "Bounced",
+            _("Bounced"),
             bounced,
             rate=bounce_rate,
-            rate_of="of attempted",
+            rate_of=_("of attempted"),
             level=_level(bounce_rate, BOUNCE_WARN, BOUNCE_DANGER),
         ),
         FunnelStep(
             "complained",
-            "Complained",
+            _("Complained"),
             stats.complaints,
             rate=complaint_rate,
-            rate_of="of delivered",
+            rate_of=_("of delivered"),
             level=_level(complaint_rate, COMPLAINT_WARN, COMPLAINT_DANGER),
         ),
         FunnelStep(
             "unsubscribed",
-            "Unsubscribed",
+            _("Unsubscribed"),
             stats.unsubscribes,
             rate=_rate(stats.unsubscribes, delivered),
-            rate_of="of delivered",
+            rate_of=_("of delivered"),
         ),
     ]
     levels = [s.level for s in steps]
@@ -288,7 +295,7 @@ def svg_chart(
             f'fill="#6b7280">{value}</text>'
         )
     step = max(1, n // 6)
-    for i in range(0, n, step):
+    for i in range(0, len(labels), step):  # no labels (nothing sent yet): an empty axis
         parts.append(
             f'<text x="{x(i):.1f}" y="{height - 6}" text-anchor="middle" fill="#6b7280">'
             f"{escape(labels[i])}</text>"
@@ -332,17 +339,17 @@ def campaign_charts(*, minutes: list[CampaignMinute]) -> dict[str, str]:
         "sends": svg_chart(
             labels=labels,
             series=[
-                ("Sent", [m.sent for m in minutes], "#0b6bcb"),
-                ("Bounced", [m.bounced for m in minutes], "#dc2626"),
+                (_("Sent"), [m.sent for m in minutes], "#0b6bcb"),
+                (_("Bounced"), [m.bounced for m in minutes], "#dc2626"),
             ],
         ),
         "engagement": svg_chart(
             labels=labels,
             series=[
-                ("Opens (human)", [m.opens for m in minutes], "#16a34a"),
-                ("Opens (machine)", [m.machine_opens for m in minutes], "#a3a3a3"),
-                ("Clicks (human)", [m.clicks for m in minutes], "#9333ea"),
-                ("Clicks (machine)", [m.machine_clicks for m in minutes], "#f59e0b"),
+                (_("Opens (human)"), [m.opens for m in minutes], "#16a34a"),
+                (_("Opens (machine)"), [m.machine_opens for m in minutes], "#a3a3a3"),
+                (_("Clicks (human)"), [m.clicks for m in minutes], "#9333ea"),
+                (_("Clicks (machine)"), [m.machine_clicks for m in minutes], "#f59e0b"),
             ],
         ),
     }
@@ -380,7 +387,7 @@ def dashboard_data(*, recent: int = 6) -> dict:
         "growth_total": sum(n for _, n in growth),
         "growth_chart": svg_chart(
             labels=[d for d, _ in growth],
-            series=[("New contacts", [n for _, n in growth], "#0b6bcb")],
+            series=[(_("New contacts"), [n for _, n in growth], "#0b6bcb")],
             height=150,
         ),
         "warnings": [f for f in funnels if f.health != "ok"],

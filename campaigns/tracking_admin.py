@@ -6,6 +6,7 @@ import secrets
 
 from django import forms
 from django.contrib import admin
+from django.utils.translation import gettext_lazy
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
@@ -13,9 +14,12 @@ from campaigns.tracking_models import Webhook, WebhookDelivery, WebhookEvent
 
 
 class WebhookForm(forms.ModelForm):
-    url = forms.URLField(max_length=1000, assume_scheme="https")
+    url = forms.URLField(max_length=1000, assume_scheme="https", label=gettext_lazy("URL"))
     events = forms.MultipleChoiceField(
-        choices=WebhookEvent.choices, widget=forms.CheckboxSelectMultiple, required=True
+        choices=WebhookEvent.choices,
+        widget=forms.CheckboxSelectMultiple,
+        required=True,
+        label=gettext_lazy("Events"),
     )
 
     class Meta:
@@ -49,7 +53,7 @@ class WebhookAdmin(ModelAdmin):
     list_display = ("name", "url", "event_list", "enabled")
     inlines = (WebhookDeliveryInline,)
 
-    @display(description="Events")
+    @display(description=gettext_lazy("Events"))
     def event_list(self, obj: Webhook) -> str:
         return ", ".join(obj.events)
 

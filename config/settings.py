@@ -361,6 +361,7 @@ EDM_DNS_SERVERS = env_list("EDM_DNS_SERVERS", "")
 
 # --- Admin theme (django-unfold) -----------------------------------------------------------
 from django.urls import reverse_lazy  # noqa: E402
+from django.utils.translation import gettext_lazy as _  # noqa: E402
 
 
 def _nav(title: str, icon: str, url_name: str) -> dict:
@@ -370,7 +371,7 @@ def _nav(title: str, icon: str, url_name: str) -> dict:
 UNFOLD = {
     "SITE_TITLE": "Skylark",
     "SITE_HEADER": "Skylark",
-    "SITE_SUBHEADER": "Email campaigns",
+    "SITE_SUBHEADER": _("Email campaigns"),
     "SITE_SYMBOL": "send",
     "SHOW_HISTORY": True,
     "DASHBOARD_CALLBACK": "campaigns.reports.dashboard_callback",
@@ -379,51 +380,53 @@ UNFOLD = {
         "show_all_applications": True,
         "navigation": [
             {
-                "title": "Campaigns",
+                "title": _("Campaigns"),
                 "items": [
-                    _nav("Campaigns", "campaign", "admin:campaigns_campaign_changelist"),
-                    _nav("Templates", "draft", "admin:campaigns_template_changelist"),
-                    _nav("Deliveries", "outgoing_mail", "admin:delivery_delivery_changelist"),
-                    _nav("Dev mailbox", "inbox", "mailbox"),
+                    _nav(_("Campaigns"), "campaign", "admin:campaigns_campaign_changelist"),
+                    _nav(_("Templates"), "draft", "admin:campaigns_template_changelist"),
+                    _nav(_("Deliveries"), "outgoing_mail", "admin:delivery_delivery_changelist"),
+                    _nav(_("Dev mailbox"), "inbox", "mailbox"),
                 ],
             },
             {
-                "title": "Contacts",
+                "title": _("Contacts"),
                 "items": [
-                    _nav("Contacts", "person", "admin:contacts_contact_changelist"),
-                    _nav("Lists", "list", "admin:contacts_contactlist_changelist"),
-                    _nav("Imports", "upload_file", "admin:contacts_importjob_changelist"),
-                    _nav("Segments", "filter_alt", "admin:contacts_segment_changelist"),
-                    _nav("Sign-up forms", "how_to_reg", "admin:contacts_signupform_changelist"),
-                    _nav("Suppressions", "block", "admin:contacts_suppression_changelist"),
+                    _nav(_("Contacts"), "person", "admin:contacts_contact_changelist"),
+                    _nav(_("Lists"), "list", "admin:contacts_contactlist_changelist"),
+                    _nav(_("Imports"), "upload_file", "admin:contacts_importjob_changelist"),
+                    _nav(_("Segments"), "filter_alt", "admin:contacts_segment_changelist"),
+                    _nav(_("Sign-up forms"), "how_to_reg", "admin:contacts_signupform_changelist"),
+                    _nav(_("Suppressions"), "block", "admin:contacts_suppression_changelist"),
                 ],
             },
             {
-                "title": "Sending",
+                "title": _("Sending"),
                 "items": [
-                    _nav("SMTP servers", "dns", "admin:delivery_smtpserver_changelist"),
-                    _nav("DKIM keys", "key", "admin:delivery_dkimkey_changelist"),
-                    _nav("Webhooks", "webhook", "admin:campaigns_webhook_changelist"),
+                    _nav(_("SMTP servers"), "dns", "admin:delivery_smtpserver_changelist"),
+                    _nav(_("DKIM keys"), "key", "admin:delivery_dkimkey_changelist"),
+                    _nav(_("Webhooks"), "webhook", "admin:campaigns_webhook_changelist"),
                     _nav(
-                        "Provider rate limits", "speed", "admin:delivery_domainratelimit_changelist"
+                        _("Provider rate limits"),
+                        "speed",
+                        "admin:delivery_domainratelimit_changelist",
                     ),
-                    _nav("SMTP monitor", "monitor_heart", "admin:delivery_smtpcheck_status"),
+                    _nav(_("SMTP monitor"), "monitor_heart", "admin:delivery_smtpcheck_status"),
                 ],
             },
             {
-                "title": "Bounces",
+                "title": _("Bounces"),
                 "items": [
-                    _nav("Bounce reports", "report", "admin:delivery_bouncemessage_changelist"),
-                    _nav("Bounce rates", "trending_down", "admin:delivery_bounce_rates"),
-                    _nav("Bounce policies", "policy", "admin:delivery_bouncepolicy_changelist"),
-                    _nav("Bounce mailboxes", "mail", "admin:delivery_mailbox_changelist"),
+                    _nav(_("Bounce reports"), "report", "admin:delivery_bouncemessage_changelist"),
+                    _nav(_("Bounce rates"), "trending_down", "admin:delivery_bounce_rates"),
+                    _nav(_("Bounce policies"), "policy", "admin:delivery_bouncepolicy_changelist"),
+                    _nav(_("Bounce mailboxes"), "mail", "admin:delivery_mailbox_changelist"),
                 ],
             },
             {
-                "title": "Transactional",
+                "title": _("Transactional"),
                 "items": [
-                    _nav("Messages", "bolt", "admin:api_transactionalmessage_changelist"),
-                    _nav("API keys", "vpn_key", "admin:api_apikey_changelist"),
+                    _nav(_("Messages"), "bolt", "admin:api_transactionalmessage_changelist"),
+                    _nav(_("API keys"), "vpn_key", "admin:api_apikey_changelist"),
                 ],
             },
         ],

@@ -13,6 +13,8 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
@@ -30,7 +32,13 @@ from contacts.models import (
     Subscription,
     Suppression,
 )
-from contacts.normalize import EmailPolicy, InvalidEmail, RejectReason, normalize_email
+from contacts.normalize import (
+    EmailPolicy,
+    InvalidEmail,
+    RejectReason,
+    normalize_email,
+    reject_reason_label,
+)
 from contacts.selectors import contact_lists_with_counts
 from contacts.services import (
     contact_list_get_or_create,
@@ -49,18 +57,18 @@ class ContactListAdmin(ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return contact_lists_with_counts()
 
-    @display(description="Subscribed", ordering="subscribed_count")
+    @display(description=gettext_lazy("Subscribed"), ordering="subscribed_count")
     def subscribed(self, obj: ContactList) -> int:
         return obj.subscribed_count
 
-    @display(description="All subscriptions", ordering="total_count")
+    @display(description=gettext_lazy("All subscriptions"), ordering="total_count")
     def total(self, obj: ContactList) -> int:
         return obj.total_count
 
-    @admin.action(description="Export as CSV")
+    @admin.action(description=gettext_lazy("Export as CSV"))
     def export_csv(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         if queryset.count() != 1:
-            self.message_user(request, "Export one list at a time.", messages.WARNING)
+            self.message_user(request, _("Export one list at a time."), messages.WARNING)
             return None
         contact_list = queryset.get()
         buffer = io.StringIO()
@@ -98,7 +106,7 @@ class ContactAdmin(StorableJSONMixin, ModelAdmin):
     )
     inlines = (SubscriptionInline,)
 
-    @display(description="Attributes (readable)")
+    @display(description=gettext_lazy("Attributes (readable)"))
     def attributes_readable(self, obj: Contact) -> str:
         if not obj.attributes:
             return "-"
@@ -135,7 +143,11 @@ class SuppressionAdmin(ModelAdmin):
         suppression_remove(suppression=obj)
 
 
-IMPORT_STEPS = ((1, "Upload a file"), (2, "Check the preview and columns"), (3, "Import"))
+IMPORT_STEPS = (
+    (1, gettext_lazy("Upload a file")),
+    (2, gettext_lazy("Check the preview and columns")),
+    (3, gettext_lazy("Import")),
+)
 
 
 @admin.register(ImportJob)
@@ -224,7 +236,7 @@ class ImportJobAdmin(ModelAdmin):
         return TemplateResponse(
             request,
             "admin/contacts/import_upload.html",
-            self._context(request, "Import contacts", form=form),
+            self._context(request, _("Import contacts"), form=form),
         )
 
     def preview_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
@@ -256,7 +268,7 @@ class ImportJobAdmin(ModelAdmin):
             return redirect(reverse("admin:contacts_importjob_progress", args=[job.pk]))
         context = self._context(
             request,
-            f"Preview: {job.original_name}",
+            _("Preview: %(file)s") % {"file": job.original_name},
             job=job,
             preview=preview,
             is_workbook=bool(preview and preview.info.kind == "xlsx"),
@@ -270,7 +282,10 @@ class ImportJobAdmin(ModelAdmin):
     def progress_view(self, request: HttpRequest, job_id: int) -> HttpResponse:
         job = get_object_or_404(ImportJob, pk=job_id)
         context = self._context(
-            request, f"Import #{job.pk}: {job.original_name}", job=job, progress=_progress(job)
+            request,
+            _("Import #%(id)s: %(file)s") % {"id": job.pk, "file": job.original_name},
+            job=job,
+            progress=_progress(job),
         )
         return TemplateResponse(request, "admin/contacts/import_progress.html", context)
 
@@ -332,7 +347,10 @@ def _progress(job: ImportJob) -> dict:
         "updated": job.updated_count,
         "unchanged": job.unchanged_count,
         "rejected": job.rejected_count,
-        "rejected_by_reason": job.rejected_by_reason,
+        # Sentences, not codes ("Duplicate in the file: 3", not "duplicate_in_file: 3").
+        "rejected_by_reason": {
+            reject_reason_label(code): count for code, count in job.rejected_by_reason.items()
+        },
         "encoding": job.detected_encoding,
         "delimiter": _delimiter_label(job.detected_delimiter),
         "error": job.error,
@@ -342,9 +360,8 @@ def _progress(job: ImportJob) -> dict:
 
 
 def _delimiter_label(delimiter: str | None) -> str:
-    return {None: "", "": "", "\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}.get(
-        delimiter, delimiter or ""
-    )
+    names = {"\t": _("tab"), ",": _("comma"), ";": _("semicolon"), "|": _("pipe")}
+    return names.get(delimiter or "", delimiter or "")
 
 
 def _preview_rows(rows, headers: tuple[str, ...], mapping: dict, options: dict | None) -> list:
@@ -373,7 +390,7 @@ def _preview_rows(rows, headers: tuple[str, ...], mapping: dict, options: dict |
             else:
                 if key in first_line:
                     reason = RejectReason.DUPLICATE_IN_FILE
-                    detail = f"same address as line {first_line[key]}"
+                    detail = _("same address as line %(line)s") % {"line": first_line[key]}
                 first_line.setdefault(key, row.line)
         unreadable = bool(row.reason)  # the reader could not split it into fields
         result.append(
@@ -381,6 +398,7 @@ def _preview_rows(rows, headers: tuple[str, ...], mapping: dict, options: dict |
                 "line": row.line,
                 "fields": row.fields,
                 "reason": reason,
+                "reason_label": reject_reason_label(reason) if reason else "",
                 "detail": detail,
                 "unreadable": unreadable,
             }

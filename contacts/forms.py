@@ -9,6 +9,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from unfold.widgets import (
     UnfoldAdminFileFieldWidget,
     UnfoldAdminSelectWidget,
@@ -21,16 +22,16 @@ from contacts.models import ContactList, ImportMode
 from mailkit.text import clean_text, refused_path
 
 ENCODING_CHOICES = [
-    ("auto", "Detect automatically"),
+    ("auto", gettext_lazy("Detect automatically")),
     ("utf-8", "UTF-8"),
-    ("utf-16", "UTF-16 (with BOM)"),
-    ("gb18030", "GB18030 / GBK / GB2312 (Simplified Chinese)"),
-    ("big5", "Big5 (Traditional Chinese)"),
-    ("shift_jis", "Shift_JIS (Japanese)"),
+    ("utf-16", gettext_lazy("UTF-16 (with BOM)")),
+    ("gb18030", gettext_lazy("GB18030 / GBK / GB2312 (Simplified Chinese)")),
+    ("big5", gettext_lazy("Big5 (Traditional Chinese)")),
+    ("shift_jis", gettext_lazy("Shift_JIS (Japanese)")),
     ("cp1252", "Windows-1252 / Latin-1"),
 ]
 ALLOWED_EXTENSIONS = (".csv", ".tsv", ".txt", ".xlsx")
-MODE_HELP = (
+MODE_HELP = gettext_lazy(
     "Add new contacts only: existing contacts are left as they are. "
     "Add new and update existing: a name and attributes in the file replace the stored ones "
     "(other attributes are kept). "
@@ -42,69 +43,81 @@ MODE_HELP = (
 # (what the form accepted before it had a menu, and what scripts may still post).
 ATTRIBUTE = "attribute"
 COLUMN_CHOICES = [
-    ("email", "Email address"),
-    ("name", "Name"),
-    ("first_name", "First name"),
-    ("last_name", "Last name"),
-    (ATTRIBUTE, "Attribute (custom field)"),
-    ("skip", "Do not import"),
+    ("email", gettext_lazy("Email address")),
+    ("name", gettext_lazy("Name")),
+    ("first_name", gettext_lazy("First name")),
+    ("last_name", gettext_lazy("Last name")),
+    (ATTRIBUTE, gettext_lazy("Attribute (custom field)")),
+    ("skip", gettext_lazy("Do not import")),
 ]
 
 
 class ImportUploadForm(forms.Form):
     file = forms.FileField(
-        help_text="CSV, TSV or XLSX (first sheet); the first row holds the column names.",
+        label=gettext_lazy("File"),
+        help_text=gettext_lazy(
+            "CSV, TSV or XLSX (first sheet); the first row holds the column names."
+        ),
         widget=UnfoldAdminFileFieldWidget(attrs={"accept": ",".join(ALLOWED_EXTENSIONS)}),
     )
     contact_list = forms.ModelChoiceField(
         queryset=ContactList.objects.all(),
         required=False,
-        empty_label="(choose a list, or name a new one below)",
-        help_text="The list to import into.",
+        label=gettext_lazy("Contact list"),
+        empty_label=gettext_lazy("(choose a list, or name a new one below)"),
+        help_text=gettext_lazy("The list to import into."),
         widget=UnfoldAdminSelectWidget,
     )
     new_list_name = forms.CharField(
         max_length=200,
         required=False,
-        help_text="Or create a new list with this name.",
+        label=gettext_lazy("New list name"),
+        help_text=gettext_lazy("Or create a new list with this name."),
         widget=UnfoldAdminTextInputWidget,
     )
     mode = forms.ChoiceField(
         choices=ImportMode.choices,
         initial=ImportMode.UPSERT,
+        label=gettext_lazy("Mode"),
         help_text=MODE_HELP,
         widget=UnfoldAdminSelectWidget,
     )
     encoding = forms.ChoiceField(
         choices=ENCODING_CHOICES,
         initial="auto",
-        help_text="Leave on automatic unless the preview shows garbled text.",
+        label=gettext_lazy("Encoding"),
+        help_text=gettext_lazy("Leave on automatic unless the preview shows garbled text."),
         widget=UnfoldAdminSelectWidget,
     )
     other_encoding = forms.CharField(
         max_length=40,
         required=False,
-        help_text="Any other codec name, e.g. koi8_r (overrides the choice).",
+        label=gettext_lazy("Other encoding"),
+        help_text=gettext_lazy("Any other codec name, e.g. koi8_r (overrides the choice)."),
         widget=UnfoldAdminTextInputWidget,
     )
     reject_role = forms.BooleanField(
         required=False,
-        label="Reject role addresses (info@, admin@, noreply@ ...)",
+        label=gettext_lazy("Reject role addresses (info@, admin@, noreply@ ...)"),
         widget=UnfoldBooleanSwitchWidget,
     )
     reject_disposable = forms.BooleanField(
-        required=False, label="Reject disposable domains", widget=UnfoldBooleanSwitchWidget
+        required=False,
+        label=gettext_lazy("Reject disposable domains"),
+        widget=UnfoldBooleanSwitchWidget,
     )
 
     def clean_file(self):
         upload = self.cleaned_data["file"]
         if upload.name.lower().endswith(".xls"):
             raise forms.ValidationError(
-                "Old Excel .xls files cannot be read: open the file in Excel and save it as "
-                "Excel Workbook (.xlsx) or CSV UTF-8, then upload that."
+                _(
+                    "Old Excel .xls files cannot be read: open the file in Excel and save it as "
+                    "Excel Workbook (.xlsx) or CSV UTF-8, then upload that."
+                )
             )
         if not upload.name.lower().endswith(ALLOWED_EXTENSIONS):
-            raise forms.ValidationError("Upload a .csv, .tsv, .txt or .xlsx file.")
+            raise forms.ValidationError(_("Upload a .csv, .tsv, .txt or .xlsx file."))
         return upload
 
     def clean_other_encoding(self) -> str:
@@ -113,7 +126,9 @@ class ImportUploadForm(forms.Form):
             try:
                 codecs.lookup(name)
             except LookupError:
-                raise forms.ValidationError(f"Unknown encoding {name!r}.") from None
+                raise forms.ValidationError(
+                    _("Unknown encoding %(name)s.") % {"name": repr(name)}
+                ) from None
         return name
 
     def clean(self):
@@ -121,7 +136,7 @@ class ImportUploadForm(forms.Form):
         mode = cleaned.get("mode")
         has_list = cleaned.get("contact_list") or (cleaned.get("new_list_name") or "").strip()
         if mode != ImportMode.SUPPRESS and not has_list:
-            raise forms.ValidationError("Choose a list or name a new one.")
+            raise forms.ValidationError(_("Choose a list or name a new one."))
         return cleaned
 
     @property
@@ -149,7 +164,10 @@ class ImportMappingForm(forms.Form):
 
     encoding = forms.CharField(
         max_length=40,
-        help_text="Pick another encoding and re-read if the preview shows garbled text.",
+        label=gettext_lazy("Encoding"),
+        help_text=gettext_lazy(
+            "Pick another encoding and re-read if the preview shows garbled text."
+        ),
     )
 
     def __init__(
@@ -172,7 +190,7 @@ class ImportMappingForm(forms.Form):
             target = mapping.get(header, "skip")
             is_core = target in CORE_TARGETS
             self.fields[f"col_{index}"] = forms.CharField(
-                label=header or f"(column {index + 1})",
+                label=header or _("(column %(number)s)") % {"number": index + 1},
                 initial=target if is_core else ATTRIBUTE,
                 max_length=100,
                 widget=UnfoldAdminSelectWidget(
@@ -180,11 +198,12 @@ class ImportMappingForm(forms.Form):
                 ),
             )
             self.fields[f"col_{index}_attr"] = forms.CharField(
-                label=f"Attribute name for {header or f'column {index + 1}'}",
+                label=_("Attribute name for %(column)s")
+                % {"column": header or _("column %(number)s") % {"number": index + 1}},
                 initial=attribute_key(target if not is_core else header or "column"),
                 max_length=100,
                 required=False,
-                widget=UnfoldAdminTextInputWidget(attrs={"placeholder": "attribute name"}),
+                widget=UnfoldAdminTextInputWidget(attrs={"placeholder": _("attribute name")}),
             )
 
     @staticmethod
@@ -209,7 +228,9 @@ class ImportMappingForm(forms.Form):
             try:
                 codecs.lookup(name)
             except LookupError:
-                raise forms.ValidationError(f"Unknown encoding {name!r}.") from None
+                raise forms.ValidationError(
+                    _("Unknown encoding %(name)s.") % {"name": repr(name)}
+                ) from None
         return name
 
     def _target(self, index: int) -> str:
@@ -224,10 +245,10 @@ class ImportMappingForm(forms.Form):
         for index in range(len(self.headers)):
             target = self._target(index)
             if not target:
-                self.add_error(f"col_{index}_attr", "Name the attribute, or do not import it.")
+                self.add_error(f"col_{index}_attr", _("Name the attribute, or do not import it."))
             targets.append(target)
         if targets.count("email") != 1:
-            raise forms.ValidationError("Map exactly one column to Email address.")
+            raise forms.ValidationError(_("Map exactly one column to Email address."))
         return cleaned
 
     def mapping(self) -> dict[str, str]:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+from django.utils.translation import gettext, gettext_lazy
 from email_validator import EmailNotValidError, validate_email
 
 
@@ -23,6 +24,33 @@ class RejectReason(enum.StrEnum):
     ROLE_ADDRESS = "role_address"
     DISPOSABLE_DOMAIN = "disposable_domain"
     SUPPRESSED = "suppressed"
+
+    @property
+    def label(self) -> str:
+        """The reason as a person reads it, in the active language."""
+        return str(REJECT_REASON_LABELS[self])
+
+
+REJECT_REASON_LABELS = {
+    RejectReason.INVALID_EMAIL: gettext_lazy("Invalid email address"),
+    RejectReason.MISSING_EMAIL: gettext_lazy("No email address"),
+    RejectReason.DUPLICATE_IN_FILE: gettext_lazy("Duplicate in the file"),
+    RejectReason.UNDECODABLE: gettext_lazy("Unreadable characters (wrong encoding?)"),
+    RejectReason.FIELD_TOO_LARGE: gettext_lazy("A field is too large"),
+    RejectReason.MALFORMED_ROW: gettext_lazy("Malformed row"),
+    RejectReason.NUL_BYTE: gettext_lazy("NUL byte in the row"),
+    RejectReason.ROLE_ADDRESS: gettext_lazy("Role address (info@, admin@ ...)"),
+    RejectReason.DISPOSABLE_DOMAIN: gettext_lazy("Disposable email domain"),
+    RejectReason.SUPPRESSED: gettext_lazy("Suppressed address"),
+}
+
+
+def reject_reason_label(reason: str) -> str:
+    """A stored reason code as a sentence; an unknown code as it is."""
+    try:
+        return RejectReason(reason).label
+    except ValueError:
+        return reason
 
 
 class InvalidEmail(ValueError):
@@ -137,7 +165,7 @@ def normalize_email(raw: str | None, *, policy: EmailPolicy | None = None) -> st
     """
     value = _strip_wrapping(raw or "")
     if not value:
-        raise InvalidEmail(RejectReason.MISSING_EMAIL, "no email address")
+        raise InvalidEmail(RejectReason.MISSING_EMAIL, gettext("no email address"))
     local, at, domain = value.rpartition("@")
     if (
         at
@@ -155,7 +183,9 @@ def normalize_email(raw: str | None, *, policy: EmailPolicy | None = None) -> st
             raise InvalidEmail(RejectReason.INVALID_EMAIL, str(exc)) from None
         if len(result.local_part.encode("utf-8")) > _MAX_LOCAL:
             # email-validator only checks this in strict mode; SMTP servers enforce it.
-            raise InvalidEmail(RejectReason.INVALID_EMAIL, "local part longer than 64 octets")
+            raise InvalidEmail(
+                RejectReason.INVALID_EMAIL, gettext("local part longer than 64 octets")
+            )
         normalized = f"{result.local_part}@{result.domain.lower()}"
     if policy is not None:
         _apply_policy(normalized, policy)
@@ -165,9 +195,14 @@ def normalize_email(raw: str | None, *, policy: EmailPolicy | None = None) -> st
 def _apply_policy(address: str, policy: EmailPolicy) -> None:
     local, _, domain = address.rpartition("@")
     if policy.reject_role and local.lower().split("+", 1)[0] in ROLE_LOCAL_PARTS:
-        raise InvalidEmail(RejectReason.ROLE_ADDRESS, f"role address {local}@")
+        raise InvalidEmail(
+            RejectReason.ROLE_ADDRESS, gettext("role address %(local)s@") % {"local": local}
+        )
     if policy.reject_disposable and is_disposable_domain(domain):
-        raise InvalidEmail(RejectReason.DISPOSABLE_DOMAIN, f"disposable domain {domain}")
+        raise InvalidEmail(
+            RejectReason.DISPOSABLE_DOMAIN,
+            gettext("disposable domain %(domain)s") % {"domain": domain},
+        )
 
 
 def is_disposable_domain(domain: str) -> bool:

@@ -7,11 +7,13 @@ import json
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.urls import path
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 from unfold.admin import ModelAdmin
 from unfold.decorators import display
 
-from contacts.models import Contact, ContactList, Segment
+from contacts.models import Contact, ContactList, ContactStatus, Segment, SubscriptionStatus
 from contacts.segments import (
     ATTRIBUTE_OPS,
     CONTACT_STATUSES,
@@ -28,19 +30,32 @@ __all__ = ["SegmentAdmin"]
 
 # What the rule editor shows for each field (the JSON keeps the names of contacts.segments).
 FIELD_LABELS = {
-    "email": "Email",
-    "name": "Name",
-    "status": "Contact status",
-    "created_at": "Date added",
-    "list": "List membership",
-    "subscribed_at": "Date subscribed",
-    "attributes.": "Attribute...",
+    "email": gettext_lazy("Email"),
+    "name": gettext_lazy("Name"),
+    "status": gettext_lazy("Contact status"),
+    "created_at": gettext_lazy("Date added"),
+    "list": gettext_lazy("List membership"),
+    "subscribed_at": gettext_lazy("Date subscribed"),
+    "attributes.": gettext_lazy("Attribute..."),
 }
 # Attribute names offered while typing one: the keys of the newest contacts (a cheap
 # primary-key scan, never a pass over every contact).
 ATTRIBUTE_SAMPLE = 1000
 ATTRIBUTE_KEYS_MAX = 200
-RULES_HELP = (
+# The words the editor's script writes (it has no gettext of its own).
+EDITOR_WORDS = {
+    "value": gettext_lazy("value"),
+    "days": gettext_lazy("days"),
+    "number": gettext_lazy("number"),
+    "field": gettext_lazy("Field"),
+    "attribute_name": gettext_lazy("Attribute name"),
+    "attribute_placeholder": gettext_lazy("attribute name"),
+    "operator": gettext_lazy("Operator"),
+    "status": gettext_lazy("status: %(status)s"),
+    "any_list": gettext_lazy("any list"),
+    "remove": gettext_lazy("Remove"),
+}
+RULES_HELP = gettext_lazy(
     "Built with the rule rows below; you can also paste or edit the JSON here, e.g. "
     '[{"field": "attributes.city", "op": "eq", "value": "Paris"}].'
 )
@@ -59,12 +74,12 @@ class SegmentAdmin(ModelAdmin):
             formfield.help_text = RULES_HELP
         return formfield
 
-    @display(description="Rules")
+    @display(description=gettext_lazy("Rules"))
     def summary(self, obj: Segment) -> str:
         try:
             return rules_describe(rules_validate(obj.rules, match=obj.match), match=obj.match)
         except SegmentRuleError as exc:
-            return f"Invalid: {exc}"
+            return _("Invalid: %(error)s") % {"error": exc}
 
     def get_urls(self):
         wrap = self.admin_site.admin_view
@@ -82,6 +97,8 @@ class SegmentAdmin(ModelAdmin):
             "lists": list(ContactList.objects.values("id", "name")),
             "contact_statuses": CONTACT_STATUSES,
             "subscription_statuses": SUBSCRIPTION_STATUSES,
+            "status_labels": {**dict(SubscriptionStatus.choices), **dict(ContactStatus.choices)},
+            "words": EDITOR_WORDS,
         }
         extra_context = {**(extra_context or {}), "segment_editor": editor}
         return super().changeform_view(request, object_id, form_url, extra_context)
@@ -102,17 +119,20 @@ def _recent_attribute_keys() -> list[str]:
 @require_POST
 def _preview(request: HttpRequest, model_admin: SegmentAdmin) -> JsonResponse:
     if not model_admin.has_view_permission(request):
-        return JsonResponse({"errors": ["Permission denied."]}, status=403)
+        return JsonResponse({"errors": [_("Permission denied.")]}, status=403)
     try:
         payload = json.loads(request.body or b"{}")
     except ValueError:
-        return JsonResponse({"errors": ["The request is not JSON."]}, status=400)
+        return JsonResponse({"errors": [_("The request is not JSON.")]}, status=400)
     rules = payload.get("rules")
     if isinstance(rules, str):
         try:
             rules = json.loads(rules)
         except ValueError as exc:
-            return JsonResponse({"errors": [f"The rules are not valid JSON: {exc}"]}, status=400)
+            return JsonResponse(
+                {"errors": [_("The rules are not valid JSON: %(error)s") % {"error": exc}]},
+                status=400,
+            )
     try:
         result = segment_preview(rules=rules, match=payload.get("match") or "all")
     except SegmentRuleError as exc:

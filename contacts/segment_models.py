@@ -4,28 +4,38 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 __all__ = ["Segment", "SegmentMatch"]
 
 
 class SegmentMatch(models.TextChoices):
-    ALL = "all", "All rules (AND)"
-    ANY = "any", "Any rule (OR)"
+    ALL = "all", _("All rules (AND)")
+    ANY = "any", _("Any rule (OR)")
 
 
 class Segment(models.Model):
-    name = models.CharField(max_length=200, unique=True)
-    description = models.TextField(blank=True)
-    match = models.CharField(max_length=3, choices=SegmentMatch.choices, default=SegmentMatch.ALL)
+    name = models.CharField(max_length=200, unique=True, verbose_name=_("name"))
+    description = models.TextField(blank=True, verbose_name=_("description"))
+    match = models.CharField(
+        max_length=3,
+        choices=SegmentMatch.choices,
+        default=SegmentMatch.ALL,
+        verbose_name=_("match"),
+    )
     rules = models.JSONField(
         default=list,
-        help_text='A list of rules, e.g. [{"field": "attributes.city", "op": "eq", '
-        '"value": "Paris"}]. See docs/contacts.md, "Segments".',
+        help_text=_(
+            'A list of rules, e.g. [{"field": "attributes.city", "op": "eq", "value": "Paris"}]. See docs/contacts.md, "Segments".'
+        ),
+        verbose_name=_("rules"),
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated"))
 
     class Meta:
+        verbose_name = _("segment")
+        verbose_name_plural = _("segments")
         ordering = ["name"]
 
     def __str__(self) -> str:

@@ -7,6 +7,8 @@ from django.core.exceptions import ValidationError
 from django.forms import ModelForm, URLField
 from django.http import HttpRequest
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
@@ -21,7 +23,12 @@ __all__ = ["ConsentRecordAdmin", "ConsentRecordInline", "SignupFormAdmin"]
 
 
 class SignupFormForm(ModelForm):
-    success_url = URLField(required=False, assume_scheme="https")
+    success_url = URLField(
+        required=False,
+        assume_scheme="https",
+        label=gettext_lazy("page after signing up"),
+        help_text=SignupForm._meta.get_field("success_url").help_text,
+    )
 
     class Meta:
         model = SignupForm
@@ -47,11 +54,15 @@ class SignupFormForm(ModelForm):
         if not isinstance(fields, list) or not all(
             isinstance(f, dict) and str(f.get("key") or "").strip() for f in fields
         ):
-            raise ValidationError('A list of {"key": ..., "label": ..., "required": ...} objects.')
+            raise ValidationError(
+                _('A list of {"key": ..., "label": ..., "required": ...} objects.')
+            )
         reserved = {"email", "name", "website"}
         clashes = [f["key"] for f in fields if f["key"] in reserved]
         if clashes:
-            raise ValidationError(f"These keys are reserved: {', '.join(clashes)}.")
+            raise ValidationError(
+                _("These keys are reserved: %(keys)s.") % {"keys": ", ".join(clashes)}
+            )
         return fields
 
     def clean(self):
@@ -63,10 +74,12 @@ class SignupFormForm(ModelForm):
             compile_templates(source)
             variables = template_variables(source)
         except TemplateError as exc:
-            raise ValidationError({"confirmation_body": f"Template error: {exc}"}) from exc
+            raise ValidationError(
+                {"confirmation_body": _("Template error: %(error)s") % {"error": exc}}
+            ) from exc
         if data.get("double_opt_in") and "confirm_url" not in variables:
             raise ValidationError(
-                {"confirmation_body": "Add the confirmation link: {{ confirm_url }}."}
+                {"confirmation_body": _("Add the confirmation link: {{ confirm_url }}.")}
             )
         return data
 
@@ -81,9 +94,12 @@ class SignupFormAdmin(StorableJSONMixin, ModelAdmin):
     readonly_fields = ("hosted_url", "embed_snippet", "created_at", "updated_at")
     fieldsets = (
         (None, {"fields": ("title", "contact_list", "enabled", "public_token", "hosted_url")}),
-        ("Form", {"fields": ("intro", "ask_name", "attribute_fields", "consent_text")}),
         (
-            "Confirmation (double opt-in)",
+            gettext_lazy("Form"),
+            {"fields": ("intro", "ask_name", "attribute_fields", "consent_text")},
+        ),
+        (
+            gettext_lazy("Confirmation (double opt-in)"),
             {
                 "fields": (
                     "double_opt_in",
@@ -94,26 +110,29 @@ class SignupFormAdmin(StorableJSONMixin, ModelAdmin):
                 )
             },
         ),
-        ("After submitting", {"fields": ("success_url",)}),
-        ("Embed on your site", {"fields": ("embed_snippet",)}),
+        (gettext_lazy("After submitting"), {"fields": ("success_url",)}),
+        (gettext_lazy("Embed on your site"), {"fields": ("embed_snippet",)}),
     )
 
-    @display(description="Hosted form")
+    @display(description=gettext_lazy("Hosted form"))
     def hosted_url(self, obj: SignupForm) -> str:
         if not obj.pk:
             return "-"
         url = signup_form_url(obj)
         return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, url)
 
-    @display(description="HTML to copy")
+    @display(description=gettext_lazy("HTML to copy"))
     def embed_snippet(self, obj: SignupForm) -> str:
         if not obj.pk:
-            return "Save the form first."
+            return _("Save the form first.")
         return format_html(
             '<textarea readonly rows="12" cols="90" style="font-family:monospace" '
-            'onclick="this.select()">{}</textarea><p>A plain form with no script; the hidden '
-            '"website" field is a honeypot for bots and must stay empty.</p>',
+            'onclick="this.select()">{}</textarea><p>{}</p>',
             signup_embed_html(obj),
+            _(
+                'A plain form with no script; the hidden "website" field is a honeypot for bots '
+                "and must stay empty."
+            ),
         )
 
 
@@ -135,7 +154,7 @@ class ConsentRecordInline(_ReadOnly, TabularInline):
     can_delete = False
     fields = ("created_at", "subscription", "action", "source", "ip", "user_agent", "form_text")
     readonly_fields = fields
-    verbose_name_plural = "Consent history"
+    verbose_name_plural = gettext_lazy("Consent history")
 
 
 @admin.register(ConsentRecord)

@@ -8,6 +8,8 @@ from django.contrib import admin
 from django.http import Http404, HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.html import format_html
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
@@ -20,7 +22,10 @@ class SmtpServerForm(forms.ModelForm):
     password = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),
-        help_text="Stored encrypted, never shown again. Leave empty to keep the current one.",
+        label=gettext_lazy("Password"),
+        help_text=gettext_lazy(
+            "Stored encrypted, never shown again. Leave empty to keep the current one."
+        ),
     )
 
     class Meta:
@@ -44,8 +49,10 @@ class SmtpServerForm(forms.ModelForm):
         cleaned = super().clean()
         if cleaned.get("username") and cleaned.get("security") == "none":
             raise forms.ValidationError(
-                "A server with credentials needs STARTTLS or TLS: Skylark never sends a "
-                "password in the clear."
+                _(
+                    "A server with credentials needs STARTTLS or TLS: Skylark never sends a "
+                    "password in the clear."
+                )
             )
         return cleaned
 
@@ -73,9 +80,14 @@ class SmtpServerAdmin(ModelAdmin):
     )
     list_filter = ("enabled", "security")
 
-    @display(description="Rate limit")
+    @display(description=gettext_lazy("Rate limit"))
     def rate(self, obj: SmtpServer) -> str:
-        return f"{obj.rate_limit} per {obj.rate_period}" if obj.rate_limit else "unlimited"
+        if not obj.rate_limit:
+            return _("unlimited")
+        return _("%(rate)s per %(period)s") % {
+            "rate": obj.rate_limit,
+            "period": obj.get_rate_period_display(),
+        }
 
 
 @admin.register(DomainRateLimit)
@@ -90,13 +102,17 @@ class DomainRateLimitAdmin(ModelAdmin):
 @admin.register(DkimKey)
 class DkimKeyAdmin(ModelAdmin):
     list_display = ("domain", "selector", "algorithm", "enabled", "created_at")
-    readonly_fields = ("dns_name", "txt_record")
-    fields = ("domain", "selector", "algorithm", "enabled", "dns_name", "txt_record")
+    readonly_fields = ("dns_record_name", "txt_record")
+    fields = ("domain", "selector", "algorithm", "enabled", "dns_record_name", "txt_record")
 
-    @display(description="TXT record to publish")
+    @display(description=gettext_lazy("DNS name"))
+    def dns_record_name(self, obj: DkimKey) -> str:
+        return obj.dns_name if obj.pk else "-"
+
+    @display(description=gettext_lazy("TXT record to publish"))
     def txt_record(self, obj: DkimKey) -> str:
         if not obj.public_key:
-            return "Generated when you save."
+            return _("Generated when you save.")
         from mailkit.dkim import dkim_txt_record
 
         return format_html(
@@ -148,7 +164,7 @@ class DeliveryAdmin(ReadOnlyAdminMixin, ModelAdmin):
     show_full_result_count = False
 
     @display(
-        description="Status",
+        description=gettext_lazy("Status"),
         label={
             "sent": "success",
             "bounced": "danger",
@@ -157,10 +173,13 @@ class DeliveryAdmin(ReadOnlyAdminMixin, ModelAdmin):
             "suppressed": "info",
         },
     )
-    def status_badge(self, obj: Delivery) -> str:
-        return obj.status
+    def status_badge(self, obj: Delivery) -> str | tuple[str, str]:
+        # (value, label): the colour follows the value, the person reads the label.
+        if obj.status in ("sent", "bounced", "failed", "deferred", "suppressed"):
+            return obj.status, obj.get_status_display()
+        return obj.get_status_display()
 
-    @display(description="Server reply")
+    @display(description=gettext_lazy("Server reply"))
     def reply_short(self, obj: Delivery) -> str:
         return (obj.smtp_reply or "")[:80]
 
@@ -172,7 +191,7 @@ def mailbox_view(request: HttpRequest) -> HttpResponse:
     """The dev mailbox: what the local SMTP sink received, newest first."""
     context = {
         **admin.site.each_context(request),
-        "title": "Dev mailbox",
+        "title": _("Dev mailbox"),
         "messages_list": list_messages(settings.EDM_SINK_DIR, limit=200),
         "folder": settings.EDM_SINK_DIR,
     }
@@ -185,14 +204,14 @@ def mailbox_message_view(request: HttpRequest, name: str) -> HttpResponse:
 
     path = settings.EDM_SINK_DIR / name
     if "/" in name or not name.endswith(".eml") or not path.is_file():
-        raise Http404("No such message")
+        raise Http404(_("No such message"))
     raw = path.read_bytes()
     message = message_from_bytes(raw, policy=default_policy)
     html = message.get_body(("html",))
     text = message.get_body(("plain",))
     context = {
         **admin.site.each_context(request),
-        "title": str(message.get("Subject", "(no subject)")),
+        "title": str(message.get("Subject") or _("(no subject)")),
         "headers": [(k, str(v)) for k, v in message.items()],
         "html": html.get_content() if html is not None else "",
         "text": text.get_content() if text is not None else "",

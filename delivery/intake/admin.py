@@ -6,12 +6,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
-from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
-from django.utils.translation import ngettext
 from unfold.admin import ModelAdmin, TabularInline
 from unfold.decorators import display
 
@@ -103,7 +102,13 @@ class BounceMessageAdmin(ModelAdmin):
     @display(description=_("Raw message"))
     def raw_text(self, obj: BounceMessage) -> str:
         raw = bytes(obj.raw or b"")
-        note = f"\n\n[... first {len(raw)} of {obj.size} bytes kept]" if obj.truncated else ""
+        note = (
+            "\n\n"
+            + gettext("[... first %(kept)s of %(size)s bytes kept]")
+            % {"kept": len(raw), "size": obj.size}
+            if obj.truncated
+            else ""
+        )
         return format_html(
             '<pre style="white-space: pre-wrap; word-break: break-all; max-height: 40rem; '
             'overflow: auto">{}{}</pre>',
@@ -141,7 +146,8 @@ class MailboxForm(forms.ModelForm):
     password = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),
-        help_text="Stored encrypted, never shown again. Leave empty to keep the current one.",
+        label=_("Password"),
+        help_text=_("Stored encrypted, never shown again. Leave empty to keep the current one."),
     )
 
     class Meta:
@@ -167,11 +173,13 @@ class MailboxForm(forms.ModelForm):
             "::1",
         ):
             raise forms.ValidationError(
-                "Without TLS the password would cross the network in the clear: 'None' is "
-                "allowed only for a server on this machine."
+                gettext(
+                    "Without TLS the password would cross the network in the clear: 'None' is "
+                    "allowed only for a server on this machine."
+                )
             )
         if not self.instance.password_encrypted and not cleaned.get("password"):
-            self.add_error("password", "A password is required.")
+            self.add_error("password", gettext("A password is required."))
         return cleaned
 
     def save(self, commit: bool = True) -> Mailbox:
@@ -224,38 +232,6 @@ class MailboxAdmin(ModelAdmin):
         )
 
 
-_RATES_TEMPLATE = engines["django"].from_string(
-    """{% extends "admin/base_site.html" %}
-{% block content %}
-<p class="mb-4">Sent = accepted or refused by the receiving server. Complaint rates at or above
-0.1% are marked warning and at or above 0.3% danger (Gmail's sender guidelines). Bounce rates
-above 2% are marked warning.</p>
-{% for title, rows in tables %}
-<h2 class="font-semibold text-lg mt-6 mb-2">{{ title }}</h2>
-<table class="w-full text-sm">
-  <thead><tr><th class="text-left py-2">{{ forloop.first|yesno:"Campaign,Recipient domain" }}</th>
-  <th class="text-right">Sent</th><th class="text-right">Bounced</th>
-  <th class="text-right">Bounce rate</th><th class="text-right">Complained</th>
-  <th class="text-right">Complaint rate</th></tr></thead>
-  <tbody>
-  {% for row in rows %}
-    <tr class="border-t">
-      <td class="py-1">{{ row.label }}</td>
-      <td class="text-right">{{ row.sent }}</td>
-      <td class="text-right">{{ row.bounced }}</td>
-      <td class="text-right">{% if row.bounce_level == "warning" %}<span style="color:#b45309">{{ row.bounce_pct }}% (warning)</span>{% else %}{{ row.bounce_pct }}%{% endif %}</td>
-      <td class="text-right">{{ row.complained }}</td>
-      <td class="text-right">{% if row.complaint_level == "danger" %}<span style="color:#b91c1c;font-weight:600">{{ row.complaint_pct }}% (danger)</span>{% elif row.complaint_level == "warning" %}<span style="color:#b45309">{{ row.complaint_pct }}% (warning)</span>{% else %}{{ row.complaint_pct }}%{% endif %}</td>
-    </tr>
-  {% empty %}
-    <tr><td colspan="6" class="py-4">Nothing sent yet.</td></tr>
-  {% endfor %}
-  </tbody>
-</table>
-{% endfor %}
-{% endblock %}"""
-)
-
 BOUNCE_RATE_WARN = 0.02
 
 
@@ -288,4 +264,4 @@ def bounce_rates_view(request: HttpRequest) -> HttpResponse:
             ),
         ],
     }
-    return TemplateResponse(request, _RATES_TEMPLATE, context)
+    return TemplateResponse(request, "admin/delivery/bounce_rates.html", context)

@@ -71,30 +71,41 @@ class BounceAction(models.TextChoices):
 class BounceMessage(models.Model):
     """One inbound report (a DSN, an ARF complaint, an auto-reply, a provider event), kept."""
 
-    received_at = models.DateTimeField(db_index=True)
-    source = models.CharField(max_length=20, choices=BounceSource.choices)
+    received_at = models.DateTimeField(db_index=True, verbose_name=_("received"))
+    source = models.CharField(max_length=20, choices=BounceSource.choices, verbose_name=_("source"))
     # SHA-256 of every byte received: the same report ingested twice is stored (and counted) once.
-    sha256 = models.CharField(max_length=64, unique=True)
-    raw = models.BinaryField(help_text=_("The first 256 KB of the report as received."))
-    size = models.PositiveIntegerField(help_text=_("Size in bytes of the whole report."))
+    sha256 = models.CharField(max_length=64, unique=True, verbose_name=_("SHA-256"))
+    raw = models.BinaryField(
+        help_text=_("The first 256 KB of the report as received."), verbose_name=_("raw report")
+    )
+    size = models.PositiveIntegerField(
+        help_text=_("Size in bytes of the whole report."), verbose_name=_("size")
+    )
     # The SMTP envelope when the bounce server received it (RCPT may be the VERP address).
-    envelope_from = models.CharField(max_length=320, blank=True)
-    envelope_to = models.CharField(max_length=320, blank=True)
-    kind = models.CharField(max_length=16, choices=OutcomeKind.choices, db_index=True)
-    status = models.CharField(max_length=10, choices=BounceMessageStatus.choices, db_index=True)
+    envelope_from = models.CharField(max_length=320, blank=True, verbose_name=_("envelope sender"))
+    envelope_to = models.CharField(max_length=320, blank=True, verbose_name=_("envelope recipient"))
+    kind = models.CharField(
+        max_length=16, choices=OutcomeKind.choices, db_index=True, verbose_name=_("kind")
+    )
+    status = models.CharField(
+        max_length=10, choices=BounceMessageStatus.choices, db_index=True, verbose_name=_("status")
+    )
     delivery = models.ForeignKey(
         "delivery.Delivery",
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
         related_name="bounce_messages",
+        verbose_name=_("delivery"),
     )
     # Which key tied the report to its delivery: verp, envid, header, message_id, recipient.
-    matched_by = models.CharField(max_length=16, blank=True)
-    summary = models.JSONField(default=dict, blank=True)
-    error = models.TextField(blank=True)
+    matched_by = models.CharField(max_length=16, blank=True, verbose_name=_("matched by"))
+    summary = models.JSONField(default=dict, blank=True, verbose_name=_("summary"))
+    error = models.TextField(blank=True, verbose_name=_("error"))
 
     class Meta:
+        verbose_name = _("bounce report")
+        verbose_name_plural = _("bounce reports")
         ordering = ["-received_at", "-id"]
         indexes = [
             models.Index(fields=["status", "received_at"], name="bounce_status_received"),
@@ -111,21 +122,29 @@ class BounceMessage(models.Model):
 class BounceOutcome(models.Model):
     """One recipient named by a report and what was done about it (append-only)."""
 
-    message = models.ForeignKey(BounceMessage, on_delete=models.CASCADE, related_name="outcomes")
-    created_at = models.DateTimeField(db_index=True)
-    recipient = models.CharField(max_length=320, blank=True)
-    kind = models.CharField(max_length=16, choices=OutcomeKind.choices)
-    reason = models.CharField(max_length=40, blank=True)
-    enhanced_status = models.CharField(max_length=16, blank=True)
-    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
-    diagnostic = models.TextField(blank=True)
-    reporting_mta = models.CharField(max_length=255, blank=True)
+    message = models.ForeignKey(
+        BounceMessage,
+        on_delete=models.CASCADE,
+        related_name="outcomes",
+        verbose_name=_("bounce report"),
+    )
+    created_at = models.DateTimeField(db_index=True, verbose_name=_("created"))
+    recipient = models.CharField(max_length=320, blank=True, verbose_name=_("recipient"))
+    kind = models.CharField(max_length=16, choices=OutcomeKind.choices, verbose_name=_("kind"))
+    reason = models.CharField(max_length=40, blank=True, verbose_name=_("reason"))
+    enhanced_status = models.CharField(
+        max_length=16, blank=True, verbose_name=_("enhanced status code")
+    )
+    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True, verbose_name=_("SMTP code"))
+    diagnostic = models.TextField(blank=True, verbose_name=_("diagnostic"))
+    reporting_mta = models.CharField(max_length=255, blank=True, verbose_name=_("reporting MTA"))
     delivery = models.ForeignKey(
         "delivery.Delivery",
         null=True,
         blank=True,
         on_delete=models.SET_NULL,
         related_name="bounce_outcomes",
+        verbose_name=_("delivery"),
     )
     contact = models.ForeignKey(
         "contacts.Contact",
@@ -133,12 +152,17 @@ class BounceOutcome(models.Model):
         blank=True,
         on_delete=models.SET_NULL,
         related_name="bounce_outcomes",
+        verbose_name=_("contact"),
     )
     # True when the policy counts it (soft "delayed" warnings and unmatched ones are not).
-    counted = models.BooleanField(default=False)
-    action = models.CharField(max_length=12, choices=BounceAction.choices, default="none")
+    counted = models.BooleanField(default=False, verbose_name=_("counted"))
+    action = models.CharField(
+        max_length=12, choices=BounceAction.choices, default="none", verbose_name=_("action")
+    )
 
     class Meta:
+        verbose_name = _("bounce outcome")
+        verbose_name_plural = _("bounce outcomes")
         ordering = ["created_at", "id"]
         indexes = [
             models.Index(fields=["contact", "kind", "created_at"], name="bounce_outcome_count"),
@@ -163,18 +187,24 @@ class PolicyAction(models.TextChoices):
 class BouncePolicy(models.Model):
     """What to do with a contact after `count` reports of `kind` within `window_days`."""
 
-    kind = models.CharField(max_length=10, choices=PolicyKind.choices, unique=True)
+    kind = models.CharField(
+        max_length=10, choices=PolicyKind.choices, unique=True, verbose_name=_("kind")
+    )
     count = models.PositiveSmallIntegerField(
         default=1,
         help_text=_("Act when the contact reaches this many reports (distinct messages)."),
+        verbose_name=_("count"),
     )
     window_days = models.PositiveSmallIntegerField(
-        default=0, help_text=_("Count reports of the last N days; 0 = ever.")
+        default=0,
+        help_text=_("Count reports of the last N days; 0 = ever."),
+        verbose_name=_("window (days)"),
     )
-    action = models.CharField(max_length=12, choices=PolicyAction.choices)
-    updated_at = models.DateTimeField(auto_now=True)
+    action = models.CharField(max_length=12, choices=PolicyAction.choices, verbose_name=_("action"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated"))
 
     class Meta:
+        verbose_name = _("bounce policy")
         verbose_name_plural = _("bounce policies")
         ordering = ["kind"]
 
@@ -197,30 +227,49 @@ class MailboxSecurity(models.TextChoices):
 class Mailbox(models.Model):
     """A mailbox that receives bounce reports, polled over IMAP or POP3."""
 
-    name = models.CharField(max_length=100, unique=True)
+    name = models.CharField(max_length=100, unique=True, verbose_name=_("name"))
     protocol = models.CharField(
-        max_length=4, choices=MailboxProtocol.choices, default=MailboxProtocol.IMAP
+        max_length=4,
+        choices=MailboxProtocol.choices,
+        default=MailboxProtocol.IMAP,
+        verbose_name=_("protocol"),
     )
-    host = models.CharField(max_length=255)
-    port = models.PositiveIntegerField(default=993)
+    host = models.CharField(max_length=255, verbose_name=_("host"))
+    port = models.PositiveIntegerField(default=993, verbose_name=_("port"))
     security = models.CharField(
-        max_length=10, choices=MailboxSecurity.choices, default=MailboxSecurity.TLS
+        max_length=10,
+        choices=MailboxSecurity.choices,
+        default=MailboxSecurity.TLS,
+        verbose_name=_("security"),
     )
-    username = models.CharField(max_length=255)
-    password_encrypted = models.TextField(blank=True, editable=False)
-    folder = models.CharField(max_length=255, default="INBOX", help_text=_("IMAP only."))
-    delete_after_processing = models.BooleanField(default=False)
-    enabled = models.BooleanField(default=True)
+    username = models.CharField(max_length=255, verbose_name=_("user name"))
+    password_encrypted = models.TextField(
+        blank=True, editable=False, verbose_name=_("password (encrypted)")
+    )
+    folder = models.CharField(
+        max_length=255, default="INBOX", help_text=_("IMAP only."), verbose_name=_("folder")
+    )
+    delete_after_processing = models.BooleanField(
+        default=False, verbose_name=_("delete after processing")
+    )
+    enabled = models.BooleanField(default=True, verbose_name=_("enabled"))
     # IMAP: UIDs are only meaningful with their UIDVALIDITY (RFC 3501 section 2.3.1.1).
-    uidvalidity = models.BigIntegerField(null=True, blank=True, editable=False)
-    last_uid = models.BigIntegerField(default=0, editable=False)
+    uidvalidity = models.BigIntegerField(
+        null=True, blank=True, editable=False, verbose_name=_("UIDVALIDITY")
+    )
+    last_uid = models.BigIntegerField(default=0, editable=False, verbose_name=_("last UID"))
     # POP3: the UIDLs already read that are still on the server (RFC 1939 UIDL).
-    seen_uidls = models.JSONField(default=list, blank=True, editable=False)
-    last_polled_at = models.DateTimeField(null=True, blank=True, editable=False)
-    last_error = models.TextField(blank=True, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
+    seen_uidls = models.JSONField(
+        default=list, blank=True, editable=False, verbose_name=_("seen UIDLs")
+    )
+    last_polled_at = models.DateTimeField(
+        null=True, blank=True, editable=False, verbose_name=_("last polled")
+    )
+    last_error = models.TextField(blank=True, editable=False, verbose_name=_("last error"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created"))
 
     class Meta:
+        verbose_name = _("bounce mailbox")
         verbose_name_plural = _("mailboxes")
         ordering = ["name"]
 

@@ -9,13 +9,13 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 from django.utils.translation import gettext_lazy as _
 from unfold.admin import ModelAdmin
 
 from config.admin_mixins import ReadOnlyAdminMixin
 from delivery.monitor import services as monitor_services
-from delivery.monitor.models import SmtpAlert, SmtpCheck
+from delivery.monitor.models import Health, SmtpAlert, SmtpCheck
 
 _CHART_W, _CHART_H = 600, 120
 
@@ -25,6 +25,7 @@ def latency_svg(points: list[tuple[float, float | None]], *, hours: float = 24) 
 
     ``points`` are (seconds ago, ms or None when down).
     """
+    label = _("greeting latency, last %(hours)s h") % {"hours": f"{hours:.0f}"}
     values = [ms for _, ms in points if ms is not None]
     top = max(values, default=1.0) * 1.1 or 1.0
     span = hours * 3600
@@ -42,7 +43,7 @@ def latency_svg(points: list[tuple[float, float | None]], *, hours: float = 24) 
     )
     return (
         f'<svg viewBox="0 0 {_CHART_W} {_CHART_H}" width="100%" height="{_CHART_H}" '
-        f'role="img" aria-label="greeting latency, last {hours:.0f} h">'
+        f'role="img" aria-label="{escape(label)}">'
         f'<rect width="{_CHART_W}" height="{_CHART_H}" fill="none" stroke="#e5e7eb"/>'
         f"{''.join(downs)}{line}"
         f'<text x="4" y="12" font-size="10" fill="#6b7280">{top:.0f} ms</text></svg>'
@@ -66,7 +67,7 @@ class SmtpCheckAdmin(ReadOnlyAdminMixin, ModelAdmin):
     @admin.display(description=_("Health"))
     def health_badge(self, obj: SmtpCheck) -> str:
         colour = {"ok": "#16a34a", "degraded": "#d97706", "down": "#dc2626"}[obj.health]
-        return format_html('<b style="color:{}">{}</b>', colour, obj.health)
+        return format_html('<b style="color:{}">{}</b>', colour, obj.get_health_display())
 
     def get_urls(self):
         return [
@@ -95,6 +96,7 @@ class SmtpCheckAdmin(ReadOnlyAdminMixin, ModelAdmin):
                 .values("checked_at", "greeting_ms", "up")
             )
             latest = SmtpCheck.objects.filter(target=label).order_by("-checked_at").first()
+            health = monitor_services.server_health(server) if latest else "unknown"
             points = [
                 ((now - c["checked_at"]).total_seconds(), c["greeting_ms"] if c["up"] else None)
                 for c in checks
@@ -103,14 +105,15 @@ class SmtpCheckAdmin(ReadOnlyAdminMixin, ModelAdmin):
                 {
                     "name": server.name if server else "EDM_SMTP_URL",
                     "label": label,
-                    "health": monitor_services.server_health(server) if latest else "unknown",
+                    "health": health,
+                    "health_label": _health_label(health),
                     "latest": latest,
                     "chart": latency_svg(points),
                 }
             )
         context = {
             **self.admin_site.each_context(request),
-            "title": "SMTP server status",
+            "title": _("SMTP server status"),
             "rows": rows,
             "alerts": SmtpAlert.objects.filter(resolved_at=None)[:50],
         }
@@ -118,10 +121,17 @@ class SmtpCheckAdmin(ReadOnlyAdminMixin, ModelAdmin):
 
     def check_now_view(self, request: HttpRequest) -> HttpResponseRedirect:
         if request.method == "POST":
-            for server, _ in monitor_services.monitor_targets():
+            for server, _target in monitor_services.monitor_targets():
                 check = monitor_services.smtp_check_run(server=server)
-                messages.info(request, f"{check.target}: {check.health}")
+                messages.info(request, f"{check.target}: {check.get_health_display()}")
         return HttpResponseRedirect(reverse("admin:delivery_smtpcheck_status"))
+
+
+def _health_label(health: str) -> str:
+    """A server's health in words; "unknown" before its first check."""
+    if health == "unknown":
+        return str(_("not checked yet"))
+    return str(Health(health).label) if health in Health.values else health
 
 
 @admin.register(SmtpAlert)

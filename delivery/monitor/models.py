@@ -23,23 +23,31 @@ class SmtpCheck(models.Model):
         blank=True,
         on_delete=models.CASCADE,
         related_name="checks",
+        verbose_name=_("SMTP server"),
     )
-    target = models.CharField(max_length=300, help_text=_("host:port (security)"))
-    checked_at = models.DateTimeField(db_index=True)
-    health = models.CharField(max_length=10, choices=Health.choices)
-    up = models.BooleanField()
-    error = models.TextField(blank=True)
-    connect_ms = models.FloatField(null=True, blank=True)
-    greeting_ms = models.FloatField(null=True, blank=True)
-    total_ms = models.FloatField(null=True, blank=True)
-    tls_version = models.CharField(max_length=20, blank=True)
-    tls_cipher = models.CharField(max_length=100, blank=True)
-    cert_days_left = models.FloatField(null=True, blank=True)
-    auth_ok = models.BooleanField(null=True, blank=True)
-    findings = models.JSONField(default=list, blank=True)
-    result = models.JSONField(default=dict, blank=True, help_text=_("Everything the check saw."))
+    target = models.CharField(
+        max_length=300, help_text=_("host:port (security)"), verbose_name=_("target")
+    )
+    checked_at = models.DateTimeField(db_index=True, verbose_name=_("checked"))
+    health = models.CharField(max_length=10, choices=Health.choices, verbose_name=_("health"))
+    up = models.BooleanField(verbose_name=_("up"))
+    error = models.TextField(blank=True, verbose_name=_("error"))
+    connect_ms = models.FloatField(null=True, blank=True, verbose_name=_("connect (ms)"))
+    greeting_ms = models.FloatField(null=True, blank=True, verbose_name=_("greeting (ms)"))
+    total_ms = models.FloatField(null=True, blank=True, verbose_name=_("total (ms)"))
+    tls_version = models.CharField(max_length=20, blank=True, verbose_name=_("TLS version"))
+    tls_cipher = models.CharField(max_length=100, blank=True, verbose_name=_("TLS cipher"))
+    cert_days_left = models.FloatField(
+        null=True, blank=True, verbose_name=_("certificate days left")
+    )
+    auth_ok = models.BooleanField(null=True, blank=True, verbose_name=_("AUTH succeeded"))
+    findings = models.JSONField(default=list, blank=True, verbose_name=_("findings"))
+    result = models.JSONField(
+        default=dict, blank=True, help_text=_("Everything the check saw."), verbose_name=_("result")
+    )
 
     class Meta:
+        verbose_name_plural = _("SMTP checks")
         verbose_name = _("SMTP check")
         ordering = ["-checked_at"]
         indexes = [models.Index(fields=["target", "checked_at"], name="smtpcheck_target_time")]
@@ -51,14 +59,20 @@ class SmtpCheck(models.Model):
 class SmtpAlert(models.Model):
     """An alert sent (email, webhook) when a finding appeared; one per finding episode."""
 
-    target = models.CharField(max_length=300)
-    code = models.CharField(max_length=40)
-    message = models.TextField()
-    created_at = models.DateTimeField()
-    resolved_at = models.DateTimeField(null=True, blank=True)
-    delivered = models.JSONField(default=dict, blank=True, help_text=_("email / webhook results"))
+    target = models.CharField(max_length=300, verbose_name=_("target"))
+    code = models.CharField(max_length=40, verbose_name=_("code"))
+    message = models.TextField(verbose_name=_("message"))
+    created_at = models.DateTimeField(verbose_name=_("created"))
+    resolved_at = models.DateTimeField(null=True, blank=True, verbose_name=_("resolved"))
+    delivered = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text=_("email / webhook results"),
+        verbose_name=_("delivered to"),
+    )
 
     class Meta:
+        verbose_name_plural = _("SMTP alerts")
         verbose_name = _("SMTP alert")
         ordering = ["-created_at"]
 

@@ -191,7 +191,7 @@ def test_schedule_button_needs_a_time_then_schedules(admin_client, campaign):
     from django.utils import timezone
 
     url = reverse("admin:campaigns_campaign_schedule", args=[campaign.pk])
-    assert "Set &#x27;Scheduled at&#x27;" in admin_client.get(url, follow=True).content.decode()
+    assert "Set &#x27;Scheduled for&#x27;" in admin_client.get(url, follow=True).content.decode()
     campaign.scheduled_at = timezone.now() + timedelta(hours=2)
     campaign.save()
     body = admin_client.get(url, follow=True).content.decode()

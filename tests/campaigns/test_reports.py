@@ -174,3 +174,11 @@ def test_dashboard_shows_funnels_growth_and_warnings(admin_client, campaign):
     assert campaign.name in body
     assert "List growth" in body and "10 new contacts" in body
     assert "over the providers&#x27; limit" in body or "over the providers' limit" in body
+
+
+def test_the_charts_of_a_campaign_with_nothing_sent_yet_render_empty():
+    """No minute yet (a draft's report): an empty axis, not an IndexError on the labels."""
+    from campaigns.reports import campaign_charts
+
+    charts = campaign_charts(minutes=[])
+    assert charts["sends"].startswith("<svg") and "<polyline" not in charts["sends"]

@@ -48,8 +48,8 @@ def test_wizard_upload_preview_start_and_progress(admin_client, django_capture_o
     assert "张伟" in html
     assert html.count("data-line=") == 10  # the first 10 records
     # Rows the import will refuse are marked before it starts, with the import's reasons.
-    assert "Will be rejected (invalid_email)" in html
-    assert "Will be rejected (duplicate_in_file): same address as line 2" in html
+    assert "Will be rejected (Invalid email address)" in html
+    assert "Will be rejected (Duplicate in the file): same address as line 2" in html
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         started = admin_client.post(

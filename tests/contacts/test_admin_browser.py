@@ -139,7 +139,7 @@ def test_xlsx_import_through_the_wizard_with_live_progress(
     assert browser.find_element(By.ID, "created").text == "39"
     assert browser.find_element(By.ID, "rejected").text == "1"
     assert browser.find_element(By.ID, "rejected-link").is_displayed()
-    assert "invalid_email: 1" in browser.find_element(By.ID, "reasons").text
+    assert "Invalid email address: 1" in browser.find_element(By.ID, "reasons").text
     assert Contact.objects.get(email="u0@example.com").attributes == {"city": "北京"}
     assert _script_errors(browser) == []
 

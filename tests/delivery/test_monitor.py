@@ -220,4 +220,4 @@ def test_admin_status_page_shows_health_and_a_latency_chart(admin_client, smtp_s
     assert response.status_code == 200
     body = response.content.decode()
     assert "<svg" in body and "<polyline" in body
-    assert "EDM_SMTP_URL" in body and ">ok<" in body
+    assert "EDM_SMTP_URL" in body and ">OK<" in body
