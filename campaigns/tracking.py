@@ -470,11 +470,13 @@ def _tail_read(cursor: TrackingCursor, cutoff: datetime) -> tuple[int, _Counters
         if kind not in _TAILED_KINDS:
             continue
         # Every tailed kind touches its campaign's, minute's and domain's rows (as it always
-        # has: an open's minute gets its row even though the hit counted the open).
-        slots = counters.slots(campaign_id, created_at, email)
-        count = TAIL_COUNTERS.get(kind)
-        if count is not None:
-            count(slots, data)
+        # has: an open's minute gets its row even though the hit counted the open). A
+        # transactional message's delivery has no campaign: no counters, its webhooks go.
+        if campaign_id is not None:
+            slots = counters.slots(campaign_id, created_at, email)
+            count = TAIL_COUNTERS.get(kind)
+            if count is not None:
+                count(slots, data)
         if kind in WEBHOOK_EVENT_FOR_KIND:
             webhook_events.append(
                 {

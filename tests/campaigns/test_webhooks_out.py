@@ -127,3 +127,33 @@ def test_an_unreachable_receiver_is_given_up_after_the_last_attempt(events, rece
     assert delivery.status == WebhookDeliveryStatus.FAILED
     assert delivery.attempts == MAX_ATTEMPTS
     assert delivery.last_error
+
+
+def test_a_transactional_messages_events_neither_stop_the_tail_nor_count_for_a_campaign(
+    receiver, events
+):
+    """A delivery without a campaign (the API's messages): its sent event once raised an
+    IntegrityError in the campaign counters and stopped the tail, webhooks and all."""
+    from django.db.models import Sum
+
+    from campaigns.tracking_models import CampaignMinute
+
+    def counted(field: str) -> int:
+        rows = CampaignMinute.objects.filter(campaign_id=events.campaign_id)
+        return rows.aggregate(n=Sum(field))["n"] or 0
+
+    message = Delivery.objects.create(email="buyer@example.com", status="sent")
+    at = timezone.now() - timedelta(minutes=4)
+    DeliveryEvent.objects.create(delivery=message, kind=EventKind.SENT, created_at=at)
+    Webhook.objects.create(name="crm", url=receiver.url, events=["sent"], secret=SECRET)
+    tracking_tail()
+    # Both sent events made their webhook (the campaign's and the message's) ...
+    posted = sorted(w.payload["delivery_id"] for w in WebhookDelivery.objects.all())
+    assert posted == sorted([events.pk, message.pk])
+    # ... and only the campaign's counted: its minutes have its one sent message.
+    assert counted("sent") == 1
+    assert not CampaignMinute.objects.filter(campaign_id=None).exists()
+    # The tail moved past both: a later campaign event is counted on the next run.
+    DeliveryEvent.objects.create(delivery=events, kind=EventKind.BOUNCED, created_at=at)
+    tracking_tail()
+    assert counted("bounced") == 1
